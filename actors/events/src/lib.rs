@@ -1,0 +1,1 @@
+//! cmesh-events
