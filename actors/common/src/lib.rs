@@ -5,7 +5,13 @@
 pub mod address;
 pub mod cmtp;
 pub mod hash;
+pub mod jcs;
+pub mod jwt;
+pub mod keys;
+pub mod rpc;
+pub mod time;
 
 pub use address::Address;
 pub use cmtp::{CmtpError, Status};
 pub use hash::keccak256;
+pub use keys::{Signature65, SigningKey};

@@ -1,0 +1,327 @@
+//! secp256k1 keys with Ethereum-compatible signatures.
+//!
+//! Signatures are 65-byte recoverable ECDSA over an EIP-191 personal_sign digest, so any
+//! Ethereum wallet or library can produce a login or request signature we accept.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
+use secp256k1::{Message, PublicKey, SecretKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::address::Address;
+use crate::hash::{keccak256_parts, to_hex0x};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("key file {path} does not hold a 32-byte hex secp256k1 secret key")]
+    Malformed { path: String },
+    #[error("no entropy from the operating system: {0}")]
+    Entropy(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("a signature is 65 bytes of 0x-hex (r, s, v)")]
+    Malformed,
+    #[error("signature recovery byte v must be 0, 1, 27 or 28")]
+    BadRecoveryId,
+    #[error("signature has a high s value (not canonical)")]
+    HighS,
+    #[error("signature does not match the signed message")]
+    Invalid,
+}
+
+/// A node's or client's secret key with its public key and address worked out once.
+#[derive(Clone)]
+pub struct SigningKey {
+    secret: SecretKey,
+    public: PublicKey,
+    address: Address,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({})", self.address)
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the operating system's entropy.
+    pub fn generate() -> Result<Self, KeyError> {
+        loop {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| KeyError::Entropy(e.to_string()))?;
+            if let Some(key) = Self::from_bytes(bytes) {
+                return Ok(key);
+            }
+        }
+    }
+
+    /// `None` for the rare 32-byte strings that are not valid secret keys.
+    pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
+        let secret = SecretKey::from_secret_bytes(bytes).ok()?;
+        let public = secret.public_key();
+        let address = Address::from_uncompressed_pubkey(&public.serialize_uncompressed());
+        Some(SigningKey { secret, public, address })
+    }
+
+    /// Reads a key file (hex text, optional 0x), as written by [`SigningKey::save`].
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: shown.clone(), source })?;
+        crate::hash::from_hex0x::<32>(text.trim())
+            .and_then(Self::from_bytes)
+            .ok_or(KeyError::Malformed { path: shown })
+    }
+
+    /// Writes the key as hex, readable by its owner only (mode 0600 from the start, so
+    /// the secret is never briefly world-readable).
+    pub fn save(&self, path: &Path) -> Result<(), KeyError> {
+        let shown = path.display().to_string();
+        let io = |source| KeyError::Io { path: shown.clone(), source };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        writeln!(file, "{}", to_hex0x(&self.secret.to_secret_bytes())).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+
+    /// Loads the key at `path`, or creates and saves one. The flag says it was created.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
+        if path.exists() {
+            return Ok((Self::load(path)?, false));
+        }
+        let key = Self::generate()?;
+        key.save(path)?;
+        Ok((key, true))
+    }
+
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// EIP-191 personal_sign of `message`, as a wallet would sign it.
+    pub fn sign_personal(&self, message: &[u8]) -> Signature65 {
+        self.sign_digest_recoverable(personal_digest(message))
+    }
+
+    /// Recoverable signature of a 32-byte digest; v is 27 or 28 as wallets write it.
+    pub fn sign_digest_recoverable(&self, digest: [u8; 32]) -> Signature65 {
+        let signature = RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), &self.secret);
+        let (recovery_id, compact) = signature.serialize_compact();
+        let mut out = [0u8; 65];
+        out[..64].copy_from_slice(&compact);
+        out[64] = 27 + u8::from(recovery_id);
+        Signature65(out)
+    }
+
+    /// Plain 64-byte (r, s) signature of a digest, low-s, as JWS ES256K wants it.
+    pub fn sign_digest_compact(&self, digest: [u8; 32]) -> [u8; 64] {
+        self.secret.sign_ecdsa(Message::from_digest(digest)).serialize_compact()
+    }
+}
+
+/// The EIP-191 version 0x45 digest: keccak256("\x19Ethereum Signed Message:\n" + len + message).
+pub fn personal_digest(message: &[u8]) -> [u8; 32] {
+    let length = message.len().to_string();
+    keccak256_parts(&[b"\x19Ethereum Signed Message:\n", length.as_bytes(), message])
+}
+
+/// A 65-byte recoverable signature (r, s, v), written as 0x-hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature65(pub [u8; 65]);
+
+impl Signature65 {
+    /// The public key and address that signed `digest`. Rejects non-canonical (high-s)
+    /// signatures so that one signed message has exactly one valid signature.
+    pub fn recover_digest(&self, digest: [u8; 32]) -> Result<(PublicKey, Address), SignatureError> {
+        let v = match self.0[64] {
+            0 | 27 => 0,
+            1 | 28 => 1,
+            _ => return Err(SignatureError::BadRecoveryId),
+        };
+        let recovery_id = RecoveryId::try_from(v).map_err(|_| SignatureError::BadRecoveryId)?;
+        let signature = RecoverableSignature::from_compact(&self.0[..64], recovery_id)
+            .map_err(|_| SignatureError::Malformed)?;
+        let standard = signature.to_standard();
+        let mut normalized = standard;
+        normalized.normalize_s();
+        if normalized != standard {
+            return Err(SignatureError::HighS);
+        }
+        let public = signature
+            .recover_ecdsa(Message::from_digest(digest))
+            .map_err(|_| SignatureError::Invalid)?;
+        let address = Address::from_uncompressed_pubkey(&public.serialize_uncompressed());
+        Ok((public, address))
+    }
+
+    /// Who personal_signed `message` with this signature.
+    pub fn recover_personal(&self, message: &[u8]) -> Result<Address, SignatureError> {
+        self.recover_digest(personal_digest(message)).map(|(_, address)| address)
+    }
+}
+
+/// Verifies a plain 64-byte (r, s) signature of `digest` by `public` (low-s only).
+pub fn verify_compact(public: &PublicKey, digest: [u8; 32], signature: &[u8]) -> Result<(), SignatureError> {
+    let signature = Signature::from_compact(signature).map_err(|_| SignatureError::Malformed)?;
+    let mut normalized = signature;
+    normalized.normalize_s();
+    if normalized != signature {
+        return Err(SignatureError::HighS);
+    }
+    signature
+        .verify(Message::from_digest(digest), public)
+        .map_err(|_| SignatureError::Invalid)
+}
+
+/// Parses a public key from its 33- or 65-byte encoding.
+pub fn public_key_from_slice(bytes: &[u8]) -> Option<PublicKey> {
+    PublicKey::from_slice(bytes).ok()
+}
+
+pub use secp256k1::PublicKey as Secp256k1PublicKey;
+
+impl fmt::Display for Signature65 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&to_hex0x(&self.0))
+    }
+}
+
+impl fmt::Debug for Signature65 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Signature65 {
+    type Err = SignatureError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        crate::hash::from_hex0x::<65>(text).map(Signature65).ok_or(SignatureError::Malformed)
+    }
+}
+
+impl Serialize for Signature65 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature65 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The well-known first account of Hardhat/Anvil test nodes: private key and address,
+    /// with a personal_sign signature of "hello" produced by ethers/eth_account.
+    const TEST_SECRET: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+    const TEST_ADDRESS: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+
+    fn test_key() -> SigningKey {
+        SigningKey::from_bytes(crate::hash::from_hex0x::<32>(TEST_SECRET).expect("hex")).expect("valid key")
+    }
+
+    #[test]
+    fn address_of_a_known_key() {
+        assert_eq!(test_key().address().to_string(), TEST_ADDRESS);
+    }
+
+    #[test]
+    fn personal_sign_matches_ethereum_tooling() {
+        // eth_account: Account.sign_message(encode_defunct(text="hello"), TEST_SECRET)
+        let expected = "0xf16ea9a3478698f695fd1401bfe27e9e4a7e8e3da94aa72b021125e31fa899cc573c48ea3fe1d4ab61a9db10c19032026e3ed2dbccba5a178235ac27f94504311c";
+        let signature = test_key().sign_personal(b"hello");
+        assert_eq!(signature.to_string(), expected);
+        assert_eq!(signature.recover_personal(b"hello").expect("recovers").to_string(), TEST_ADDRESS);
+    }
+
+    #[test]
+    fn tampered_message_or_signature_does_not_recover_the_signer() {
+        let key = test_key();
+        let signature = key.sign_personal(b"login");
+        assert_ne!(signature.recover_personal(b"logout").ok(), Some(key.address()));
+        let mut bad = signature;
+        bad.0[64] = 5;
+        assert_eq!(bad.recover_personal(b"login"), Err(SignatureError::BadRecoveryId));
+    }
+
+    #[test]
+    fn high_s_twin_is_rejected() {
+        let key = test_key();
+        let signature = key.sign_personal(b"x");
+        // s' = n - s with the recovery bit flipped is the malleable twin.
+        let n: [u8; 32] = crate::hash::from_hex0x("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141").expect("hex");
+        let mut s = [0u8; 32];
+        s.copy_from_slice(&signature.0[32..64]);
+        let mut twin = signature;
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let mut d = n[i] as i16 - s[i] as i16 - borrow;
+            borrow = if d < 0 { d += 256; 1 } else { 0 };
+            twin.0[32 + i] = d as u8;
+        }
+        twin.0[64] = if signature.0[64] == 27 { 28 } else { 27 };
+        assert_eq!(twin.recover_personal(b"x"), Err(SignatureError::HighS));
+    }
+
+    #[test]
+    fn key_file_is_private_and_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.key");
+        let (key, created) = SigningKey::load_or_create(&path).expect("create");
+        assert!(created);
+        let (again, created) = SigningKey::load_or_create(&path).expect("load");
+        assert!(!created);
+        assert_eq!(key.address(), again.address());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        std::fs::write(&path, "not a key").expect("write");
+        assert!(matches!(SigningKey::load(&path), Err(KeyError::Malformed { .. })));
+    }
+
+    #[test]
+    fn compact_signatures_verify_only_for_their_digest() {
+        let key = test_key();
+        let digest = crate::keccak256(b"d");
+        let signature = key.sign_digest_compact(digest);
+        assert!(verify_compact(&key.public_key(), digest, &signature).is_ok());
+        assert_eq!(
+            verify_compact(&key.public_key(), crate::keccak256(b"e"), &signature),
+            Err(SignatureError::Invalid)
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! The IAM actor: owns challenges, sessions, the token cache, attributes and the peer
+//! table. Signature maths goes to the `Verifier` pool; the actor only keeps the books.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cmesh_common::hash::{from_hex0x, to_hex0x};
+use cmesh_common::jwt::{self, Claims, JwtError};
+use cmesh_common::rpc::SIGNATURE_ERROR;
+use cmesh_common::time::{unix_millis, unix_seconds};
+use cmesh_common::{Address, CmtpError, SigningKey, Status};
+
+use crate::attributes::AttributeStore;
+use crate::config::IamConfig;
+use crate::error::IamError;
+use crate::messages::*;
+use crate::peers::{Announcement, PeerTable};
+use crate::permissions::{is_attribute, Permission, Permissions};
+use crate::sessions::{SessionId, Sessions};
+use crate::verifier::{RecoverRequestSigner, RecoverSigner, Verifier, VerifyToken};
+
+const LOG_IN: &str = "log in with iam.challenge and iam.login, then send `Authorization: Bearer <token>` (or sign the request)";
+/// Announcements older than this are stale and ignored (replays of old ones included).
+const ANNOUNCEMENT_MAX_AGE_MS: u64 = 3_600_000;
+
+pub struct IamActor {
+    key: SigningKey,
+    config: IamConfig,
+    permissions: Permissions,
+    sessions: Sessions,
+    tokens: HashMap<String, Claims>,
+    attributes: AttributeStore,
+    peers: PeerTable,
+    verifier: Addr<Verifier>,
+}
+
+impl IamActor {
+    /// Opens `<data>/iam.redb` and prepares the actor; `verifier` is the signature pool.
+    pub fn new(key: SigningKey, config: IamConfig, data_dir: &Path, verifier: Addr<Verifier>) -> Result<Self, IamError> {
+        let permissions = Permissions::new(&config.permissions)?;
+        let attributes = AttributeStore::open(&data_dir.join("iam.redb"))?;
+        let sessions = Sessions::new(config.challenge_ttl, config.token_ttl, config.max_sessions);
+        let peers = PeerTable::new(&key);
+        Ok(IamActor { key, config, permissions, sessions, tokens: HashMap::new(), attributes, peers, verifier })
+    }
+
+    fn attributes_of(&self, address: &Address) -> Result<Vec<String>, CmtpError> {
+        let mut attributes = self
+            .attributes
+            .get(address)
+            .map_err(|e| CmtpError::internal(format!("reading attributes: {e}")))?;
+        if self.config.admins.contains(address) && !attributes.iter().any(|a| a == "role=admin") {
+            attributes.push("role=admin".into());
+            attributes.sort();
+        }
+        Ok(attributes)
+    }
+
+    fn caller(&self, address: Address, expires_at: u64, method: &str) -> Result<Caller, CmtpError> {
+        let attributes = self.attributes_of(&address)?;
+        if let Permission::Attribute(needed) = self.permissions.required(method) {
+            if !attributes.iter().any(|a| a == needed) {
+                return Err(CmtpError::forbidden(format!("`{method}` needs the attribute {needed}, which {address} does not hold")));
+            }
+        }
+        Ok(Caller { address: Some(address), attributes, expires_at: Some(expires_at) })
+    }
+
+    fn cache_token(&mut self, token: String, claims: Claims) {
+        if self.tokens.len() >= self.config.token_cache {
+            let now = unix_seconds();
+            self.tokens.retain(|_, c| c.exp > now);
+            if self.tokens.len() >= self.config.token_cache {
+                self.tokens.clear();
+            }
+        }
+        self.tokens.insert(token, claims);
+    }
+
+    fn peer_allowed(&self, address: &Address) -> bool {
+        self.config.allowed_peers.is_empty() || self.config.allowed_peers.contains(address)
+    }
+}
+
+impl Actor for IamActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(5), |actor, _| {
+            actor.sessions.purge(Instant::now());
+            let now = unix_seconds();
+            actor.tokens.retain(|_, c| c.exp > now);
+        });
+    }
+}
+
+fn parse_session(text: &str) -> Result<SessionId, CmtpError> {
+    from_hex0x::<32>(text).ok_or_else(|| {
+        CmtpError::new(Status::UNAUTHORIZED, format!("session must be 32 bytes of 0x-hex; {LOG_IN}"))
+            .with_rpc_code(cmesh_common::rpc::SESSION_ERROR)
+    })
+}
+
+fn token_error(error: JwtError) -> CmtpError {
+    CmtpError::unauthorized(format!("{error}; {LOG_IN}"))
+}
+
+fn signature_error(error: impl std::fmt::Display) -> CmtpError {
+    CmtpError::new(Status::UNAUTHORIZED, format!("bad signature: {error}; {LOG_IN}")).with_rpc_code(SIGNATURE_ERROR)
+}
+
+fn verifier_gone(error: MailboxError) -> CmtpError {
+    CmtpError::unavailable(format!("signature checks are unavailable: {error}"))
+}
+
+impl Handler<Admit> for IamActor {
+    type Result = ResponseActFuture<Self, Result<Caller, CmtpError>>;
+
+    fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
+        let method = msg.method;
+        if *self.permissions.required(&method) == Permission::Public {
+            // Credentials are not needed, and stale ones must not stop a client logging in again.
+            return Box::pin(fut::ready(Ok(Caller::anonymous())));
+        }
+        match msg.credentials {
+            Credentials::None => Box::pin(fut::ready(Err(CmtpError::unauthorized(format!(
+                "`{method}` needs credentials: {LOG_IN}"
+            ))))),
+            Credentials::Bearer(token) => {
+                let now = unix_seconds();
+                if let Some(claims) = self.tokens.get(&token) {
+                    if claims.exp > now {
+                        let (sub, exp) = (claims.sub, claims.exp);
+                        return Box::pin(fut::ready(self.caller(sub, exp, &method)));
+                    }
+                    self.tokens.remove(&token);
+                    return Box::pin(fut::ready(Err(token_error(JwtError::Expired))));
+                }
+                let request = VerifyToken { token: token.clone(), audience: self.config.mesh.clone(), now, keys: self.peers.keys() };
+                Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
+                    let claims = result.map_err(verifier_gone)?.map_err(token_error)?;
+                    let (sub, exp) = (claims.sub, claims.exp);
+                    actor.cache_token(token, claims);
+                    actor.caller(sub, exp, &method)
+                }))
+            }
+            Credentials::Signed(signed) => {
+                let session = match parse_session(&signed.session) {
+                    Ok(session) => session,
+                    Err(e) => return Box::pin(fut::ready(Err(e))),
+                };
+                // Cheap checks first, so floods of stale requests cost no signature recovery.
+                if let Err(e) = self.sessions.state(&session, Instant::now()) {
+                    return Box::pin(fut::ready(Err(e)));
+                }
+                let nonce = signed.nonce;
+                let request = RecoverRequestSigner { raw: signed.raw, signature: signed.signature };
+                Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
+                    let signer = result.map_err(verifier_gone)?.map_err(signature_error)?;
+                    let (address, expires_at) =
+                        actor.sessions.accept(&session, signer, nonce, Instant::now(), unix_seconds())?;
+                    actor.caller(address, expires_at, &method)
+                }))
+            }
+        }
+    }
+}
+
+impl Handler<Challenge> for IamActor {
+    type Result = Result<ChallengeReply, CmtpError>;
+
+    fn handle(&mut self, msg: Challenge, _: &mut Context<Self>) -> Self::Result {
+        let mut session = [0u8; 32];
+        getrandom::fill(&mut session[..16]).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
+        match msg.client_nonce {
+            Some(text) => {
+                let client = from_hex0x::<16>(&text)
+                    .ok_or_else(|| CmtpError::bad_request("client_nonce must be 16 bytes of 0x-hex"))?;
+                session[16..].copy_from_slice(&client);
+            }
+            None => getrandom::fill(&mut session[16..]).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?,
+        }
+        let expires_at = unix_seconds() + self.config.challenge_ttl.as_secs();
+        let expiry = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(expires_at));
+        let session_hex = to_hex0x(&session);
+        let message = format!(
+            "Log in to the cmesh mesh `{mesh}`\n\nAddress: {address}\nSession: {session_hex}\nNode: {node}\nExpires: {expiry}\n\nSigning this proves you hold the key of this address. It costs nothing and grants nothing else.",
+            mesh = self.config.mesh,
+            address = msg.address.to_eip55(),
+            node = self.key.address(),
+        );
+        self.sessions.open(session, msg.address, message.clone(), Instant::now())?;
+        Ok(ChallengeReply { session: session_hex, message, expires_at })
+    }
+}
+
+impl Handler<Login> for IamActor {
+    type Result = ResponseActFuture<Self, Result<LoginReply, CmtpError>>;
+
+    fn handle(&mut self, msg: Login, _: &mut Context<Self>) -> Self::Result {
+        let challenge = match parse_session(&msg.session).and_then(|s| self.sessions.take_for_login(&s, Instant::now())) {
+            Ok(challenge) => challenge,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let request = RecoverSigner { message: challenge.message.into_bytes(), signature: msg.signature };
+        let address = challenge.address;
+        Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
+            let (_, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
+            if signer != address {
+                return Err(signature_error(format!("signed by {signer}, but the challenge was for {address}")));
+            }
+            let iat = unix_seconds();
+            let exp = iat + actor.config.token_ttl.as_secs();
+            let mut jti = [0u8; 16];
+            getrandom::fill(&mut jti).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
+            let claims = Claims { iss: actor.key.address(), sub: address, aud: actor.config.mesh.clone(), iat, exp, jti: to_hex0x(&jti) };
+            let token = jwt::issue(&actor.key, &claims);
+            actor.cache_token(token.clone(), claims);
+            Ok(LoginReply { token, address, expires_at: exp })
+        }))
+    }
+}
+
+fn check_attribute(attribute: &str) -> Result<(), CmtpError> {
+    if is_attribute(attribute) {
+        Ok(())
+    } else {
+        Err(CmtpError::new(
+            Status::UNPROCESSABLE,
+            format!("`{attribute}` is not an attribute: write key=value (key of a-z, 0-9, _ . -; value without spaces; 128 bytes at most)"),
+        ))
+    }
+}
+
+impl Handler<Grant> for IamActor {
+    type Result = Result<Vec<String>, CmtpError>;
+
+    fn handle(&mut self, msg: Grant, _: &mut Context<Self>) -> Self::Result {
+        check_attribute(&msg.attribute)?;
+        self.attributes
+            .update(&msg.address, &msg.attribute, true)
+            .map_err(|e| CmtpError::internal(e.to_string()))?;
+        self.attributes_of(&msg.address)
+    }
+}
+
+impl Handler<Revoke> for IamActor {
+    type Result = Result<Vec<String>, CmtpError>;
+
+    fn handle(&mut self, msg: Revoke, _: &mut Context<Self>) -> Self::Result {
+        check_attribute(&msg.attribute)?;
+        if msg.attribute == "role=admin" && self.config.admins.contains(&msg.address) {
+            return Err(CmtpError::conflict(format!(
+                "{} is an admin by the node's configuration; change the configuration instead",
+                msg.address
+            )));
+        }
+        self.attributes
+            .update(&msg.address, &msg.attribute, false)
+            .map_err(|e| CmtpError::internal(e.to_string()))?;
+        self.attributes_of(&msg.address)
+    }
+}
+
+impl Handler<PeerAnnounced> for IamActor {
+    type Result = ResponseActFuture<Self, Result<Option<Address>, CmtpError>>;
+
+    fn handle(&mut self, msg: PeerAnnounced, _: &mut Context<Self>) -> Self::Result {
+        let announcement = msg.0;
+        let stale = unix_millis().saturating_sub(announcement.ts) > ANNOUNCEMENT_MAX_AGE_MS;
+        if announcement.mesh != self.config.mesh || stale || !self.peer_allowed(&announcement.address) {
+            return Box::pin(fut::ready(Ok(None)));
+        }
+        let request = RecoverSigner { message: announcement.signing_bytes(), signature: announcement.signature.clone() };
+        Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
+            let (public, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
+            if signer != announcement.address {
+                return Err(signature_error("announcement not signed by the node it names"));
+            }
+            let is_new = actor.peers.learn(&announcement, public);
+            if is_new {
+                tracing::info!(peer = %announcement.address, registrar = announcement.registrar, "learnt a node of the mesh");
+            }
+            Ok(is_new.then_some(announcement.address))
+        }))
+    }
+}
+
+impl Handler<OwnAnnouncement> for IamActor {
+    type Result = MessageResult<OwnAnnouncement>;
+
+    fn handle(&mut self, msg: OwnAnnouncement, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Announcement::signed(&self.key, &self.config.mesh, msg.registrar, unix_millis()))
+    }
+}
+
+impl Handler<Peers> for IamActor {
+    type Result = MessageResult<Peers>;
+
+    fn handle(&mut self, _: Peers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.peers.list())
+    }
+}
+
+impl Handler<VerifyNodeSignature> for IamActor {
+    type Result = ResponseActFuture<Self, Result<Address, CmtpError>>;
+
+    fn handle(&mut self, msg: VerifyNodeSignature, _: &mut Context<Self>) -> Self::Result {
+        let request = RecoverSigner { message: msg.message, signature: msg.signature };
+        Box::pin(self.verifier.send(request).into_actor(self).map(|result, actor, _| {
+            let (_, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
+            if actor.peers.contains(&signer) {
+                Ok(signer)
+            } else {
+                Err(CmtpError::forbidden(format!("{signer} is not a node of this mesh")))
+            }
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+//! The typed messages IAM answers. Request errors are `CmtpError`s with the status (and
+//! Kami JSON-RPC code) the caller should see.
+
+use actix::Message;
+use cmesh_common::{Address, CmtpError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::peers::{Announcement, PeerInfo};
+
+/// What a request brought to prove who sent it.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// A Kami-signed JSON-RPC request.
+    Signed(SignedRequest),
+}
+
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    /// The request object exactly as received (with its `signature` member).
+    pub raw: Value,
+    /// The session from `iam.challenge`, 0x-hex (the request's `id`).
+    pub session: String,
+    pub nonce: u64,
+    pub signature: String,
+}
+
+/// Who is calling, as far as the node is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// `None` for an anonymous caller of a public method.
+    pub address: Option<Address>,
+    pub attributes: Vec<String>,
+    /// When the caller's token or session ends (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Caller { address: None, attributes: Vec::new(), expires_at: None }
+    }
+}
+
+/// Authenticates the credentials and checks the caller may call `method`:
+/// 401 for missing or bad credentials, 403 for a missing permission.
+#[derive(Message)]
+#[rtype(result = "Result<Caller, CmtpError>")]
+pub struct Admit {
+    pub credentials: Credentials,
+    pub method: String,
+}
+
+/// `iam.challenge {address, client_nonce?}`.
+#[derive(Message, Debug, Clone, Deserialize)]
+#[rtype(result = "Result<ChallengeReply, CmtpError>")]
+pub struct Challenge {
+    pub address: Address,
+    /// 16 bytes of the client's choosing, 0x-hex; random when absent.
+    #[serde(default)]
+    pub client_nonce: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeReply {
+    pub session: String,
+    pub message: String,
+    pub expires_at: u64,
+}
+
+/// `iam.login {session, signature}`.
+#[derive(Message, Debug, Clone, Deserialize)]
+#[rtype(result = "Result<LoginReply, CmtpError>")]
+pub struct Login {
+    pub session: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginReply {
+    pub token: String,
+    pub address: Address,
+    pub expires_at: u64,
+}
+
+/// `iam.grant {address, attribute}`: returns the identity's attributes afterwards.
+#[derive(Message, Debug, Clone, Deserialize)]
+#[rtype(result = "Result<Vec<String>, CmtpError>")]
+pub struct Grant {
+    pub address: Address,
+    pub attribute: String,
+}
+
+/// `iam.revoke {address, attribute}`: returns the identity's attributes afterwards.
+#[derive(Message, Debug, Clone, Deserialize)]
+#[rtype(result = "Result<Vec<String>, CmtpError>")]
+pub struct Revoke {
+    pub address: Address,
+    pub attribute: String,
+}
+
+/// A signed announcement of a node received from the bus. Answers the node's address
+/// when it is new to us (so we announce ourselves back), `None` when already known.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Address>, CmtpError>")]
+pub struct PeerAnnounced(pub Announcement);
+
+/// This node's own announcement, freshly signed.
+#[derive(Message)]
+#[rtype(result = "Announcement")]
+pub struct OwnAnnouncement {
+    pub registrar: bool,
+}
+
+/// The nodes this node knows, itself included.
+#[derive(Message)]
+#[rtype(result = "Vec<PeerInfo>")]
+pub struct Peers;
+
+/// Checks that `signature` over `message` is by a known node of this mesh; answers it.
+#[derive(Message)]
+#[rtype(result = "Result<Address, CmtpError>")]
+pub struct VerifyNodeSignature {
+    pub message: Vec<u8>,
+    pub signature: String,
+}

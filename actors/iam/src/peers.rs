@@ -1,0 +1,128 @@
+//! The nodes of the mesh, learnt from signed announcements on NATS (and optionally limited
+//! by configuration). A node's public key comes from the signature of its announcement,
+//! so tokens can then be checked with a plain ECDSA verify.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cmesh_common::keys::Secp256k1PublicKey as PublicKey;
+use cmesh_common::{Address, Signature65, SigningKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Published by every node on `cmesh.announce`; signed with personal_sign over the JCS
+/// of the announcement without its `signature`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub mesh: String,
+    pub address: Address,
+    pub registrar: bool,
+    /// Unix milliseconds; announcements older than an hour are ignored.
+    pub ts: u64,
+    pub signature: String,
+}
+
+impl Announcement {
+    pub fn signed(key: &SigningKey, mesh: &str, registrar: bool, ts: u64) -> Self {
+        let mut announcement =
+            Announcement { mesh: mesh.to_string(), address: key.address(), registrar, ts, signature: String::new() };
+        announcement.signature = key.sign_personal(&announcement.signing_bytes()).to_string();
+        announcement
+    }
+
+    /// The bytes that are signed: JCS of the announcement without `signature`.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let value = serde_json::json!({
+            "mesh": self.mesh, "address": self.address, "registrar": self.registrar, "ts": self.ts,
+        });
+        signing_bytes_of(&value)
+    }
+
+    /// The signer's public key, if the signature is by `address`.
+    pub fn verify(&self) -> Option<PublicKey> {
+        let signature: Signature65 = self.signature.parse().ok()?;
+        let digest = cmesh_common::keys::personal_digest(&self.signing_bytes());
+        let (public, signer) = signature.recover_digest(digest).ok()?;
+        (signer == self.address).then_some(public)
+    }
+}
+
+/// JCS bytes of a JSON object with its `signature` member removed: what Kami requests
+/// and announcements are signed over.
+pub fn signing_bytes_of(value: &Value) -> Vec<u8> {
+    let mut unsigned = value.clone();
+    if let Some(object) = unsigned.as_object_mut() {
+        object.remove("signature");
+    }
+    cmesh_common::jcs::canonical_json(&unsigned).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerInfo {
+    pub address: Address,
+    pub registrar: bool,
+    /// Unix milliseconds of the last announcement.
+    pub last_seen: u64,
+}
+
+/// Known nodes; the key map is shared read-only with the verifier threads and replaced
+/// whole when a node joins.
+pub struct PeerTable {
+    keys: Arc<HashMap<Address, PublicKey>>,
+    info: HashMap<Address, PeerInfo>,
+}
+
+impl PeerTable {
+    pub fn new(own: &SigningKey) -> Self {
+        let mut keys = HashMap::new();
+        keys.insert(own.address(), own.public_key());
+        PeerTable { keys: Arc::new(keys), info: HashMap::new() }
+    }
+
+    pub fn keys(&self) -> Arc<HashMap<Address, PublicKey>> {
+        self.keys.clone()
+    }
+
+    pub fn contains(&self, address: &Address) -> bool {
+        self.keys.contains_key(address)
+    }
+
+    /// Records a verified announcement; true when the node is new.
+    pub fn learn(&mut self, announcement: &Announcement, public: PublicKey) -> bool {
+        let is_new = !self.keys.contains_key(&announcement.address);
+        if is_new {
+            let mut keys = (*self.keys).clone();
+            keys.insert(announcement.address, public);
+            self.keys = Arc::new(keys);
+        }
+        self.info.insert(
+            announcement.address,
+            PeerInfo { address: announcement.address, registrar: announcement.registrar, last_seen: announcement.ts },
+        );
+        is_new
+    }
+
+    pub fn list(&self) -> Vec<PeerInfo> {
+        let mut list: Vec<PeerInfo> = self.info.values().cloned().collect();
+        list.sort_by_key(|p| p.address);
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_verify_only_for_their_signer() {
+        let key = SigningKey::generate().expect("key");
+        let announcement = Announcement::signed(&key, "m", true, 5);
+        assert_eq!(announcement.verify(), Some(key.public_key()));
+        let mut tampered = announcement.clone();
+        tampered.registrar = false;
+        assert_eq!(tampered.verify(), None);
+        let mut impostor = announcement;
+        impostor.address = SigningKey::generate().expect("key").address();
+        assert_eq!(impostor.verify(), None);
+    }
+}

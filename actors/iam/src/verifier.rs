@@ -1,0 +1,70 @@
+//! CPU-bound signature work, run on a pool of sync threads (`SyncArbiter`) so that neither
+//! the NATS arbiter nor the IAM actor waits on elliptic-curve maths.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::{Actor, Handler, Message, SyncContext};
+use cmesh_common::jwt::{self, Claims, JwtError};
+use cmesh_common::keys::{personal_digest, Secp256k1PublicKey as PublicKey, SignatureError};
+use cmesh_common::{Address, Signature65};
+
+pub struct Verifier;
+
+impl Actor for Verifier {
+    type Context = SyncContext<Self>;
+}
+
+/// Verifies a JWT against the known nodes' keys.
+#[derive(Message)]
+#[rtype(result = "Result<Claims, JwtError>")]
+pub struct VerifyToken {
+    pub token: String,
+    pub audience: String,
+    pub now: u64,
+    pub keys: Arc<HashMap<Address, PublicKey>>,
+}
+
+impl Handler<VerifyToken> for Verifier {
+    type Result = Result<Claims, JwtError>;
+
+    fn handle(&mut self, msg: VerifyToken, _: &mut SyncContext<Self>) -> Self::Result {
+        jwt::verify(&msg.token, &msg.audience, msg.now, |address| msg.keys.get(address).copied())
+    }
+}
+
+/// Recovers who personal_signed `message`.
+#[derive(Message)]
+#[rtype(result = "Result<(PublicKey, Address), SignatureError>")]
+pub struct RecoverSigner {
+    pub message: Vec<u8>,
+    pub signature: String,
+}
+
+impl Handler<RecoverSigner> for Verifier {
+    type Result = Result<(PublicKey, Address), SignatureError>;
+
+    fn handle(&mut self, msg: RecoverSigner, _: &mut SyncContext<Self>) -> Self::Result {
+        let signature: Signature65 = msg.signature.parse()?;
+        signature.recover_digest(personal_digest(&msg.message))
+    }
+}
+
+/// Recovers the signer of a Kami request: personal_sign over the JCS of the request
+/// without its `signature` member (canonicalising is CPU work too, so it happens here).
+#[derive(Message)]
+#[rtype(result = "Result<Address, SignatureError>")]
+pub struct RecoverRequestSigner {
+    pub raw: serde_json::Value,
+    pub signature: String,
+}
+
+impl Handler<RecoverRequestSigner> for Verifier {
+    type Result = Result<Address, SignatureError>;
+
+    fn handle(&mut self, msg: RecoverRequestSigner, _: &mut SyncContext<Self>) -> Self::Result {
+        let signature: Signature65 = msg.signature.parse()?;
+        let bytes = crate::peers::signing_bytes_of(&msg.raw);
+        signature.recover_digest(personal_digest(&bytes)).map(|(_, address)| address)
+    }
+}
