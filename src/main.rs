@@ -1,1 +1,299 @@
-fn main() {}
+//! `cmesh`: run a node of the mesh, or talk to one.
+
+mod bench;
+mod client;
+mod config;
+mod logging;
+mod mesh;
+mod node;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cmesh_common::{Address, SigningKey};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::client::{MeshClient, Target};
+use crate::config::{NodeArgs, NodeConfig};
+
+/// A node of an authenticated-by-default, decentralized mesh on NATS, and its client.
+///
+/// Clients address functions by FQMN (e.g. `I:whoami`, `R:hello.mcom:["Dexter"]`) or
+/// JSON-RPC over NATS; every request but login needs a token (`cmesh login`).
+#[derive(Parser)]
+#[command(name = "cmesh", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr (level with RUST_LOG, e.g. RUST_LOG=debug)
+    #[arg(long, env = "CMESH_LOG_FORMAT", value_enum, default_value_t = logging::Format::Plain, global = true)]
+    log_format: logging::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage this client's key (in $CMESH_HOME, default ~/.cmesh)
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Log in to the mesh with this client's key; later commands use the token
+    Login {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send an FQMN request and print the answer
+    Fqmn {
+        /// e.g. `I:whoami`, `R:hello.mcom`, `EW:chat:{"m":1}`, `0Rx:hello.mcom:["Dexter"]`
+        fqmn: String,
+        /// Ask for a MessagePack reply (printed as JSON)
+        #[arg(long)]
+        msgpack: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Call a JSON-RPC method and print its result
+    Rpc {
+        /// e.g. `iam.whoami`, `registrar.list`
+        method: String,
+        /// Params as JSON, e.g. '{"name":"hello.mcom"}'
+        params: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Register, resolve, transfer, release and list names
+    #[command(subcommand)]
+    Name(NameCommand),
+    /// Watch events
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Check a node's audit trail
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run a local development mesh
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Measure the node against a raw NATS baseline
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a node until SIGINT/SIGTERM; prints `cmesh node <address> ready` when serving
+    Run(NodeArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a new secp256k1 key (refuses to overwrite one without --force)
+    New {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this client's address
+    Show,
+}
+
+#[derive(Subcommand)]
+enum NameCommand {
+    /// Register a name (label.tld) pointing at a target FQMN
+    Register {
+        name: String,
+        /// e.g. `I:whoami` or `S:0x…:hello_world`
+        target: String,
+        #[command(flatten)]
+        target_node: Target,
+    },
+    /// Show a name's owner and target
+    Resolve {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give a name to another address (owner only)
+    Transfer {
+        name: String,
+        to: Address,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Release a name (owner only)
+    Release {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List names, all or one owner's
+    Ls {
+        #[arg(long)]
+        owner: Option<Address>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print events as they happen (one JSON line each)
+    Tail {
+        /// NATS subject pattern
+        #[arg(default_value = "cmesh.events.>")]
+        pattern: String,
+        /// Stop after this many events
+        #[arg(long)]
+        count: Option<usize>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of a (stopped) node's audit trail; exits 1 on any break
+    Verify {
+        /// The node's data directory
+        #[arg(long, env = "CMESH_DATA")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Start a local nats-server and N nodes (node 1 is the registrar) until Ctrl-C
+    Up(mesh::UpArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Authenticated `I:whoami` through a node vs. a raw async-nats echo service
+    Fqmn(bench::FqmnArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node(_) | Command::Mesh(_) => "info",
+        _ => "warn",
+    };
+    logging::init(cli.log_format, default_level);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Node(NodeCommand::Run(args)) => {
+            node::run(NodeConfig::resolve(args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(KeyCommand::New { force }) => {
+            let path = client::key_path();
+            if path.exists() && !force {
+                anyhow::bail!("a key exists at {}; use --force to replace it", path.display());
+            }
+            let key = SigningKey::generate()?;
+            key.save(&path)?;
+            println!("{}", key.address().to_eip55());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(KeyCommand::Show) => {
+            println!("{}", client::load_key()?.address().to_eip55());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Login { target } => runtime()?.block_on(async {
+            let key = client::load_key()?;
+            let mut client = MeshClient::connect(&target).await?;
+            let saved = client.login(&key).await?;
+            println!("logged in as {} until {}", saved.address.to_eip55(), format_time(saved.expires_at));
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Fqmn { fqmn, msgpack, target } => runtime()?.block_on(async {
+            let client = MeshClient::connect(&target).await?;
+            let answer = client.fqmn(&fqmn, msgpack).await?;
+            let ok = (200..300).contains(&answer.status);
+            print(&answer.body);
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }),
+        Command::Rpc { method, params, target } => runtime()?.block_on(async {
+            let params = match params {
+                Some(text) => serde_json::from_str(&text).context("params must be JSON")?,
+                None => Value::Null,
+            };
+            let client = MeshClient::connect(&target).await?;
+            print(&client.rpc(&method, params).await?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Name(command) => runtime()?.block_on(name(command)),
+        Command::Events(EventsCommand::Tail { pattern, count, target }) => runtime()?.block_on(async {
+            let client = MeshClient::connect(&target).await?;
+            let mut subscriber = client.nats().subscribe(pattern).await?;
+            let mut seen = 0;
+            while let Some(message) = subscriber.next().await {
+                let payload = String::from_utf8_lossy(&message.payload);
+                println!("{} {}", message.subject, payload);
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Audit(AuditCommand::Verify { data }) => {
+            let path = data.join(cmesh_events::AUDIT_FILE);
+            match cmesh_events::verify_chain(&path) {
+                Ok(report) => {
+                    println!(
+                        "audit chain of {} is intact: {} entries, head {}",
+                        path.display(),
+                        report.entries,
+                        cmesh_common::hash::to_hex0x(&report.head_hash)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("audit chain of {} is BROKEN: {e}", path.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Mesh(MeshCommand::Up(args)) => mesh::up(args),
+        Command::Bench(BenchCommand::Fqmn(args)) => runtime()?.block_on(bench::fqmn(args)),
+    }
+}
+
+async fn name(command: NameCommand) -> anyhow::Result<ExitCode> {
+    let (target, method, params) = match command {
+        NameCommand::Register { name, target, target_node } => {
+            (target_node, "registrar.register", json!({ "name": name, "target": target }))
+        }
+        NameCommand::Resolve { name, target } => (target, "registrar.resolve", json!({ "name": name })),
+        NameCommand::Transfer { name, to, target } => (target, "registrar.transfer", json!({ "name": name, "to": to })),
+        NameCommand::Release { name, target } => (target, "registrar.release", json!({ "name": name })),
+        NameCommand::Ls { owner, target } => (target, "registrar.list", json!({ "owner": owner })),
+    };
+    let client = MeshClient::connect(&target).await?;
+    print(&client.rpc(method, params).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_time(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
+}

@@ -1,0 +1,147 @@
+//! Error types. Callers of the actor need to tell a bad request (their fault: a topic
+//! that is not a subject, data that is too big) from a node problem (disk, NATS), and the
+//! audit verifier must say exactly which entry is broken and how.
+
+use std::fmt;
+
+use cmesh_common::hash::to_hex0x;
+use cmesh_common::CmtpError;
+
+/// What went wrong with the audit store or chain.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit store: {0}")]
+    Store(#[from] redb::Error),
+    #[error("audit store directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// The chain is not intact; `seq` is the first entry found broken.
+    #[error("audit chain broken at seq {seq}: {problem}")]
+    Broken { seq: u64, problem: ChainProblem },
+}
+
+/// Lets `?` work on every redb error type, each of which converts into `redb::Error`.
+macro_rules! from_redb {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for AuditError {
+            fn from(err: $ty) -> Self {
+                AuditError::Store(err.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl AuditError {
+    /// The seq of the first broken entry, if the error is a broken chain.
+    pub fn broken_seq(&self) -> Option<u64> {
+        match self {
+            AuditError::Broken { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// How an audit entry fails verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainProblem {
+    /// No entry is stored under this seq; `next_present` is the next seq that is.
+    Missing { next_present: Option<u64> },
+    /// The stored value is not a well-formed entry.
+    BadEncoding { len: usize },
+    /// The entry is stored under a key that differs from the seq inside it.
+    SeqMismatch { stored: u64 },
+    /// `prev` is not the hash of the entry before it.
+    PrevMismatch { expected: [u8; 32], found: [u8; 32] },
+    /// The stored hash is not the hash of the entry's fields.
+    HashMismatch {
+        stored: [u8; 32],
+        computed: [u8; 32],
+    },
+    /// The recorded head disagrees with the last stored entry.
+    HeadMismatch { head: Option<u64>, last: u64 },
+}
+
+impl fmt::Display for ChainProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainProblem::Missing {
+                next_present: Some(next),
+            } => {
+                write!(f, "entry is missing (next stored entry is seq {next})")
+            }
+            ChainProblem::Missing { next_present: None } => write!(f, "entry is missing"),
+            ChainProblem::BadEncoding { len } => {
+                write!(f, "stored value of {len} bytes is not an audit entry")
+            }
+            ChainProblem::SeqMismatch { stored } => {
+                write!(f, "entry says it is seq {stored}")
+            }
+            ChainProblem::PrevMismatch { expected, found } => write!(
+                f,
+                "prev is {} but the previous entry hashes to {}",
+                to_hex0x(found),
+                to_hex0x(expected)
+            ),
+            ChainProblem::HashMismatch { stored, computed } => write!(
+                f,
+                "stored hash {} but the fields hash to {} (entry was altered)",
+                to_hex0x(stored),
+                to_hex0x(computed)
+            ),
+            ChainProblem::HeadMismatch {
+                head: Some(head),
+                last,
+            } => write!(
+                f,
+                "head records seq {head} but the last stored entry is seq {last}"
+            ),
+            ChainProblem::HeadMismatch { head: None, last } => {
+                write!(f, "no head recorded but entries up to seq {last} exist")
+            }
+        }
+    }
+}
+
+/// Errors of the events actor.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("events data directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("event is {size} bytes encoded, more than the {max} allowed")]
+    TooLarge { size: usize, max: usize },
+    #[error("could not encode event: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("publishing to NATS failed: {0}")]
+    Publish(String),
+    #[error("subscribing to NATS failed: {0}")]
+    Subscribe(String),
+}
+
+impl From<EventsError> for CmtpError {
+    fn from(err: EventsError) -> Self {
+        match &err {
+            EventsError::Invalid { .. } => CmtpError::bad_request(err.to_string()),
+            EventsError::TooLarge { .. } => {
+                CmtpError::new(cmesh_common::Status::PAYLOAD_TOO_LARGE, err.to_string())
+            }
+            EventsError::Publish(_) | EventsError::Subscribe(_) => {
+                CmtpError::new(cmesh_common::Status::UNAVAILABLE, err.to_string())
+            }
+            _ => CmtpError::new(cmesh_common::Status::INTERNAL, err.to_string()),
+        }
+    }
+}

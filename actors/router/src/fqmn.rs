@@ -1,0 +1,1394 @@
+//! FQMN — "fully qualified mesh name": the grammar, parser and canonical printer.
+//!
+//! An FQMN names a function on the mesh, e.g. `S:0x03389f0e08b9f:hello_world:["Dexter"]`.
+//! The full grammar, the service table and every error message are in `docs/FQMN.md`.
+//!
+//! Why the grammar is shaped like this:
+//!
+//! * **Service prefix first.** The token before the first `:` picks the protected service
+//!   (and whether the call writes), so the router can dispatch and authorize on a cheap,
+//!   fixed-size token before looking at anything else.
+//! * **Fixed-arity segments, split from the left; JSON last.** Each service has a known
+//!   number of plain segments (context, method, ...) which never contain `:`. Whatever
+//!   follows them is the arguments, taken verbatim as the *rest* of the string, so JSON
+//!   arguments may contain `:` without any escaping.
+//! * **Three spellings, one AST.** Seed 002 (CMesh) wrote prefixes as `0Sx:` and `0xS:`;
+//!   both are accepted for compatibility, next to the short `S:`.
+//! * **One canonical form.** [`Fqmn`]'s `Display` prints the short spelling, lower-case
+//!   names and contexts, and compact JSON. Logs, audit hashes and registrar targets use
+//!   it, so two spellings of the same call compare equal. Parsing the canonical form gives
+//!   back the same AST, and printing is idempotent.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::Value;
+
+/// Longest FQMN accepted by the parser, in bytes (checked before trimming).
+pub const MAX_FQMN_LEN: usize = 64 * 1024;
+
+/// Longest registrar name, in bytes (as in DNS).
+pub const MAX_NAME_LEN: usize = 253;
+
+/// How much of an offending input is quoted back in an error message, in chars.
+const EXCERPT_CHARS: usize = 64;
+
+/// A parsed FQMN. Values built by the parser are canonical (see the field docs); printing
+/// with `Display` gives the canonical short form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fqmn {
+    /// `I:<method>[:<args-json>]` — a call on the IAM service.
+    Iam { method: String, args: Option<Value> },
+    /// `S:` / `SW:<context>:<method>[:<args-json>]` — a state (context) call.
+    State {
+        write: bool,
+        /// `0x` followed by lower-case hex digits (at least one).
+        context: String,
+        method: String,
+        args: Option<Value>,
+    },
+    /// `A:<version-req>:<context>:<method>[:<args-json>]` — a state call pinned to an app
+    /// version requirement.
+    Assembly {
+        /// As written, trimmed (e.g. `~4.1.3`, `>=1.2, <2`).
+        version_req: String,
+        /// `0x` followed by lower-case hex digits (at least one).
+        context: String,
+        method: String,
+        args: Option<Value>,
+    },
+    /// `R:<name>[:<args-json>]` — resolve a registrar name and dispatch its target with
+    /// `args`.
+    Resolve {
+        /// Lower-case, at least two labels of `[a-z0-9-]`, at most 253 bytes.
+        name: String,
+        args: Option<Value>,
+    },
+    /// `R:` / `RW:<method>[:<params-json>]` — a call on the registrar itself
+    /// (`resolve`, `list`, `register`, `transfer`, `release`, ...).
+    RegistrarCall {
+        write: bool,
+        method: String,
+        params: Option<Value>,
+    },
+    /// `E:<topic>` — subscribe to events.
+    Events { topic: EventTopic },
+    /// `EW:<topic>:<payload-json>` — publish an application event.
+    Publish {
+        /// Application topic syntax: dot-separated tokens of `[A-Za-z0-9_-]`.
+        topic: String,
+        payload: Value,
+    },
+    /// `C:` / `CW:<body>` — consensus (opaque text, not served yet).
+    Consensus {
+        write: bool,
+        /// Non-empty, without leading/trailing ASCII whitespace.
+        body: String,
+    },
+    /// `P:<method>[:<args-json>]` — a call on the router itself (`ping`, `info`, ...).
+    Router { method: String, args: Option<Value> },
+}
+
+/// What an `E:` FQMN subscribes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventTopic {
+    /// `E:chat.room1` — an application topic: dot-separated, non-empty tokens of
+    /// `[A-Za-z0-9_-]`.
+    App(String),
+    /// `E:R:<name>[:<kind>]` — lifecycle events of a registrar name. `name` is canonical
+    /// (lower-case), `kind` is lower-case `[a-z_]+` (e.g. `transferred`).
+    Name { name: String, kind: Option<String> },
+    /// `E:S:<context>[:<event>]` — events of a context. `context` is canonical
+    /// (`0x` + lower-case hex), `event` is `[A-Za-z0-9_-]+` as written.
+    Context {
+        context: String,
+        event: Option<String>,
+    },
+}
+
+/// Why a string is not a valid FQMN. The messages are meant to be shown to clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FqmnError {
+    #[error("empty FQMN: expected `<SVC>:<body>`, e.g. `I:whoami`")]
+    Empty,
+    #[error("FQMN too long: {len} bytes, the limit is {max} bytes", max = MAX_FQMN_LEN)]
+    TooLong { len: usize },
+    #[error(
+        "missing service prefix in `{input}`: expected `<SVC>:` at the start, \
+         where SVC is one of I, S, SW, R, RW, E, EW, A, C, CW, P (e.g. `I:whoami`)"
+    )]
+    MissingPrefix { input: String },
+    #[error(
+        "unknown service prefix `{prefix}:` — expected one of I, S, SW, R, RW, E, EW, A, C, CW, P \
+         (or the seed spellings 0xS:, 0Sx:){hint}"
+    )]
+    UnknownPrefix { prefix: String, hint: String },
+    #[error("empty method: expected `{usage}`")]
+    EmptyMethod { usage: &'static str },
+    #[error(
+        "invalid method `{method}`: a method is a letter or `_` followed by letters, digits \
+         or `_` (expected `{usage}`)"
+    )]
+    InvalidMethod { method: String, usage: &'static str },
+    #[error("missing {what}: expected `{usage}`")]
+    Missing {
+        what: &'static str,
+        usage: &'static str,
+    },
+    #[error("empty context: expected hex digits, optionally prefixed by 0x (in `{usage}`)")]
+    EmptyContext { usage: &'static str },
+    #[error(
+        "invalid context `{context}`: expected hex digits, optionally prefixed by 0x \
+         (e.g. `0x03389f0e08b9f`)"
+    )]
+    InvalidContext { context: String },
+    #[error("empty version requirement: expected `A:<version-req>:<context>:<method>[:<args-json>]`, e.g. `A:~4.1.3:0x03389f:hello_world`")]
+    EmptyVersionReq,
+    #[error(
+        "invalid version requirement `{req}`: unexpected character `{ch}` \
+         (allowed: letters, digits, space and . ~ ^ * < > = , + -)"
+    )]
+    InvalidVersionReq { req: String, ch: char },
+    #[error("invalid name `{name}`: {reason} (e.g. `helloworld.mcom`)")]
+    InvalidName { name: String, reason: &'static str },
+    #[error(
+        "`RW:` takes a registrar method, not a name: to register `{name}`, send \
+         `RW:register:{{\"name\":\"{name}\",\"target\":\"<fqmn>\"}}`; to call it, use `R:{name}[:<args-json>]`"
+    )]
+    WriteToName { name: String },
+    #[error(
+        "empty event topic: expected `E:<topic>` (e.g. `E:chat.room1`), \
+         `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`"
+    )]
+    EmptyTopic,
+    #[error(
+        "invalid event topic `{topic}`: expected dot-separated tokens of letters, digits, `_` \
+         or `-` (e.g. `chat.room1`){nested}"
+    )]
+    InvalidTopic {
+        topic: String,
+        /// Extra text naming the nested forms, where they are allowed.
+        nested: &'static str,
+    },
+    #[error(
+        "cannot subscribe to `{prefix}:`: `E:` takes an application topic, \
+         `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`"
+    )]
+    NotSubscribable { prefix: String },
+    #[error("invalid event kind `{kind}`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>`")]
+    InvalidKind { kind: String },
+    #[error("invalid context event `{event}`: expected letters, digits, `_` or `-` in `E:S:<context>:<event>`")]
+    InvalidContextEvent { event: String },
+    #[error(
+        "empty {what} after the last `:` — give JSON or drop the trailing `:` (expected `{usage}`)"
+    )]
+    EmptyJson {
+        what: &'static str,
+        usage: &'static str,
+    },
+    #[error("{what} must be JSON: {error}")]
+    InvalidJson { what: &'static str, error: String },
+    #[error("empty consensus body: expected `{usage}`")]
+    EmptyBody { usage: &'static str },
+}
+
+/// The service named by a prefix (internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Svc {
+    Iam,
+    State,
+    Assembly,
+    Registrar,
+    Events,
+    Consensus,
+    Router,
+}
+
+const USAGE_I: &str = "I:<method>[:<args-json>]";
+const USAGE_S: &str = "S:<context>:<method>[:<args-json>]";
+const USAGE_SW: &str = "SW:<context>:<method>[:<args-json>]";
+const USAGE_A: &str = "A:<version-req>:<context>:<method>[:<args-json>]";
+const USAGE_R_NAME: &str = "R:<name>[:<args-json>]";
+const USAGE_R: &str = "R:<method>[:<params-json>]";
+const USAGE_RW: &str = "RW:<method>[:<params-json>]";
+const USAGE_EW: &str = "EW:<topic>:<payload-json>";
+const USAGE_C: &str = "C:<body>";
+const USAGE_CW: &str = "CW:<body>";
+const USAGE_P: &str = "P:<method>[:<args-json>]";
+const USAGE_E_NAME: &str = "E:R:<name>[:<kind>]";
+const USAGE_E_CONTEXT: &str = "E:S:<context>[:<event>]";
+
+impl Svc {
+    fn from_letter(letter: &str) -> Option<Svc> {
+        Some(match letter {
+            "I" => Svc::Iam,
+            "S" => Svc::State,
+            "A" => Svc::Assembly,
+            "R" => Svc::Registrar,
+            "E" => Svc::Events,
+            "C" => Svc::Consensus,
+            "P" => Svc::Router,
+            _ => return None,
+        })
+    }
+
+    fn has_write_form(self) -> bool {
+        matches!(
+            self,
+            Svc::State | Svc::Registrar | Svc::Events | Svc::Consensus
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Svc::Iam => "IAM",
+            Svc::State => "state",
+            Svc::Assembly => "assembly",
+            Svc::Registrar => "registrar",
+            Svc::Events => "events",
+            Svc::Consensus => "consensus",
+            Svc::Router => "router",
+        }
+    }
+}
+
+/// Splits off the write mark: `("S", true)` for `SW`, `("I", false)` for `I`.
+fn split_write(token: &str) -> (&str, bool) {
+    match token.strip_suffix('W') {
+        Some(letter) if !letter.is_empty() => (letter, true),
+        _ => (token, false),
+    }
+}
+
+/// Strips the seed spellings `0x<SVC>` and `0<SVC>x` down to `<SVC>`.
+fn strip_seed_spelling(token: &str) -> &str {
+    if let Some(rest) = token.strip_prefix("0x") {
+        return rest;
+    }
+    if let Some(mid) = token.strip_prefix('0').and_then(|t| t.strip_suffix('x')) {
+        return mid;
+    }
+    token
+}
+
+/// Parses a prefix token (the text before the first `:`) in any of the three spellings.
+fn parse_prefix(token: &str) -> Option<(Svc, bool)> {
+    let (letter, write) = split_write(strip_seed_spelling(token));
+    let svc = Svc::from_letter(letter)?;
+    if write && !svc.has_write_form() {
+        return None;
+    }
+    Some((svc, write))
+}
+
+fn canonical_prefix(svc: Svc, write: bool) -> &'static str {
+    match (svc, write) {
+        (Svc::Iam, _) => "I",
+        (Svc::State, false) => "S",
+        (Svc::State, true) => "SW",
+        (Svc::Assembly, _) => "A",
+        (Svc::Registrar, false) => "R",
+        (Svc::Registrar, true) => "RW",
+        (Svc::Events, false) => "E",
+        (Svc::Events, true) => "EW",
+        (Svc::Consensus, false) => "C",
+        (Svc::Consensus, true) => "CW",
+        (Svc::Router, _) => "P",
+    }
+}
+
+/// Explains why a token is not a prefix, when we can guess what was meant.
+fn prefix_hint(token: &str) -> String {
+    let inner = strip_seed_spelling(token);
+    if let (letter, true) = split_write(inner) {
+        if let Some(svc) = Svc::from_letter(letter) {
+            if !svc.has_write_form() {
+                return format!(
+                    "; the {} service has no write form, use `{letter}:`",
+                    svc.name()
+                );
+            }
+        }
+    }
+    let upper = inner.to_ascii_uppercase();
+    if upper != inner {
+        if let Some((svc, write)) = parse_prefix(&upper) {
+            return format!(
+                "; service letters are upper-case: did you mean `{}:`?",
+                canonical_prefix(svc, write)
+            );
+        }
+    }
+    String::new()
+}
+
+/// The first [`EXCERPT_CHARS`] chars of `s`, with `…` when cut.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", s.get(..cut).unwrap_or_default()),
+        None => s.to_owned(),
+    }
+}
+
+fn trim_ascii_ws(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
+fn parse_method(method: &str, usage: &'static str) -> Result<String, FqmnError> {
+    let mut chars = method.chars();
+    let Some(first) = chars.next() else {
+        return Err(FqmnError::EmptyMethod { usage });
+    };
+    let ok = (first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(method.to_owned())
+    } else {
+        Err(FqmnError::InvalidMethod {
+            method: excerpt(method),
+            usage,
+        })
+    }
+}
+
+/// Hex digits with an optional `0x`/`0X`; canonical form `0x` + lower-case hex.
+fn parse_context(context: &str, usage: &'static str) -> Result<String, FqmnError> {
+    let digits = context
+        .strip_prefix("0x")
+        .or_else(|| context.strip_prefix("0X"))
+        .unwrap_or(context);
+    if digits.is_empty() {
+        return Err(FqmnError::EmptyContext { usage });
+    }
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(FqmnError::InvalidContext {
+            context: excerpt(context),
+        });
+    }
+    Ok(format!("0x{}", digits.to_ascii_lowercase()))
+}
+
+fn parse_version_req(req: &str) -> Result<String, FqmnError> {
+    let req = trim_ascii_ws(req);
+    if req.is_empty() {
+        return Err(FqmnError::EmptyVersionReq);
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".~^*<>=, +-".contains(c);
+    match req.chars().find(|&c| !allowed(c)) {
+        Some(ch) => Err(FqmnError::InvalidVersionReq {
+            req: excerpt(req),
+            ch,
+        }),
+        None => Ok(req.to_owned()),
+    }
+}
+
+/// A registrar name: labels of `[A-Za-z0-9-]` separated by `.`, at least two labels,
+/// at most [`MAX_NAME_LEN`] bytes. Canonical form is lower-case.
+fn parse_name(name: &str) -> Result<String, FqmnError> {
+    let invalid = |reason| FqmnError::InvalidName {
+        name: excerpt(name),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("a name cannot be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid("a name is at most 253 characters long"));
+    }
+    if !name.contains('.') {
+        return Err(invalid("a name has at least two labels separated by `.`"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(invalid(
+                "a name cannot have an empty label (`..` or a leading or trailing `.`)",
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(invalid("labels may only contain letters, digits and `-`"));
+        }
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// An application topic: dot-separated, non-empty tokens of `[A-Za-z0-9_-]`.
+fn parse_app_topic(topic: &str, nested: &'static str) -> Result<String, FqmnError> {
+    if topic.is_empty() {
+        return Err(FqmnError::EmptyTopic);
+    }
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if topic.split('.').all(token_ok) {
+        Ok(topic.to_owned())
+    } else {
+        Err(FqmnError::InvalidTopic {
+            topic: excerpt(topic),
+            nested,
+        })
+    }
+}
+
+/// Optional JSON after the last fixed segment. `None` when there was no `:` at all.
+fn parse_json_opt(
+    rest: Option<&str>,
+    what: &'static str,
+    usage: &'static str,
+) -> Result<Option<Value>, FqmnError> {
+    rest.map(|text| parse_json(text, what, usage)).transpose()
+}
+
+fn parse_json(text: &str, what: &'static str, usage: &'static str) -> Result<Value, FqmnError> {
+    if trim_ascii_ws(text).is_empty() {
+        return Err(FqmnError::EmptyJson { what, usage });
+    }
+    serde_json::from_str(text).map_err(|e| FqmnError::InvalidJson {
+        what,
+        error: e.to_string(),
+    })
+}
+
+/// Splits off the next `:`-separated segment: `(segment, rest-after-the-colon)`.
+fn next_segment(s: &str) -> (&str, Option<&str>) {
+    match s.split_once(':') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (s, None),
+    }
+}
+
+fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
+    match svc {
+        Svc::Iam => {
+            let (method, rest) = next_segment(body);
+            Ok(Fqmn::Iam {
+                method: parse_method(method, USAGE_I)?,
+                args: parse_json_opt(rest, "args", USAGE_I)?,
+            })
+        }
+        Svc::State => {
+            let usage = if write { USAGE_SW } else { USAGE_S };
+            let (context, rest) = next_segment(body);
+            let context = parse_context(context, usage)?;
+            let rest = rest.ok_or(FqmnError::Missing {
+                what: "method after the context",
+                usage,
+            })?;
+            let (method, rest) = next_segment(rest);
+            Ok(Fqmn::State {
+                write,
+                context,
+                method: parse_method(method, usage)?,
+                args: parse_json_opt(rest, "args", usage)?,
+            })
+        }
+        Svc::Assembly => {
+            let (req, rest) = next_segment(body);
+            let version_req = parse_version_req(req)?;
+            let rest = rest.ok_or(FqmnError::Missing {
+                what: "context after the version requirement",
+                usage: USAGE_A,
+            })?;
+            let (context, rest) = next_segment(rest);
+            let context = parse_context(context, USAGE_A)?;
+            let rest = rest.ok_or(FqmnError::Missing {
+                what: "method after the context",
+                usage: USAGE_A,
+            })?;
+            let (method, rest) = next_segment(rest);
+            Ok(Fqmn::Assembly {
+                version_req,
+                context,
+                method: parse_method(method, USAGE_A)?,
+                args: parse_json_opt(rest, "args", USAGE_A)?,
+            })
+        }
+        Svc::Registrar => {
+            let (first, rest) = next_segment(body);
+            if first.contains('.') {
+                if write {
+                    return Err(FqmnError::WriteToName {
+                        name: excerpt(first),
+                    });
+                }
+                Ok(Fqmn::Resolve {
+                    name: parse_name(first)?,
+                    args: parse_json_opt(rest, "args", USAGE_R_NAME)?,
+                })
+            } else {
+                let usage = if write { USAGE_RW } else { USAGE_R };
+                Ok(Fqmn::RegistrarCall {
+                    write,
+                    method: parse_method(first, usage)?,
+                    params: parse_json_opt(rest, "params", usage)?,
+                })
+            }
+        }
+        Svc::Events if write => {
+            let (topic, rest) = next_segment(body);
+            let topic = parse_app_topic(topic, "")?;
+            let rest = rest.ok_or(FqmnError::Missing {
+                what: "payload after the topic",
+                usage: USAGE_EW,
+            })?;
+            Ok(Fqmn::Publish {
+                topic,
+                payload: parse_json(rest, "payload", USAGE_EW)?,
+            })
+        }
+        Svc::Events => Ok(Fqmn::Events {
+            topic: parse_event_topic(body)?,
+        }),
+        Svc::Consensus => {
+            let usage = if write { USAGE_CW } else { USAGE_C };
+            let body = trim_ascii_ws(body);
+            if body.is_empty() {
+                return Err(FqmnError::EmptyBody { usage });
+            }
+            Ok(Fqmn::Consensus {
+                write,
+                body: body.to_owned(),
+            })
+        }
+        Svc::Router => {
+            let (method, rest) = next_segment(body);
+            Ok(Fqmn::Router {
+                method: parse_method(method, USAGE_P)?,
+                args: parse_json_opt(rest, "args", USAGE_P)?,
+            })
+        }
+    }
+}
+
+fn parse_event_topic(body: &str) -> Result<EventTopic, FqmnError> {
+    const NESTED: &str = ", `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`";
+    let Some((inner, rest)) = body.split_once(':') else {
+        return Ok(EventTopic::App(parse_app_topic(body, NESTED)?));
+    };
+    match parse_prefix(inner) {
+        Some((Svc::Registrar, false)) => {
+            let (name, kind) = next_segment(rest);
+            if !name.contains('.') {
+                return Err(FqmnError::InvalidName {
+                    name: excerpt(name),
+                    reason:
+                        "`E:R:` takes a registrar name with at least two labels separated by `.`",
+                });
+            }
+            let name = parse_name(name)?;
+            let kind = kind
+                .map(|kind| {
+                    if !kind.is_empty()
+                        && kind.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+                    {
+                        Ok(kind.to_ascii_lowercase())
+                    } else if kind.is_empty() {
+                        Err(FqmnError::Missing {
+                            what: "event kind after the last `:`",
+                            usage: USAGE_E_NAME,
+                        })
+                    } else {
+                        Err(FqmnError::InvalidKind {
+                            kind: excerpt(kind),
+                        })
+                    }
+                })
+                .transpose()?;
+            Ok(EventTopic::Name { name, kind })
+        }
+        Some((Svc::State, false)) => {
+            let (context, event) = next_segment(rest);
+            let context = parse_context(context, USAGE_E_CONTEXT)?;
+            let event = event
+                .map(|event| {
+                    if event.is_empty() {
+                        Err(FqmnError::Missing {
+                            what: "context event after the last `:`",
+                            usage: USAGE_E_CONTEXT,
+                        })
+                    } else if event
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        Ok(event.to_owned())
+                    } else {
+                        Err(FqmnError::InvalidContextEvent {
+                            event: excerpt(event),
+                        })
+                    }
+                })
+                .transpose()?;
+            Ok(EventTopic::Context { context, event })
+        }
+        Some(_) => Err(FqmnError::NotSubscribable {
+            prefix: excerpt(inner),
+        }),
+        None => Err(FqmnError::InvalidTopic {
+            topic: excerpt(body),
+            nested: NESTED,
+        }),
+    }
+}
+
+impl FromStr for Fqmn {
+    type Err = FqmnError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        if input.len() > MAX_FQMN_LEN {
+            return Err(FqmnError::TooLong { len: input.len() });
+        }
+        let s = trim_ascii_ws(input);
+        if s.is_empty() {
+            return Err(FqmnError::Empty);
+        }
+        let Some((token, body)) = s.split_once(':') else {
+            return Err(match prefix_hint_for_bare(s) {
+                Some(err) => err,
+                None => FqmnError::MissingPrefix { input: excerpt(s) },
+            });
+        };
+        let (svc, write) = parse_prefix(token).ok_or_else(|| FqmnError::UnknownPrefix {
+            prefix: excerpt(token),
+            hint: prefix_hint(token),
+        })?;
+        parse_body(svc, write, body)
+    }
+}
+
+/// `I` or `0xS` without a `:` — a known prefix with nothing after it.
+fn prefix_hint_for_bare(s: &str) -> Option<FqmnError> {
+    let (svc, write) = parse_prefix(s)?;
+    let usage = match (svc, write) {
+        (Svc::Iam, _) => USAGE_I,
+        (Svc::State, false) => USAGE_S,
+        (Svc::State, true) => USAGE_SW,
+        (Svc::Assembly, _) => USAGE_A,
+        (Svc::Registrar, false) => "R:<name>[:<args-json>]` or `R:<method>[:<params-json>]",
+        (Svc::Registrar, true) => USAGE_RW,
+        (Svc::Events, false) => "E:<topic>",
+        (Svc::Events, true) => USAGE_EW,
+        (Svc::Consensus, false) => USAGE_C,
+        (Svc::Consensus, true) => USAGE_CW,
+        (Svc::Router, _) => USAGE_P,
+    };
+    Some(FqmnError::Missing {
+        what: "`:` and body after the service prefix",
+        usage,
+    })
+}
+
+fn write_args(f: &mut fmt::Formatter<'_>, args: &Option<Value>) -> fmt::Result {
+    match args {
+        // `Value`'s Display is compact JSON, the same text as `serde_json::to_string`.
+        Some(v) => write!(f, ":{v}"),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Display for EventTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventTopic::App(topic) => f.write_str(topic),
+            EventTopic::Name { name, kind } => {
+                write!(f, "R:{name}")?;
+                match kind {
+                    Some(kind) => write!(f, ":{kind}"),
+                    None => Ok(()),
+                }
+            }
+            EventTopic::Context { context, event } => {
+                write!(f, "S:{context}")?;
+                match event {
+                    Some(event) => write!(f, ":{event}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Fqmn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = self.service_letter();
+        match self {
+            Fqmn::Iam { method, args } | Fqmn::Router { method, args } => {
+                write!(f, "{prefix}:{method}")?;
+                write_args(f, args)
+            }
+            Fqmn::State {
+                context,
+                method,
+                args,
+                ..
+            } => {
+                write!(f, "{prefix}:{context}:{method}")?;
+                write_args(f, args)
+            }
+            Fqmn::Assembly {
+                version_req,
+                context,
+                method,
+                args,
+            } => {
+                write!(f, "{prefix}:{version_req}:{context}:{method}")?;
+                write_args(f, args)
+            }
+            Fqmn::Resolve { name, args } => {
+                write!(f, "{prefix}:{name}")?;
+                write_args(f, args)
+            }
+            Fqmn::RegistrarCall { method, params, .. } => {
+                write!(f, "{prefix}:{method}")?;
+                write_args(f, params)
+            }
+            Fqmn::Events { topic } => write!(f, "{prefix}:{topic}"),
+            Fqmn::Publish { topic, payload } => write!(f, "{prefix}:{topic}:{payload}"),
+            Fqmn::Consensus { body, .. } => write!(f, "{prefix}:{body}"),
+        }
+    }
+}
+
+impl Fqmn {
+    /// The canonical service prefix without the `:`: one of `I`, `S`, `SW`, `A`, `R`,
+    /// `RW`, `E`, `EW`, `C`, `CW`, `P`.
+    pub fn service_letter(&self) -> &'static str {
+        let (svc, write) = match self {
+            Fqmn::Iam { .. } => (Svc::Iam, false),
+            Fqmn::State { write, .. } => (Svc::State, *write),
+            Fqmn::Assembly { .. } => (Svc::Assembly, false),
+            Fqmn::Resolve { .. } => (Svc::Registrar, false),
+            Fqmn::RegistrarCall { write, .. } => (Svc::Registrar, *write),
+            Fqmn::Events { .. } => (Svc::Events, false),
+            Fqmn::Publish { .. } => (Svc::Events, true),
+            Fqmn::Consensus { write, .. } => (Svc::Consensus, *write),
+            Fqmn::Router { .. } => (Svc::Router, false),
+        };
+        canonical_prefix(svc, write)
+    }
+
+    /// Whether the prefix carries the write mark `W` (`SW`, `RW`, `EW`, `CW`).
+    ///
+    /// `R:<name>` is not a write by itself: whether it writes depends on the target the
+    /// name resolves to.
+    pub fn is_write(&self) -> bool {
+        self.service_letter().ends_with('W')
+    }
+
+    /// The JSON arguments of the call, if any: `args`, a registrar call's `params`, or a
+    /// publish's `payload`.
+    pub fn args(&self) -> Option<&Value> {
+        match self {
+            Fqmn::Iam { args, .. }
+            | Fqmn::State { args, .. }
+            | Fqmn::Assembly { args, .. }
+            | Fqmn::Resolve { args, .. }
+            | Fqmn::Router { args, .. } => args.as_ref(),
+            Fqmn::RegistrarCall { params, .. } => params.as_ref(),
+            Fqmn::Publish { payload, .. } => Some(payload),
+            Fqmn::Events { .. } | Fqmn::Consensus { .. } => None,
+        }
+    }
+
+    /// Gives a resolved name's target the caller's arguments: `Some(args)` replaces the
+    /// target's `args` (a registrar call's `params`, a publish's `payload`); `None` keeps
+    /// the target's own. `E:` and `C:`/`CW:` take no arguments and are returned unchanged.
+    pub fn with_args(mut self, new_args: Option<Value>) -> Fqmn {
+        let Some(new_args) = new_args else {
+            return self;
+        };
+        match &mut self {
+            Fqmn::Iam { args, .. }
+            | Fqmn::State { args, .. }
+            | Fqmn::Assembly { args, .. }
+            | Fqmn::Resolve { args, .. }
+            | Fqmn::Router { args, .. } => *args = Some(new_args),
+            Fqmn::RegistrarCall { params, .. } => *params = Some(new_args),
+            Fqmn::Publish { payload, .. } => *payload = new_args,
+            Fqmn::Events { .. } | Fqmn::Consensus { .. } => {}
+        }
+        self
+    }
+}
+
+impl serde::Serialize for Fqmn {
+    /// Serializes as the canonical string.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fqmn {
+    /// Deserializes from a string in any accepted spelling.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(s: &str) -> Fqmn {
+        match s.parse::<Fqmn>() {
+            Ok(f) => f,
+            Err(e) => panic!("`{s}` should parse, got: {e}"),
+        }
+    }
+
+    fn err(s: &str) -> String {
+        match s.parse::<Fqmn>() {
+            Ok(f) => panic!("`{s}` should not parse, got {f:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Parses `input`, checks the AST and the canonical form, and that the canonical form
+    /// parses to the same AST.
+    fn check(input: &str, ast: Fqmn, canonical: &str) {
+        let parsed = parse(input);
+        assert_eq!(parsed, ast, "AST of `{input}`");
+        assert_eq!(parsed.to_string(), canonical, "canonical form of `{input}`");
+        assert_eq!(parse(canonical), ast, "AST of canonical `{canonical}`");
+        assert_eq!(parse(canonical).to_string(), canonical);
+    }
+
+    #[test]
+    fn seed_state_call() {
+        check(
+            r#"0Sx:0x03389f0e08b9f:hello_world:["Dexter"]"#,
+            Fqmn::State {
+                write: false,
+                context: "0x03389f0e08b9f".into(),
+                method: "hello_world".into(),
+                args: Some(json!(["Dexter"])),
+            },
+            r#"S:0x03389f0e08b9f:hello_world:["Dexter"]"#,
+        );
+    }
+
+    #[test]
+    fn seed_resolve_name_lowercases() {
+        check(
+            r#"0Rx:helloWorldExample.mcom:["Dexter"]"#,
+            Fqmn::Resolve {
+                name: "helloworldexample.mcom".into(),
+                args: Some(json!(["Dexter"])),
+            },
+            r#"R:helloworldexample.mcom:["Dexter"]"#,
+        );
+    }
+
+    #[test]
+    fn seed_name_events() {
+        check(
+            "0Ex:0Rx:helloworld.mcom:Transferred",
+            Fqmn::Events {
+                topic: EventTopic::Name {
+                    name: "helloworld.mcom".into(),
+                    kind: Some("transferred".into()),
+                },
+            },
+            "E:R:helloworld.mcom:transferred",
+        );
+    }
+
+    #[test]
+    fn seed_assembly() {
+        check(
+            r#"0Ax:~4.1.3:0x03389f0e08b9f:hello_world:["Dexter"]"#,
+            Fqmn::Assembly {
+                version_req: "~4.1.3".into(),
+                context: "0x03389f0e08b9f".into(),
+                method: "hello_world".into(),
+                args: Some(json!(["Dexter"])),
+            },
+            r#"A:~4.1.3:0x03389f0e08b9f:hello_world:["Dexter"]"#,
+        );
+    }
+
+    #[test]
+    fn seed_0x_spellings() {
+        check(
+            "0xS:0x03389f0e08b9f:get",
+            Fqmn::State {
+                write: false,
+                context: "0x03389f0e08b9f".into(),
+                method: "get".into(),
+                args: None,
+            },
+            "S:0x03389f0e08b9f:get",
+        );
+        check(
+            r#"0xSW:0x03389F0E08B9F:set:{"key":"k","value":1}"#,
+            Fqmn::State {
+                write: true,
+                context: "0x03389f0e08b9f".into(),
+                method: "set".into(),
+                args: Some(json!({"key": "k", "value": 1})),
+            },
+            r#"SW:0x03389f0e08b9f:set:{"key":"k","value":1}"#,
+        );
+        check(
+            "0xR:helloWorld.mcom",
+            Fqmn::Resolve {
+                name: "helloworld.mcom".into(),
+                args: None,
+            },
+            "R:helloworld.mcom",
+        );
+        check(
+            r#"0xR:resolve:{"name":"helloworld.mcom"}"#,
+            Fqmn::RegistrarCall {
+                write: false,
+                method: "resolve".into(),
+                params: Some(json!({"name": "helloworld.mcom"})),
+            },
+            r#"R:resolve:{"name":"helloworld.mcom"}"#,
+        );
+        check(
+            r#"0xRW:register:{"name":"helloworld.mcom","target":"S:0xab:hello_world"}"#,
+            Fqmn::RegistrarCall {
+                write: true,
+                method: "register".into(),
+                params: Some(json!({"name": "helloworld.mcom", "target": "S:0xab:hello_world"})),
+            },
+            r#"RW:register:{"name":"helloworld.mcom","target":"S:0xab:hello_world"}"#,
+        );
+        check(
+            "0xI:whoami",
+            Fqmn::Iam {
+                method: "whoami".into(),
+                args: None,
+            },
+            "I:whoami",
+        );
+        check(
+            "0xE:chat.room1",
+            Fqmn::Events {
+                topic: EventTopic::App("chat.room1".into()),
+            },
+            "E:chat.room1",
+        );
+        check(
+            r#"0xEW:chat.room1:{"text":"hi: there"}"#,
+            Fqmn::Publish {
+                topic: "chat.room1".into(),
+                payload: json!({"text": "hi: there"}),
+            },
+            r#"EW:chat.room1:{"text":"hi: there"}"#,
+        );
+    }
+
+    #[test]
+    fn all_spellings_of_every_prefix_agree() {
+        let bodies = [
+            ("I", "whoami"),
+            ("S", "0xab:get"),
+            ("SW", "0xab:set:[1]"),
+            ("A", "^1:0xab:get"),
+            ("R", "a.mcom"),
+            ("RW", "release:{}"),
+            ("E", "chat"),
+            ("EW", "chat:1"),
+            ("C", "x"),
+            ("CW", "x"),
+            ("P", "ping"),
+        ];
+        for (letter, body) in bodies {
+            let short = parse(&format!("{letter}:{body}"));
+            assert_eq!(short.service_letter(), letter);
+            assert_eq!(parse(&format!("0x{letter}:{body}")), short);
+            assert_eq!(parse(&format!("0{letter}x:{body}")), short);
+        }
+    }
+
+    #[test]
+    fn other_forms() {
+        check(
+            "  P:ping \n",
+            Fqmn::Router {
+                method: "ping".into(),
+                args: None,
+            },
+            "P:ping",
+        );
+        check(
+            "I:login:{ \"a\" : [1, 2] }",
+            Fqmn::Iam {
+                method: "login".into(),
+                args: Some(json!({"a": [1, 2]})),
+            },
+            r#"I:login:{"a":[1,2]}"#,
+        );
+        check(
+            "S:ABCDEF:get",
+            Fqmn::State {
+                write: false,
+                context: "0xabcdef".into(),
+                method: "get".into(),
+                args: None,
+            },
+            "S:0xabcdef:get",
+        );
+        check(
+            "A: >=1.2, <2 :0X0A:m:null",
+            Fqmn::Assembly {
+                version_req: ">=1.2, <2".into(),
+                context: "0x0a".into(),
+                method: "m".into(),
+                args: Some(Value::Null),
+            },
+            "A:>=1.2, <2:0x0a:m:null",
+        );
+        check(
+            "R:list",
+            Fqmn::RegistrarCall {
+                write: false,
+                method: "list".into(),
+                params: None,
+            },
+            "R:list",
+        );
+        check(
+            "E:R:a.mcom",
+            Fqmn::Events {
+                topic: EventTopic::Name {
+                    name: "a.mcom".into(),
+                    kind: None,
+                },
+            },
+            "E:R:a.mcom",
+        );
+        check(
+            "E:0xS:0XAB:member-joined",
+            Fqmn::Events {
+                topic: EventTopic::Context {
+                    context: "0xab".into(),
+                    event: Some("member-joined".into()),
+                },
+            },
+            "E:S:0xab:member-joined",
+        );
+        check(
+            "E:S:ab",
+            Fqmn::Events {
+                topic: EventTopic::Context {
+                    context: "0xab".into(),
+                    event: None,
+                },
+            },
+            "E:S:0xab",
+        );
+        check(
+            "CW:  propose block 7  ",
+            Fqmn::Consensus {
+                write: true,
+                body: "propose block 7".into(),
+            },
+            "CW:propose block 7",
+        );
+        check(
+            "C:a:b:c",
+            Fqmn::Consensus {
+                write: false,
+                body: "a:b:c".into(),
+            },
+            "C:a:b:c",
+        );
+    }
+
+    #[test]
+    fn helpers() {
+        let f = parse("SW:0xab:set");
+        assert_eq!(f.service_letter(), "SW");
+        assert!(f.is_write());
+        assert!(!parse("S:0xab:get").is_write());
+        assert!(!parse("R:a.mcom").is_write());
+        assert!(parse("RW:release:{}").is_write());
+        assert!(parse("EW:t:1").is_write());
+        assert!(parse("CW:x").is_write());
+        assert_eq!(parse("R:a.mcom").service_letter(), "R");
+        assert_eq!(parse("E:R:a.mcom").service_letter(), "E");
+        assert_eq!(parse("I:x:[1]").args(), Some(&json!([1])));
+
+        let target = parse(r#"S:0xab:hello_world:["World"]"#);
+        let called = target.clone().with_args(Some(json!(["Dexter"])));
+        assert_eq!(called.to_string(), r#"S:0xab:hello_world:["Dexter"]"#);
+        assert_eq!(target.clone().with_args(None), target);
+        assert_eq!(
+            parse("I:whoami").with_args(Some(json!(1))).to_string(),
+            "I:whoami:1"
+        );
+        assert_eq!(
+            parse("R:list").with_args(Some(json!({}))).to_string(),
+            "R:list:{}"
+        );
+        assert_eq!(
+            parse("EW:t:1").with_args(Some(json!(2))).to_string(),
+            "EW:t:2"
+        );
+        let events = parse("E:chat");
+        assert_eq!(events.clone().with_args(Some(json!(1))), events);
+        let consensus = parse("C:x");
+        assert_eq!(consensus.clone().with_args(Some(json!(1))), consensus);
+    }
+
+    #[test]
+    fn serde_as_string() {
+        let f = parse("0Rx:A.mcom");
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#""R:a.mcom""#);
+        assert_eq!(serde_json::from_str::<Fqmn>(&json).unwrap(), f);
+        assert!(serde_json::from_str::<Fqmn>(r#""X:y""#).is_err());
+    }
+
+    const PREFIXES: &str =
+        "expected one of I, S, SW, R, RW, E, EW, A, C, CW, P (or the seed spellings 0xS:, 0Sx:)";
+
+    #[test]
+    fn errors() {
+        let cases: Vec<(&str, String)> = vec![
+            ("", "empty FQMN: expected `<SVC>:<body>`, e.g. `I:whoami`".into()),
+            (" \t\n", "empty FQMN: expected `<SVC>:<body>`, e.g. `I:whoami`".into()),
+            (
+                "whoami",
+                "missing service prefix in `whoami`: expected `<SVC>:` at the start, where SVC is one of I, S, SW, R, RW, E, EW, A, C, CW, P (e.g. `I:whoami`)".into(),
+            ),
+            (
+                "0xI",
+                "missing `:` and body after the service prefix: expected `I:<method>[:<args-json>]`".into(),
+            ),
+            ("X:y", format!("unknown service prefix `X:` — {PREFIXES}")),
+            (
+                "s:0xab:get",
+                format!("unknown service prefix `s:` — {PREFIXES}; service letters are upper-case: did you mean `S:`?"),
+            ),
+            (
+                "0xsw:0xab:get",
+                format!("unknown service prefix `0xsw:` — {PREFIXES}; service letters are upper-case: did you mean `SW:`?"),
+            ),
+            (
+                "IW:whoami",
+                format!("unknown service prefix `IW:` — {PREFIXES}; the IAM service has no write form, use `I:`"),
+            ),
+            (
+                "0AWx:^1:0xab:m",
+                format!("unknown service prefix `0AWx:` — {PREFIXES}; the assembly service has no write form, use `A:`"),
+            ),
+            ("I:", "empty method: expected `I:<method>[:<args-json>]`".into()),
+            ("P::1", "empty method: expected `P:<method>[:<args-json>]`".into()),
+            (
+                "I:who ami",
+                "invalid method `who ami`: a method is a letter or `_` followed by letters, digits or `_` (expected `I:<method>[:<args-json>]`)".into(),
+            ),
+            (
+                "S:0xab:9lives",
+                "invalid method `9lives`: a method is a letter or `_` followed by letters, digits or `_` (expected `S:<context>:<method>[:<args-json>]`)".into(),
+            ),
+            (
+                "I:whoami:",
+                "empty args after the last `:` — give JSON or drop the trailing `:` (expected `I:<method>[:<args-json>]`)".into(),
+            ),
+            (
+                "I:whoami:[1,",
+                "args must be JSON: EOF while parsing a value at line 1 column 3".into(),
+            ),
+            (
+                "I:whoami:Dexter",
+                "args must be JSON: expected value at line 1 column 1".into(),
+            ),
+            (
+                "R:resolve:{name}",
+                "params must be JSON: key must be a string at line 1 column 2".into(),
+            ),
+            (
+                "S:0xab",
+                "missing method after the context: expected `S:<context>:<method>[:<args-json>]`".into(),
+            ),
+            (
+                "SW:0x:set",
+                "empty context: expected hex digits, optionally prefixed by 0x (in `SW:<context>:<method>[:<args-json>]`)".into(),
+            ),
+            (
+                "S:0xzz:get",
+                "invalid context `0xzz`: expected hex digits, optionally prefixed by 0x (e.g. `0x03389f0e08b9f`)".into(),
+            ),
+            (
+                "A::0xab:m",
+                "empty version requirement: expected `A:<version-req>:<context>:<method>[:<args-json>]`, e.g. `A:~4.1.3:0x03389f:hello_world`".into(),
+            ),
+            (
+                "A:~4.1.3!:0xab:m",
+                "invalid version requirement `~4.1.3!`: unexpected character `!` (allowed: letters, digits, space and . ~ ^ * < > = , + -)".into(),
+            ),
+            (
+                "A:~4.1.3",
+                "missing context after the version requirement: expected `A:<version-req>:<context>:<method>[:<args-json>]`".into(),
+            ),
+            (
+                "A:~4.1.3:0xab",
+                "missing method after the context: expected `A:<version-req>:<context>:<method>[:<args-json>]`".into(),
+            ),
+            (
+                "R:hello_world.mcom",
+                "invalid name `hello_world.mcom`: labels may only contain letters, digits and `-` (e.g. `helloworld.mcom`)".into(),
+            ),
+            (
+                "R:a..mcom",
+                "invalid name `a..mcom`: a name cannot have an empty label (`..` or a leading or trailing `.`) (e.g. `helloworld.mcom`)".into(),
+            ),
+            (
+                "R:a.mcom:",
+                "empty args after the last `:` — give JSON or drop the trailing `:` (expected `R:<name>[:<args-json>]`)".into(),
+            ),
+            (
+                "RW:a.mcom:{}",
+                "`RW:` takes a registrar method, not a name: to register `a.mcom`, send `RW:register:{\"name\":\"a.mcom\",\"target\":\"<fqmn>\"}`; to call it, use `R:a.mcom[:<args-json>]`".into(),
+            ),
+            (
+                "RW:",
+                "empty method: expected `RW:<method>[:<params-json>]`".into(),
+            ),
+            (
+                "E:",
+                "empty event topic: expected `E:<topic>` (e.g. `E:chat.room1`), `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
+            ),
+            (
+                "E:chat..room",
+                "invalid event topic `chat..room`: expected dot-separated tokens of letters, digits, `_` or `-` (e.g. `chat.room1`), `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
+            ),
+            (
+                "E:chat:room",
+                "invalid event topic `chat:room`: expected dot-separated tokens of letters, digits, `_` or `-` (e.g. `chat.room1`), `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
+            ),
+            (
+                "E:I:whoami",
+                "cannot subscribe to `I:`: `E:` takes an application topic, `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
+            ),
+            (
+                "E:RW:a.mcom",
+                "cannot subscribe to `RW:`: `E:` takes an application topic, `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
+            ),
+            (
+                "E:R:list",
+                "invalid name `list`: `E:R:` takes a registrar name with at least two labels separated by `.` (e.g. `helloworld.mcom`)".into(),
+            ),
+            (
+                "E:R:a.mcom:Trans-ferred",
+                "invalid event kind `Trans-ferred`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>`".into(),
+            ),
+            (
+                "E:R:a.mcom:",
+                "missing event kind after the last `:`: expected `E:R:<name>[:<kind>]`".into(),
+            ),
+            (
+                "E:S:0xab:a.b",
+                "invalid context event `a.b`: expected letters, digits, `_` or `-` in `E:S:<context>:<event>`".into(),
+            ),
+            (
+                "E:S:0xab:",
+                "missing context event after the last `:`: expected `E:S:<context>[:<event>]`".into(),
+            ),
+            (
+                "EW:chat",
+                "missing payload after the topic: expected `EW:<topic>:<payload-json>`".into(),
+            ),
+            (
+                "EW:chat:",
+                "empty payload after the last `:` — give JSON or drop the trailing `:` (expected `EW:<topic>:<payload-json>`)".into(),
+            ),
+            (
+                "EW:chat room:1",
+                "invalid event topic `chat room`: expected dot-separated tokens of letters, digits, `_` or `-` (e.g. `chat.room1`)".into(),
+            ),
+            ("C:", "empty consensus body: expected `C:<body>`".into()),
+            ("CW:   ", "empty consensus body: expected `CW:<body>`".into()),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(err(input), expected, "error for `{input}`");
+        }
+    }
+
+    #[test]
+    fn name_limits() {
+        let label = "a".repeat(63);
+        let ok = format!("{label}.{label}.{label}.{}", "b".repeat(61)); // 253 bytes
+        assert_eq!(ok.len(), 253);
+        assert_eq!(parse(&format!("R:{ok}")).to_string(), format!("R:{ok}"));
+        let long = format!("{ok}b");
+        assert_eq!(
+            err(&format!("R:{long}")),
+            format!(
+                "invalid name `{}`: a name is at most 253 characters long (e.g. `helloworld.mcom`)",
+                excerpt(&long)
+            )
+        );
+    }
+
+    #[test]
+    fn too_long_and_excerpts() {
+        let big = format!("I:m:\"{}\"", "x".repeat(MAX_FQMN_LEN));
+        assert_eq!(
+            err(&big),
+            format!(
+                "FQMN too long: {} bytes, the limit is 65536 bytes",
+                big.len()
+            )
+        );
+        // Exactly at the limit is fine.
+        let at_limit = format!("I:m:\"{}\"", "x".repeat(MAX_FQMN_LEN - 6));
+        assert_eq!(at_limit.len(), MAX_FQMN_LEN);
+        assert!(at_limit.parse::<Fqmn>().is_ok());
+        // Excerpts cut on char boundaries.
+        let msg = err(&format!("{}:x", "é".repeat(100)));
+        assert!(msg.starts_with(&format!("unknown service prefix `{}…:`", "é".repeat(64))));
+    }
+
+    /// Canonical JSON must re-parse to the same numbers. serde_json only guarantees that
+    /// for long floats with its `float_roundtrip` feature, which this workspace enables
+    /// (through serde_jcs in cmesh-common); this test fails if that ever goes away.
+    #[test]
+    fn long_floats_round_trip() {
+        let input = "I:m:[1.0306294108755396516e136,1.37867260132403083402e-139,\
+                     123456789012345678901,0.1,-0,1E5,2.2250738585072014e-308]";
+        let ast = parse(input);
+        let canonical = ast.to_string();
+        assert_eq!(parse(&canonical), ast, "canonical form `{canonical}`");
+        assert_eq!(parse(&canonical).to_string(), canonical);
+    }
+
+    #[test]
+    fn unicode_never_panics() {
+        for s in [
+            "é",
+            "é:",
+            ":é",
+            "0é:x",
+            "0xé:",
+            "Sé:",
+            "S:é:é",
+            "R:é.é",
+            "E:é",
+            "E:Ré:x",
+            "A:é:é:é",
+            "\u{10FFFF}:\u{10FFFF}",
+            "I:m:\"\u{0}\"",
+            "0x",
+            "0",
+            "0x:",
+            "0:",
+            "0x0:",
+            "W:",
+            "0Wx:",
+        ] {
+            let _ = s.parse::<Fqmn>();
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The router actor: decodes a request (FQMN or JSON-RPC), has IAM admit the caller,
+//! dispatches to the service, and shapes the reply. Stateless apart from the service
+//! addresses, so each request runs as its own future and none waits for another.
+
+use actix::prelude::*;
+use cmesh_common::rpc::{self, RpcRequest, RpcResponse, INVALID_REQUEST, PARSE_ERROR};
+use cmesh_common::{CmtpError, Status};
+use cmesh_events::Emit;
+use cmesh_iam::{Admit, Authorize, Caller, Credentials, SignedRequest};
+use serde_json::{json, Value};
+
+use crate::fqmn::{EventTopic, Fqmn};
+use crate::request::{Endpoint, Inbound, Reply};
+use crate::services::Services;
+
+/// How many names may point at names before the router gives up (loops).
+const MAX_RESOLVE_DEPTH: usize = 4;
+/// Most requests in one JSON-RPC batch.
+pub const MAX_BATCH: usize = 100;
+
+pub struct RouterActor {
+    services: Services,
+}
+
+impl RouterActor {
+    pub fn new(services: Services) -> Self {
+        RouterActor { services }
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+}
+
+/// Routes one request from the front door.
+#[derive(Message)]
+#[rtype(result = "Reply")]
+pub struct Route(pub Inbound);
+
+impl Handler<Route> for RouterActor {
+    type Result = ResponseFuture<Reply>;
+
+    fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
+        let services = self.services.clone();
+        Box::pin(async move {
+            let inbound = msg.0;
+            match inbound.endpoint {
+                Endpoint::Fqmn => route_fqmn(&services, inbound).await,
+                Endpoint::Rpc => route_rpc(&services, inbound).await,
+            }
+        })
+    }
+}
+
+fn mailbox(e: MailboxError) -> CmtpError {
+    CmtpError::unavailable(format!("IAM is unavailable: {e}"))
+}
+
+/// The method an FQMN stands for, and its params.
+fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
+    let args = |a: &Option<Value>| a.clone().unwrap_or(Value::Null);
+    Ok(match fqmn {
+        Fqmn::Iam { method, args: a } => (format!("iam.{method}"), args(a)),
+        Fqmn::State { write, .. } => ((if *write { "state.call" } else { "state.view" }).to_string(), Value::Null),
+        Fqmn::Assembly { .. } => ("assembly.call".to_string(), Value::Null),
+        Fqmn::Resolve { name, .. } => ("registrar.resolve".to_string(), json!({ "name": name })),
+        Fqmn::RegistrarCall { write, method, params } => {
+            let is_write = matches!(method.as_str(), "register" | "transfer" | "release");
+            if is_write != *write {
+                let hint = if is_write { "RW:" } else { "R:" };
+                return Err(CmtpError::bad_request(format!("registrar `{method}` is called with {hint}{method}")));
+            }
+            (format!("registrar.{method}"), args(params))
+        }
+        Fqmn::Events { topic } => {
+            let key = match topic {
+                EventTopic::App(topic) => topic.clone(),
+                EventTopic::Name { name, kind: None } => format!("R:{name}"),
+                EventTopic::Name { name, kind: Some(kind) } => format!("R:{name}:{kind}"),
+                EventTopic::Context { context, event: None } => format!("S:{context}"),
+                EventTopic::Context { context, event: Some(event) } => format!("S:{context}:{event}"),
+            };
+            ("events.recent".to_string(), json!({ "topic": key }))
+        }
+        Fqmn::Publish { topic, payload } => ("events.publish".to_string(), json!({ "topic": topic, "data": payload })),
+        Fqmn::Consensus { .. } => ("consensus.call".to_string(), Value::Null),
+        Fqmn::Router { method, args: a } => (format!("router.{method}"), args(a)),
+    })
+}
+
+fn emit_admission(services: &Services, method: &str, caller: &Result<Caller, CmtpError>) {
+    let (kind, data) = match caller {
+        Ok(caller) => ("dispatched", json!({ "method": method, "caller": caller.address })),
+        Err(e) => ("denied", json!({ "method": method, "status": e.status.0, "message": e.message })),
+    };
+    services.events.do_send(Emit::new("router", kind, Vec::new(), data));
+}
+
+async fn admit(services: &Services, credentials: Credentials, method: &str) -> Result<Caller, CmtpError> {
+    let caller = services
+        .iam
+        .send(Admit { credentials, method: method.to_string() })
+        .await
+        .map_err(mailbox)
+        .and_then(|r| r);
+    emit_admission(services, method, &caller);
+    caller
+}
+
+async fn route_fqmn(services: &Services, inbound: Inbound) -> Reply {
+    let text = match decode_fqmn_payload(&inbound) {
+        Ok(text) => text,
+        Err(e) => return Reply::error(&e),
+    };
+    let fqmn: Fqmn = match text.parse() {
+        Ok(fqmn) => fqmn,
+        Err(e) => return Reply::error(&CmtpError::bad_request(format!("malformed FQMN: {e}"))),
+    };
+    let credentials = inbound.bearer.map(Credentials::Bearer).unwrap_or(Credentials::None);
+    let result = async {
+        let (method, _) = method_of(&fqmn)?;
+        let caller = admit(services, credentials, &method).await?;
+        run_fqmn(services, &caller, fqmn).await
+    }
+    .await;
+    match result {
+        Ok(value) => Reply::ok(value),
+        Err(e) => Reply::error(&e),
+    }
+}
+
+fn decode_fqmn_payload(inbound: &Inbound) -> Result<String, CmtpError> {
+    match inbound.encoding {
+        crate::request::Encoding::Json => std::str::from_utf8(&inbound.payload)
+            .map(str::to_string)
+            .map_err(|_| CmtpError::bad_request("an FQMN payload is UTF-8 text")),
+        crate::request::Encoding::MsgPack => rmp_serde::from_slice::<String>(&inbound.payload)
+            .map_err(|e| CmtpError::bad_request(format!("invalid MessagePack: expected an FQMN string: {e}"))),
+    }
+}
+
+/// Runs an admitted FQMN; names are resolved and their targets run in turn, each
+/// target's method checked against the caller's permissions.
+async fn run_fqmn(services: &Services, caller: &Caller, mut fqmn: Fqmn) -> Result<Value, CmtpError> {
+    for _ in 0..=MAX_RESOLVE_DEPTH {
+        let Fqmn::Resolve { name, args } = fqmn else {
+            let (method, params) = method_of(&fqmn)?;
+            return services.call(caller, &method, params).await;
+        };
+        let record = services.call(caller, "registrar.resolve", json!({ "name": name })).await?;
+        let target = record.get("target").and_then(Value::as_str).unwrap_or_default();
+        let next: Fqmn = target.parse().map_err(|e| {
+            CmtpError::new(Status::UNPROCESSABLE, format!("`{name}` points at `{target}`, which is not a valid FQMN: {e}"))
+        })?;
+        let next = next.with_args(args);
+        let (method, _) = method_of(&next)?;
+        services
+            .iam
+            .send(Authorize { caller: caller.clone(), method: method.clone() })
+            .await
+            .map_err(mailbox)??;
+        fqmn = next;
+    }
+    Err(CmtpError::new(Status::UNPROCESSABLE, format!("names point at names more than {MAX_RESOLVE_DEPTH} deep (a loop?)")))
+}
+
+async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
+    let value = match inbound.encoding.decode(&inbound.payload) {
+        Ok(value) => value,
+        Err(message) => return rpc_error_reply(Value::Null, &CmtpError::bad_request(message).with_rpc_code(PARSE_ERROR)),
+    };
+    let bearer = inbound.bearer;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > MAX_BATCH {
+                let e = CmtpError::bad_request(format!("a batch holds 1 to {MAX_BATCH} requests")).with_rpc_code(INVALID_REQUEST);
+                return rpc_error_reply(Value::Null, &e);
+            }
+            let mut responses = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(response) = rpc_one(services, item, bearer.clone()).await {
+                    responses.push(json!(response));
+                }
+            }
+            Reply::ok(Value::Array(responses))
+        }
+        single => match rpc_one(services, single, bearer).await {
+            Some(response) => {
+                let status = response
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.data.as_ref())
+                    .and_then(|d| d.get("status"))
+                    .and_then(Value::as_u64)
+                    .map(|s| Status(s as u16))
+                    .unwrap_or(Status::OK);
+                let error = response.error.as_ref().map(|e| e.message.clone());
+                Reply { status, body: json!(response), error }
+            }
+            // A notification gets an empty reply: NATS requests always expect one.
+            None => Reply::ok(Value::Null),
+        },
+    }
+}
+
+fn rpc_error_reply(id: Value, error: &CmtpError) -> Reply {
+    Reply { status: error.status, body: json!(RpcResponse::failure(id, error)), error: Some(error.message.clone()) }
+}
+
+/// One JSON-RPC request; `None` for a notification (no `id`), which gets no response.
+async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>) -> Option<RpcResponse> {
+    let request: RpcRequest = match serde_json::from_value(raw.clone()) {
+        Ok(request) => request,
+        Err(e) => {
+            let id = raw.get("id").cloned().unwrap_or(Value::Null);
+            let error = CmtpError::bad_request(format!("not a JSON-RPC 2.0 request: {e}")).with_rpc_code(INVALID_REQUEST);
+            return Some(RpcResponse::failure(id, &error));
+        }
+    };
+    let id = request.id.clone();
+    let response_id = id.clone().unwrap_or(Value::Null);
+    let result = async {
+        if request.jsonrpc != "2.0" {
+            return Err(CmtpError::bad_request("`jsonrpc` must be \"2.0\"").with_rpc_code(INVALID_REQUEST));
+        }
+        let credentials = match (&request.signature, request.nonce, &bearer) {
+            (Some(signature), Some(nonce), _) => {
+                let session = request.id.as_ref().and_then(Value::as_str).ok_or_else(|| {
+                    CmtpError::new(Status::UNAUTHORIZED, "a signed request's `id` is its session (0x-hex)")
+                        .with_rpc_code(rpc::SESSION_ERROR)
+                })?;
+                Credentials::Signed(SignedRequest { raw, session: session.to_string(), nonce, signature: signature.clone() })
+            }
+            (Some(_), None, _) => {
+                return Err(CmtpError::new(Status::UNAUTHORIZED, "a signed request needs a `nonce`")
+                    .with_rpc_code(rpc::NONCE_ERROR))
+            }
+            (None, _, Some(token)) => Credentials::Bearer(token.clone()),
+            (None, _, None) => Credentials::None,
+        };
+        let caller = admit(services, credentials, &request.method).await?;
+        services.call(&caller, &request.method, request.params).await
+    }
+    .await;
+    id.as_ref()?;
+    Some(match result {
+        Ok(value) => RpcResponse::success(response_id, value),
+        Err(e) => RpcResponse::failure(response_id, &e),
+    })
+}

@@ -1,0 +1,281 @@
+//! Wiring one node: key, NATS connection, the actors each on its own arbiter, the front
+//! door, announcements, and a clean stop on SIGINT/SIGTERM.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use bytes::Bytes;
+use cmesh_common::{Address, SigningKey};
+use cmesh_events::{EventsActor, Shutdown};
+use cmesh_iam::{Announcement, IamActor, IamConfig, OwnAnnouncement, PeerAnnounced, Verifier};
+use cmesh_router::forward::{ForwardedCalls, RegistrarHandle, REGISTRAR_SUBJECT};
+use cmesh_router::gateway::{endpoint_specs, Gateway};
+use cmesh_router::micro::{Micro, ServiceIdentity};
+use cmesh_router::registrar::RegistrarActor;
+use cmesh_router::router::RouterActor;
+use cmesh_router::services::Services;
+use futures::StreamExt;
+
+use crate::config::NodeConfig;
+
+pub const ANNOUNCE_SUBJECT: &str = "cmesh.announce";
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+/// How long a stopping node waits for requests in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs a node until SIGINT or SIGTERM.
+pub fn run(config: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data).with_context(|| format!("creating data dir {}", config.data.display()))?;
+    let key_path = config.data.join("node.key");
+    let (key, created) = SigningKey::load_or_create(&key_path).context("node key")?;
+    if created {
+        tracing::info!(address = %key.address(), path = %key_path.display(), "created the node key");
+    }
+    tracing::info!(address = %key.address(), registrar = config.registrar, mesh = %config.mesh, "starting node");
+    let system = actix::System::new();
+    system.block_on(serve(config, key))
+}
+
+/// Connects to NATS, retrying with backoff while it is unreachable; the client then
+/// reconnects by itself after NATS restarts.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("lost the NATS connection; reconnecting"),
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            });
+        let options = options.connection_timeout(Duration::from_secs(2));
+        // `retry_on_initial_connect` would return at once; we probe first so that the
+        // operator sees what is wrong.
+        match tokio::net::TcpStream::connect(host_port(url)).await {
+            Ok(_) => return options.connect(url).await.with_context(|| format!("connecting to NATS at {url}")),
+            Err(e) => {
+                tracing::warn!(url, error = %e, retry_in_ms = delay.as_millis() as u64, "NATS is not reachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// `nats://host:port` (or `host:port`, or a list) → the first `host:port`.
+fn host_port(url: &str) -> String {
+    let first = url.split(',').next().unwrap_or(url).trim();
+    let without_scheme = first.split_once("://").map(|(_, rest)| rest).unwrap_or(first);
+    let without_auth = without_scheme.rsplit_once('@').map(|(_, rest)| rest).unwrap_or(without_scheme);
+    if without_auth.contains(':') {
+        without_auth.to_string()
+    } else {
+        format!("{without_auth}:4222")
+    }
+}
+
+async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
+    let address = key.address();
+    let client = connect(&config.nats_url, &format!("cmesh-node-{address}")).await?;
+
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let verifier = SyncArbiter::start(threads, || Verifier);
+
+    let iam_config = IamConfig {
+        mesh: config.mesh.clone(),
+        challenge_ttl: Duration::from_secs(config.challenge_ttl),
+        token_ttl: Duration::from_secs(config.token_ttl),
+        admins: config.admins.clone(),
+        allowed_peers: config.peers.clone(),
+        permissions: config.permissions.clone(),
+        ..IamConfig::default()
+    };
+    let iam_actor = IamActor::new(key.clone(), iam_config, &config.data, verifier).context("IAM store")?;
+    let iam = IamActor::start_in_arbiter(&Arbiter::new().handle(), move |_| iam_actor);
+
+    let events_actor = EventsActor::new(client.clone(), address, &config.data).context("audit store")?;
+    let events = EventsActor::start_in_arbiter(&Arbiter::new().handle(), move |_| events_actor);
+
+    let (registrar, forwarded) = if config.registrar {
+        let actor = RegistrarActor::open(&config.data.join("registrar.redb"), config.tlds()).context("registrar store")?;
+        let registrar = RegistrarActor::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
+        let forwarded = ForwardedCalls::new(registrar.clone(), events.clone(), iam.clone());
+        (RegistrarHandle::Local { registrar, events: events.clone() }, Some(forwarded))
+    } else {
+        (RegistrarHandle::Remote { client: client.clone(), key: std::sync::Arc::new(key.clone()) }, None)
+    };
+
+    let services = Services {
+        node: address,
+        mesh: config.mesh.clone(),
+        is_registrar: config.registrar,
+        iam: iam.clone(),
+        events: events.clone(),
+        registrar,
+    };
+    let router = RouterActor::new(services).start();
+
+    let endpoints = endpoint_specs(&address);
+    let identity = ServiceIdentity {
+        name: "cmesh".into(),
+        id: instance_id()?,
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "cmesh node: FQMN and JSON-RPC front door".into(),
+        metadata: HashMap::from([
+            ("address".to_string(), address.to_string()),
+            ("registrar".to_string(), config.registrar.to_string()),
+        ]),
+    };
+    let specs = endpoints.iter().map(|(spec, _)| spec.clone()).collect();
+    let (micro, micro_task) = Micro::start(client.clone(), identity, specs).await.context("micro service")?;
+    actix::spawn(micro_task);
+
+    let mut forwarded_sub = match forwarded {
+        Some(forwarded) => {
+            let subscriber = client.subscribe(REGISTRAR_SUBJECT).await.context("registrar subject")?;
+            Some(actix::spawn(serve_forwarded(client.clone(), subscriber, forwarded)))
+        }
+        None => None,
+    };
+    let announcer = actix::spawn(announce_loop(client.clone(), iam.clone(), config.registrar).await?);
+
+    let mut gateway =
+        Gateway::start(client.clone(), router, events.clone(), micro.clone(), endpoints, config.max_payload).await?;
+    client.flush().await.context("flushing subscriptions to NATS")?;
+
+    println!("cmesh node {address} ready");
+    tracing::info!(%address, "ready");
+
+    wait_for_signal().await?;
+    tracing::info!("stopping: no new requests, finishing those in flight");
+    gateway.stop().await;
+    if !gateway.wait_idle(DRAIN_LIMIT).await {
+        tracing::warn!("requests still in flight after the drain limit");
+    }
+    announcer.abort();
+    if let Some(handle) = forwarded_sub.take() {
+        handle.abort();
+    }
+    micro.stop().await;
+    match events.send(Shutdown).await {
+        Ok(Ok(head)) => tracing::info!(audit_head = head, "audit trail flushed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "audit trail flush failed"),
+        Err(e) => tracing::error!(error = %e, "events actor gone before the flush"),
+    }
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "draining NATS");
+    }
+    tracing::info!("stopped");
+    System::current().stop();
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+async fn publish_own(client: &async_nats::Client, iam: &Addr<IamActor>, registrar: bool) {
+    match iam.send(OwnAnnouncement { registrar }).await {
+        Ok(announcement) => match serde_json::to_vec(&announcement) {
+            Ok(bytes) => {
+                if let Err(e) = client.publish(ANNOUNCE_SUBJECT, Bytes::from(bytes)).await {
+                    tracing::warn!(error = %e, "could not announce this node");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode the announcement"),
+        },
+        Err(e) => tracing::warn!(error = %e, "IAM gone; cannot announce"),
+    }
+}
+
+/// Subscribes to announcements, announces this node, and returns the loop that keeps
+/// learning nodes: a newcomer is answered with our own announcement so it learns us too.
+async fn announce_loop(
+    client: async_nats::Client,
+    iam: Addr<IamActor>,
+    registrar: bool,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut subscriber = client.subscribe(ANNOUNCE_SUBJECT).await.context("announce subject")?;
+    client.flush().await.context("flushing the announce subscription")?;
+    publish_own(&client, &iam, registrar).await;
+    Ok(async move {
+        let mut ticker = tokio::time::interval(ANNOUNCE_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                message = subscriber.next() => {
+                    let Some(message) = message else { break };
+                    let Ok(announcement) = serde_json::from_slice::<Announcement>(&message.payload) else {
+                        tracing::debug!("ignored a malformed announcement");
+                        continue;
+                    };
+                    match iam.send(PeerAnnounced(announcement)).await {
+                        Ok(Ok(Some(_))) => publish_own(&client, &iam, registrar).await,
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e.message, "ignored an announcement"),
+                        Err(_) => break,
+                    }
+                }
+                _ = ticker.tick() => publish_own(&client, &iam, registrar).await,
+            }
+        }
+    })
+}
+
+async fn serve_forwarded(client: async_nats::Client, mut subscriber: async_nats::Subscriber, calls: ForwardedCalls) {
+    while let Some(message) = subscriber.next().await {
+        let Some(reply) = message.reply.clone() else { continue };
+        let calls = calls.clone();
+        let client = client.clone();
+        actix::spawn(async move {
+            let answer = calls.serve(&message.payload).await;
+            if let Err(e) = client.publish(reply, answer).await {
+                tracing::warn!(error = %e, "could not answer a forwarded registrar call");
+            }
+        });
+    }
+}
+
+/// A random id for this instance of the micro service (like a NATS nuid).
+fn instance_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 11];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no entropy: {e}"))?;
+    Ok(hex::encode_upper(bytes))
+}
+
+/// The address printed in the ready line, parsed back (used by `mesh up` and tests).
+pub fn parse_ready_line(line: &str) -> Option<Address> {
+    line.strip_prefix("cmesh node ")?.strip_suffix(" ready")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_of_urls() {
+        assert_eq!(host_port("nats://127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(host_port("nats://user:pw@nats:4333,nats://b:1"), "nats:4333");
+        assert_eq!(host_port("localhost"), "localhost:4222");
+    }
+
+    #[test]
+    fn ready_line_round_trip() {
+        let line = "cmesh node 0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed ready";
+        assert_eq!(parse_ready_line(line).map(|a| a.to_string()).as_deref(), Some("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"));
+        assert_eq!(parse_ready_line("something else"), None);
+    }
+}
