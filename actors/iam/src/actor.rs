@@ -60,12 +60,24 @@ impl IamActor {
 
     fn caller(&self, address: Address, expires_at: u64, method: &str) -> Result<Caller, CmtpError> {
         let attributes = self.attributes_of(&address)?;
-        if let Permission::Attribute(needed) = self.permissions.required(method) {
-            if !attributes.iter().any(|a| a == needed) {
-                return Err(CmtpError::forbidden(format!("`{method}` needs the attribute {needed}, which {address} does not hold")));
+        let caller = Caller { address: Some(address), attributes, expires_at: Some(expires_at) };
+        self.authorize(&caller, method)?;
+        Ok(caller)
+    }
+
+    fn authorize(&self, caller: &Caller, method: &str) -> Result<(), CmtpError> {
+        match (self.permissions.required(method), caller.address) {
+            (Permission::Public, _) => Ok(()),
+            (_, None) => Err(CmtpError::unauthorized(format!("`{method}` needs credentials: {LOG_IN}"))),
+            (Permission::Authenticated, Some(_)) => Ok(()),
+            (Permission::Attribute(needed), Some(address)) => {
+                if caller.attributes.iter().any(|a| a == needed) {
+                    Ok(())
+                } else {
+                    Err(CmtpError::forbidden(format!("`{method}` needs the attribute {needed}, which {address} does not hold")))
+                }
             }
         }
-        Ok(Caller { address: Some(address), attributes, expires_at: Some(expires_at) })
     }
 
     fn cache_token(&mut self, token: String, claims: Claims) {
@@ -165,6 +177,14 @@ impl Handler<Admit> for IamActor {
                 }))
             }
         }
+    }
+}
+
+impl Handler<Authorize> for IamActor {
+    type Result = Result<(), CmtpError>;
+
+    fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
+        self.authorize(&msg.caller, &msg.method)
     }
 }
 

@@ -54,6 +54,14 @@ pub struct Admit {
     pub method: String,
 }
 
+/// Checks an already admitted caller may also call `method` (a name's target, say).
+#[derive(Message)]
+#[rtype(result = "Result<(), CmtpError>")]
+pub struct Authorize {
+    pub caller: Caller,
+    pub method: String,
+}
+
 /// `iam.challenge {address, client_nonce?}`.
 #[derive(Message, Debug, Clone, Deserialize)]
 #[rtype(result = "Result<ChallengeReply, CmtpError>")]

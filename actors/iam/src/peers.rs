@@ -8,7 +8,6 @@ use std::sync::Arc;
 use cmesh_common::keys::Secp256k1PublicKey as PublicKey;
 use cmesh_common::{Address, Signature65, SigningKey};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Published by every node on `cmesh.announce`; signed with personal_sign over the JCS
 /// of the announcement without its `signature`.
@@ -35,7 +34,7 @@ impl Announcement {
         let value = serde_json::json!({
             "mesh": self.mesh, "address": self.address, "registrar": self.registrar, "ts": self.ts,
         });
-        signing_bytes_of(&value)
+        cmesh_common::jcs::signing_bytes(&value)
     }
 
     /// The signer's public key, if the signature is by `address`.
@@ -45,16 +44,6 @@ impl Announcement {
         let (public, signer) = signature.recover_digest(digest).ok()?;
         (signer == self.address).then_some(public)
     }
-}
-
-/// JCS bytes of a JSON object with its `signature` member removed: what Kami requests
-/// and announcements are signed over.
-pub fn signing_bytes_of(value: &Value) -> Vec<u8> {
-    let mut unsigned = value.clone();
-    if let Some(object) = unsigned.as_object_mut() {
-        object.remove("signature");
-    }
-    cmesh_common::jcs::canonical_json(&unsigned).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

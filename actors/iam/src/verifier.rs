@@ -64,7 +64,7 @@ impl Handler<RecoverRequestSigner> for Verifier {
 
     fn handle(&mut self, msg: RecoverRequestSigner, _: &mut SyncContext<Self>) -> Self::Result {
         let signature: Signature65 = msg.signature.parse()?;
-        let bytes = crate::peers::signing_bytes_of(&msg.raw);
+        let bytes = cmesh_common::jcs::signing_bytes(&msg.raw);
         signature.recover_digest(personal_digest(&bytes)).map(|(_, address)| address)
     }
 }
