@@ -33,7 +33,9 @@ pub fn home() -> PathBuf {
     if let Some(dir) = std::env::var_os("CMESH_HOME") {
         return PathBuf::from(dir);
     }
-    let base = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let base = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     base.join(".cmesh")
 }
 
@@ -85,7 +87,11 @@ impl MeshClient {
             .connect(&target.nats_url)
             .await
             .with_context(|| format!("connecting to NATS at {}", target.nats_url))?;
-        Ok(MeshClient { nats, target: target.clone(), token: load_token().map(|t| t.token) })
+        Ok(MeshClient {
+            nats,
+            target: target.clone(),
+            token: load_token().map(|t| t.token),
+        })
     }
 
     pub fn nats(&self) -> &async_nats::Client {
@@ -140,7 +146,9 @@ impl MeshClient {
     /// Calls a JSON-RPC method; the result, or the error's message and status.
     pub async fn rpc(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         let request = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-        let answer = self.request("rpc", Bytes::from(serde_json::to_vec(&request)?), false).await?;
+        let answer = self
+            .request("rpc", Bytes::from(serde_json::to_vec(&request)?), false)
+            .await?;
         if let Some(error) = answer.body.get("error") {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("error");
             let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
@@ -152,12 +160,24 @@ impl MeshClient {
     /// Challenge, personal_sign, login; keeps the token for later commands.
     pub async fn login(&mut self, key: &SigningKey) -> anyhow::Result<SavedToken> {
         let challenge = self.rpc("iam.challenge", json!({ "address": key.address() })).await?;
-        let message = challenge.get("message").and_then(Value::as_str).ok_or_else(|| anyhow!("challenge without message"))?;
-        let session = challenge.get("session").and_then(Value::as_str).ok_or_else(|| anyhow!("challenge without session"))?;
+        let message = challenge
+            .get("message")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("challenge without message"))?;
+        let session = challenge
+            .get("session")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("challenge without session"))?;
         let signature = key.sign_personal(message.as_bytes()).to_string();
-        let login = self.rpc("iam.login", json!({ "session": session, "signature": signature })).await?;
+        let login = self
+            .rpc("iam.login", json!({ "session": session, "signature": signature }))
+            .await?;
         let saved = SavedToken {
-            token: login.get("token").and_then(Value::as_str).ok_or_else(|| anyhow!("login without token"))?.to_string(),
+            token: login
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("login without token"))?
+                .to_string(),
             address: key.address(),
             expires_at: login.get("expires_at").and_then(Value::as_u64).unwrap_or(0),
             nats_url: self.target.nats_url.clone(),
@@ -182,7 +202,9 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(bytes)?;
     Ok(())
 }

@@ -102,13 +102,19 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let config = NodeConfig {
-            nats_url: args.nats_url.or(file.nats_url).unwrap_or_else(|| DEFAULT_NATS_URL.to_string()),
+            nats_url: args
+                .nats_url
+                .or(file.nats_url)
+                .unwrap_or_else(|| DEFAULT_NATS_URL.to_string()),
             data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from("cmesh-data")),
             registrar: args.registrar || file.registrar.unwrap_or(false),
             mesh: args.mesh.or(file.mesh).unwrap_or_else(|| "cmesh".to_string()),
             admins: or_file(args.admins, file.admins),
             peers: or_file(args.peers, file.peers),
-            max_payload: args.max_payload.or(file.max_payload).unwrap_or(cmesh_router::gateway::DEFAULT_MAX_PAYLOAD),
+            max_payload: args
+                .max_payload
+                .or(file.max_payload)
+                .unwrap_or(cmesh_router::gateway::DEFAULT_MAX_PAYLOAD),
             token_ttl: args.token_ttl.or(file.token_ttl).unwrap_or(3600),
             challenge_ttl: args.challenge_ttl.or(file.challenge_ttl).unwrap_or(25),
             tlds: or_file(args.tlds, file.tlds),
@@ -150,14 +156,21 @@ mod tests {
         let path = dir.path().join("cmesh.toml");
         std::fs::write(&path, "nats_url = \"nats://file:4222\"\nmesh = \"filemesh\"\ntoken_ttl = 60\n[permissions]\n\"registrar.register\" = \"role=registrant\"\n")
             .expect("write");
-        let args = NodeArgs { config: Some(path), mesh: Some("flagmesh".into()), ..Default::default() };
+        let args = NodeArgs {
+            config: Some(path),
+            mesh: Some("flagmesh".into()),
+            ..Default::default()
+        };
         let config = NodeConfig::resolve(args).expect("valid");
         assert_eq!(config.nats_url, "nats://file:4222");
         assert_eq!(config.mesh, "flagmesh");
         assert_eq!(config.token_ttl, 60);
         assert_eq!(config.challenge_ttl, 25);
         assert_eq!(config.tlds(), vec!["mcom"]);
-        assert_eq!(config.permissions.get("registrar.register").map(String::as_str), Some("role=registrant"));
+        assert_eq!(
+            config.permissions.get("registrar.register").map(String::as_str),
+            Some("role=registrant")
+        );
     }
 
     #[test]
@@ -165,9 +178,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cmesh.toml");
         std::fs::write(&path, "nats = \"x\"\n").expect("write");
-        let args = NodeArgs { config: Some(path), ..Default::default() };
+        let args = NodeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
         assert!(NodeConfig::resolve(args).is_err());
-        let args = NodeArgs { token_ttl: Some(0), ..Default::default() };
+        let args = NodeArgs {
+            token_ttl: Some(0),
+            ..Default::default()
+        };
         assert!(NodeConfig::resolve(args).is_err());
     }
 }

@@ -13,7 +13,9 @@ pub enum Format {
 /// only warn so that their output stays readable.
 pub fn init(format: Format, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         Format::Plain => builder.init(),
         Format::Json => builder.json().init(),

@@ -191,11 +191,17 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn print(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -222,7 +228,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let key = client::load_key()?;
             let mut client = MeshClient::connect(&target).await?;
             let saved = client.login(&key).await?;
-            println!("logged in as {} until {}", saved.address.to_eip55(), format_time(saved.expires_at));
+            println!(
+                "logged in as {} until {}",
+                saved.address.to_eip55(),
+                format_time(saved.expires_at)
+            );
             Ok(ExitCode::SUCCESS)
         }),
         Command::Fqmn { fqmn, msgpack, target } => runtime()?.block_on(async {
@@ -281,9 +291,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn name(command: NameCommand) -> anyhow::Result<ExitCode> {
     let (target, method, params) = match command {
-        NameCommand::Register { name, target, target_node } => {
-            (target_node, "registrar.register", json!({ "name": name, "target": target }))
-        }
+        NameCommand::Register {
+            name,
+            target,
+            target_node,
+        } => (
+            target_node,
+            "registrar.register",
+            json!({ "name": name, "target": target }),
+        ),
         NameCommand::Resolve { name, target } => (target, "registrar.resolve", json!({ "name": name })),
         NameCommand::Transfer { name, to, target } => (target, "registrar.transfer", json!({ "name": name, "to": to })),
         NameCommand::Release { name, target } => (target, "registrar.release", json!({ "name": name })),

@@ -60,7 +60,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .stdout(Stdio::null())
         .stderr(nats_log)
         .spawn()
-        .with_context(|| format!("starting {} (install it with scripts/up or apt-get install nats-server)", args.nats_server.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (install it with scripts/up or apt-get install nats-server)",
+                args.nats_server.display()
+            )
+        })?;
     children.0.push(nats);
     let url = format!("nats://127.0.0.1:{}", args.port);
     eprintln!("nats-server on {url}");
@@ -75,7 +80,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         if n == 1 {
             command.arg("--registrar");
         }
-        let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().context("starting a node")?;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting a node")?;
         let stdout = child.stdout.take().context("node stdout")?;
         children.0.push(child);
         let (tx, rx) = mpsc::channel();
@@ -86,15 +95,21 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        let address = rx
-            .recv_timeout(READY_TIMEOUT)
-            .with_context(|| format!("node {n} did not get ready; see {}", dir.join(format!("node{n}.log")).display()))?;
+        let address = rx.recv_timeout(READY_TIMEOUT).with_context(|| {
+            format!(
+                "node {n} did not get ready; see {}",
+                dir.join(format!("node{n}.log")).display()
+            )
+        })?;
         let role = if n == 1 { " (registrar)" } else { "" };
         eprintln!("node {n}: {address}{role}");
         env.push_str(&format!("NODE{n}={address}\n"));
     }
     std::fs::write(dir.join("mesh.env"), env)?;
-    eprintln!("mesh is up; settings in {}; Ctrl-C stops it", dir.join("mesh.env").display());
+    eprintln!(
+        "mesh is up; settings in {}; Ctrl-C stops it",
+        dir.join("mesh.env").display()
+    );
 
     wait_for_ctrl_c()?;
     eprintln!("stopping the mesh");

@@ -58,7 +58,12 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
         // `retry_on_initial_connect` would return at once; we probe first so that the
         // operator sees what is wrong.
         match tokio::net::TcpStream::connect(host_port(url)).await {
-            Ok(_) => return options.connect(url).await.with_context(|| format!("connecting to NATS at {url}")),
+            Ok(_) => {
+                return options
+                    .connect(url)
+                    .await
+                    .with_context(|| format!("connecting to NATS at {url}"))
+            }
             Err(e) => {
                 tracing::warn!(url, error = %e, retry_in_ms = delay.as_millis() as u64, "NATS is not reachable; retrying");
                 tokio::time::sleep(delay).await;
@@ -72,7 +77,10 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
 fn host_port(url: &str) -> String {
     let first = url.split(',').next().unwrap_or(url).trim();
     let without_scheme = first.split_once("://").map(|(_, rest)| rest).unwrap_or(first);
-    let without_auth = without_scheme.rsplit_once('@').map(|(_, rest)| rest).unwrap_or(without_scheme);
+    let without_auth = without_scheme
+        .rsplit_once('@')
+        .map(|(_, rest)| rest)
+        .unwrap_or(without_scheme);
     if without_auth.contains(':') {
         without_auth.to_string()
     } else {
@@ -103,12 +111,25 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     let events = EventsActor::start_in_arbiter(&Arbiter::new().handle(), move |_| events_actor);
 
     let (registrar, forwarded) = if config.registrar {
-        let actor = RegistrarActor::open(&config.data.join("registrar.redb"), config.tlds()).context("registrar store")?;
+        let actor =
+            RegistrarActor::open(&config.data.join("registrar.redb"), config.tlds()).context("registrar store")?;
         let registrar = RegistrarActor::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
         let forwarded = ForwardedCalls::new(registrar.clone(), events.clone(), iam.clone());
-        (RegistrarHandle::Local { registrar, events: events.clone() }, Some(forwarded))
+        (
+            RegistrarHandle::Local {
+                registrar,
+                events: events.clone(),
+            },
+            Some(forwarded),
+        )
     } else {
-        (RegistrarHandle::Remote { client: client.clone(), key: std::sync::Arc::new(key.clone()) }, None)
+        (
+            RegistrarHandle::Remote {
+                client: client.clone(),
+                key: std::sync::Arc::new(key.clone()),
+            },
+            None,
+        )
     };
 
     let services = Services {
@@ -133,7 +154,9 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         ]),
     };
     let specs = endpoints.iter().map(|(spec, _)| spec.clone()).collect();
-    let (micro, micro_task) = Micro::start(client.clone(), identity, specs).await.context("micro service")?;
+    let (micro, micro_task) = Micro::start(client.clone(), identity, specs)
+        .await
+        .context("micro service")?;
     actix::spawn(micro_task);
 
     let mut forwarded_sub = match forwarded {
@@ -145,8 +168,15 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     };
     let announcer = actix::spawn(announce_loop(client.clone(), iam.clone(), config.registrar).await?);
 
-    let mut gateway =
-        Gateway::start(client.clone(), router, events.clone(), micro.clone(), endpoints, config.max_payload).await?;
+    let mut gateway = Gateway::start(
+        client.clone(),
+        router,
+        events.clone(),
+        micro.clone(),
+        endpoints,
+        config.max_payload,
+    )
+    .await?;
     client.flush().await.context("flushing subscriptions to NATS")?;
 
     println!("cmesh node {address} ready");
@@ -275,7 +305,10 @@ mod tests {
     #[test]
     fn ready_line_round_trip() {
         let line = "cmesh node 0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed ready";
-        assert_eq!(parse_ready_line(line).map(|a| a.to_string()).as_deref(), Some("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"));
+        assert_eq!(
+            parse_ready_line(line).map(|a| a.to_string()).as_deref(),
+            Some("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")
+        );
         assert_eq!(parse_ready_line("something else"), None);
     }
 }

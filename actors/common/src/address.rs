@@ -119,7 +119,10 @@ mod tests {
             "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD".parse::<Address>(),
             Err(AddressError::BadChecksum)
         );
-        assert_eq!("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed".parse::<Address>(), Err(AddressError::Malformed));
+        assert_eq!(
+            "5aaeb6053f3e94c9b9a09f33669435e7ef1beaed".parse::<Address>(),
+            Err(AddressError::Malformed)
+        );
         assert_eq!("0x1234".parse::<Address>(), Err(AddressError::Malformed));
         assert_eq!("0x".to_string().parse::<Address>(), Err(AddressError::Malformed));
         // All upper or all lower case carry no checksum and are accepted.

@@ -64,7 +64,11 @@ pub struct CmtpError {
 
 impl CmtpError {
     pub fn new(status: Status, message: impl Into<String>) -> Self {
-        CmtpError { status, message: message.into(), rpc_code: None }
+        CmtpError {
+            status,
+            message: message.into(),
+            rpc_code: None,
+        }
     }
 
     pub fn with_rpc_code(mut self, code: i64) -> Self {

@@ -25,7 +25,10 @@ pub fn to_hex0x(bytes: &[u8]) -> String {
 
 /// Parses 0x-prefixed (or bare) hex of exactly `N` bytes.
 pub fn from_hex0x<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
     let mut out = [0u8; N];
     hex::decode_to_slice(digits, &mut out).ok()?;
     Some(out)

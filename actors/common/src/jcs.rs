@@ -25,9 +25,13 @@ mod tests {
 
     #[test]
     fn keys_are_sorted_and_whitespace_dropped() {
-        let value: Value = serde_json::from_str(r#"{ "b": [1, 2.50, "é"], "a": {"z": null, "y": true} }"#).expect("json");
+        let value: Value =
+            serde_json::from_str(r#"{ "b": [1, 2.50, "é"], "a": {"z": null, "y": true} }"#).expect("json");
         let canonical = canonical_json(&value).expect("jcs");
-        assert_eq!(String::from_utf8(canonical).expect("utf8"), r#"{"a":{"y":true,"z":null},"b":[1,2.5,"é"]}"#);
+        assert_eq!(
+            String::from_utf8(canonical).expect("utf8"),
+            r#"{"a":{"y":true,"z":null},"b":[1,2.5,"é"]}"#
+        );
     }
 
     #[test]

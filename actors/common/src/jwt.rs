@@ -55,11 +55,19 @@ pub enum JwtError {
 
 /// Signs `claims` into a compact JWS.
 pub fn issue(key: &SigningKey, claims: &Claims) -> String {
-    let header = Header { alg: ALGORITHM.into(), typ: Some("JWT".into()), kid: Some(key.address().to_string()) };
+    let header = Header {
+        alg: ALGORITHM.into(),
+        typ: Some("JWT".into()),
+        kid: Some(key.address().to_string()),
+    };
     // Serialising these plain structs cannot fail.
     let header_json = serde_json::to_vec(&header).unwrap_or_default();
     let claims_json = serde_json::to_vec(claims).unwrap_or_default();
-    let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header_json), URL_SAFE_NO_PAD.encode(claims_json));
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header_json),
+        URL_SAFE_NO_PAD.encode(claims_json)
+    );
     let signature = key.sign_digest_compact(Sha256::digest(signing_input.as_bytes()).into());
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
@@ -107,7 +115,14 @@ mod tests {
     use super::*;
 
     fn claims(iss: Address, exp: u64) -> Claims {
-        Claims { iss, sub: iss, aud: "test".into(), iat: 1, exp, jti: "j".into() }
+        Claims {
+            iss,
+            sub: iss,
+            aud: "test".into(),
+            iat: 1,
+            exp,
+            jti: "j".into(),
+        }
     }
 
     fn setup() -> (SigningKey, String) {
@@ -128,8 +143,14 @@ mod tests {
         let (key, token) = setup();
         let lookup = |a: &Address| (*a == key.address()).then(|| key.public_key());
         assert_eq!(verify(&token, "test", 100, lookup), Err(JwtError::Expired));
-        assert_eq!(verify(&token, "other", 50, lookup), Err(JwtError::Audience("test".into())));
-        assert_eq!(verify(&token, "test", 50, |_| None), Err(JwtError::UnknownIssuer(key.address())));
+        assert_eq!(
+            verify(&token, "other", 50, lookup),
+            Err(JwtError::Audience("test".into()))
+        );
+        assert_eq!(
+            verify(&token, "test", 50, |_| None),
+            Err(JwtError::UnknownIssuer(key.address()))
+        );
     }
 
     #[test]
@@ -149,7 +170,10 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let alg_none = format!("{none_header}.{}.", parts[1]);
-        assert_eq!(verify(&alg_none, "test", 50, lookup), Err(JwtError::Algorithm("none".into())));
+        assert_eq!(
+            verify(&alg_none, "test", 50, lookup),
+            Err(JwtError::Algorithm("none".into()))
+        );
         let mut tampered_claims = claims(key.address(), 100_000);
         tampered_claims.sub = SigningKey::generate().expect("key").address();
         let tampered_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&tampered_claims).expect("json"));

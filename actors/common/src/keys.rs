@@ -68,13 +68,20 @@ impl SigningKey {
         let secret = SecretKey::from_secret_bytes(bytes).ok()?;
         let public = secret.public_key();
         let address = Address::from_uncompressed_pubkey(&public.serialize_uncompressed());
-        Some(SigningKey { secret, public, address })
+        Some(SigningKey {
+            secret,
+            public,
+            address,
+        })
     }
 
     /// Reads a key file (hex text, optional 0x), as written by [`SigningKey::save`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         crate::hash::from_hex0x::<32>(text.trim())
             .and_then(Self::from_bytes)
             .ok_or(KeyError::Malformed { path: shown })
@@ -84,7 +91,10 @@ impl SigningKey {
     /// the secret is never briefly world-readable).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let shown = path.display().to_string();
-        let io = |source| KeyError::Io { path: shown.clone(), source };
+        let io = |source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -99,7 +109,8 @@ impl SigningKey {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
         }
         writeln!(file, "{}", to_hex0x(&self.secret.to_secret_bytes())).map_err(io)?;
         file.sync_all().map_err(io)
@@ -164,8 +175,8 @@ impl Signature65 {
             _ => return Err(SignatureError::BadRecoveryId),
         };
         let recovery_id = RecoveryId::try_from(v).map_err(|_| SignatureError::BadRecoveryId)?;
-        let signature = RecoverableSignature::from_compact(&self.0[..64], recovery_id)
-            .map_err(|_| SignatureError::Malformed)?;
+        let signature =
+            RecoverableSignature::from_compact(&self.0[..64], recovery_id).map_err(|_| SignatureError::Malformed)?;
         let standard = signature.to_standard();
         let mut normalized = standard;
         normalized.normalize_s();
@@ -181,7 +192,8 @@ impl Signature65 {
 
     /// Who personal_signed `message` with this signature.
     pub fn recover_personal(&self, message: &[u8]) -> Result<Address, SignatureError> {
-        self.recover_digest(personal_digest(message)).map(|(_, address)| address)
+        self.recover_digest(personal_digest(message))
+            .map(|(_, address)| address)
     }
 }
 
@@ -221,7 +233,9 @@ impl FromStr for Signature65 {
     type Err = SignatureError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        crate::hash::from_hex0x::<65>(text).map(Signature65).ok_or(SignatureError::Malformed)
+        crate::hash::from_hex0x::<65>(text)
+            .map(Signature65)
+            .ok_or(SignatureError::Malformed)
     }
 }
 
@@ -262,7 +276,10 @@ mod tests {
         let expected = "0xf16ea9a3478698f695fd1401bfe27e9e4a7e8e3da94aa72b021125e31fa899cc573c48ea3fe1d4ab61a9db10c19032026e3ed2dbccba5a178235ac27f94504311c";
         let signature = test_key().sign_personal(b"hello");
         assert_eq!(signature.to_string(), expected);
-        assert_eq!(signature.recover_personal(b"hello").expect("recovers").to_string(), TEST_ADDRESS);
+        assert_eq!(
+            signature.recover_personal(b"hello").expect("recovers").to_string(),
+            TEST_ADDRESS
+        );
     }
 
     #[test]
@@ -280,14 +297,20 @@ mod tests {
         let key = test_key();
         let signature = key.sign_personal(b"x");
         // s' = n - s with the recovery bit flipped is the malleable twin.
-        let n: [u8; 32] = crate::hash::from_hex0x("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141").expect("hex");
+        let n: [u8; 32] =
+            crate::hash::from_hex0x("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141").expect("hex");
         let mut s = [0u8; 32];
         s.copy_from_slice(&signature.0[32..64]);
         let mut twin = signature;
         let mut borrow = 0i16;
         for i in (0..32).rev() {
             let mut d = n[i] as i16 - s[i] as i16 - borrow;
-            borrow = if d < 0 { d += 256; 1 } else { 0 };
+            borrow = if d < 0 {
+                d += 256;
+                1
+            } else {
+                0
+            };
             twin.0[32 + i] = d as u8;
         }
         twin.0[64] = if signature.0[64] == 27 { 28 } else { 27 };

@@ -56,11 +56,21 @@ pub struct RpcResponse {
 
 impl RpcResponse {
     pub fn success(id: Value, result: Value) -> Self {
-        RpcResponse { jsonrpc: "2.0".into(), result: Some(result), error: None, id }
+        RpcResponse {
+            jsonrpc: "2.0".into(),
+            result: Some(result),
+            error: None,
+            id,
+        }
     }
 
     pub fn failure(id: Value, error: &CmtpError) -> Self {
-        RpcResponse { jsonrpc: "2.0".into(), result: None, error: Some(error_object(error)), id }
+        RpcResponse {
+            jsonrpc: "2.0".into(),
+            result: None,
+            error: Some(error_object(error)),
+            id,
+        }
     }
 }
 
@@ -98,7 +108,11 @@ mod tests {
         let text = r#"{"jsonrpc":"2.0","method":"iam.whoami","id":"0xab","nonce":3,"signature":"0x01"}"#;
         let request: RpcRequest = serde_json::from_str(text).expect("parse");
         assert_eq!(request.nonce, Some(3));
-        let plain = RpcRequest { nonce: None, signature: None, ..request };
+        let plain = RpcRequest {
+            nonce: None,
+            signature: None,
+            ..request
+        };
         let json = serde_json::to_string(&plain).expect("json");
         assert!(!json.contains("nonce") && !json.contains("signature"));
     }

@@ -22,13 +22,12 @@ use cmesh_common::{keccak256, Address};
 
 use crate::audit::{audit_subject, AuditEntry, AuditLog, AUDIT_FILE};
 use crate::envelope::{
-    check_subject_part, check_topic_key, event_id, parse_remote, EventEnvelope, APP_SERVICE,
-    MAX_KIND_LEN, MAX_SERVICE_LEN, MAX_TOPICS_PER_EVENT, REMOTE_SUBJECTS,
+    check_subject_part, check_topics_for_service, event_id, parse_remote, EventEnvelope, APP_SERVICE, MAX_KIND_LEN,
+    MAX_SERVICE_LEN, REMOTE_SUBJECTS,
 };
 use crate::error::EventsError;
 use crate::messages::{
-    AuditAppend, Emit, EmitApp, EventsStats, Flush, Ready, Recent, Shutdown, Stats, VerifyAudit,
-    Watch,
+    AuditAppend, Emit, EmitApp, EventsStats, Flush, Ready, Recent, Shutdown, Stats, VerifyAudit, Watch,
 };
 use crate::recent::RecentStore;
 
@@ -37,6 +36,8 @@ use crate::recent::RecentStore;
 const EVENT_SEQ_BLOCK: u64 = 1 << 32;
 /// Events buffered per watcher before it starts missing some.
 const WATCH_BUFFER: usize = 256;
+/// Watched topics beyond which closed watchers of every topic are pruned.
+const MAX_WATCHED_TOPICS: usize = 1_024;
 /// Longest wait between retries of a failing audit commit.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -77,6 +78,8 @@ impl Default for EventsConfig {
     }
 }
 
+/// The events actor; see the module docs. Start it on its own arbiter with
+/// `EventsActor::start_in_arbiter`.
 pub struct EventsActor {
     client: async_nats::Client,
     node: Address,
@@ -105,11 +108,7 @@ struct Outgoing {
 impl EventsActor {
     /// Opens `<data_dir>/audit.redb` (creating the directory if needed) with the
     /// default configuration.
-    pub fn new(
-        client: async_nats::Client,
-        node: Address,
-        data_dir: &Path,
-    ) -> Result<Self, EventsError> {
+    pub fn new(client: async_nats::Client, node: Address, data_dir: &Path) -> Result<Self, EventsError> {
         Self::with_config(client, node, data_dir, EventsConfig::default())
     }
 
@@ -149,14 +148,12 @@ impl EventsActor {
 
     fn next_event_id(&mut self) -> Result<String, EventsError> {
         if self.next_event_seq >= self.event_seq_limit {
-            let start = self
-                .audit
-                .reserve_event_seqs(self.next_event_seq, EVENT_SEQ_BLOCK)?;
+            let start = self.audit.reserve_event_seqs(self.next_event_seq, EVENT_SEQ_BLOCK)?;
             self.next_event_seq = start;
             self.event_seq_limit = start.saturating_add(EVENT_SEQ_BLOCK);
         }
         let seq = self.next_event_seq;
-        self.next_event_seq += 1;
+        self.next_event_seq = seq.saturating_add(1);
         Ok(event_id(&self.node, seq))
     }
 
@@ -174,20 +171,10 @@ impl EventsActor {
             value: value.to_string(),
             reason,
         };
-        check_subject_part(service, false, MAX_SERVICE_LEN)
-            .map_err(|reason| invalid("service", service, reason))?;
-        check_subject_part(kind, true, MAX_KIND_LEN)
-            .map_err(|reason| invalid("kind", kind, reason))?;
-        if topics.len() > MAX_TOPICS_PER_EVENT {
-            return Err(invalid(
-                "topics",
-                &format!("{} topics", topics.len()),
-                "too many topics for one event",
-            ));
-        }
-        for topic in &topics {
-            check_topic_key(topic).map_err(|reason| invalid("topic", topic, reason))?;
-        }
+        check_subject_part(service, false, MAX_SERVICE_LEN).map_err(|reason| invalid("service", service, reason))?;
+        check_subject_part(kind, true, MAX_KIND_LEN).map_err(|reason| invalid("kind", kind, reason))?;
+        check_topics_for_service(service, kind, &topics)
+            .map_err(|reason| invalid("topics", &topics.join(", "), reason))?;
         let envelope = EventEnvelope {
             id: self.next_event_id()?,
             node: self.node,
@@ -210,6 +197,11 @@ impl EventsActor {
 
     /// Keeps an event for queries and tells watchers; false if it is a duplicate.
     fn record(&mut self, envelope: EventEnvelope) -> bool {
+        if envelope.topics.is_empty() {
+            // Nothing to keep, and nothing to de-duplicate: such events are this node's
+            // own and never come back from the network.
+            return true;
+        }
         let envelope = Arc::new(envelope);
         if !self.recent.insert(Arc::clone(&envelope)) {
             self.stats.duplicates += 1;
@@ -361,21 +353,17 @@ impl Actor for EventsActor {
             }
             Ok::<_, async_nats::SubscribeError>(subscribers)
         };
-        ctx.wait(
-            subscribe
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(subscribers) => {
-                        for subscriber in subscribers {
-                            ctx.add_stream(subscriber);
-                        }
-                    }
-                    Err(err) => {
-                        error!(error = %err, "cannot subscribe to mesh events; only local events will be kept");
-                        act.subscription_error = Some(err.to_string());
-                    }
-                }),
-        );
+        ctx.wait(subscribe.into_actor(self).map(|result, act, ctx| match result {
+            Ok(subscribers) => {
+                for subscriber in subscribers {
+                    ctx.add_stream(subscriber);
+                }
+            }
+            Err(err) => {
+                error!(error = %err, "cannot subscribe to mesh events; only local events will be kept");
+                act.subscription_error = Some(err.to_string());
+            }
+        }));
     }
 
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
@@ -388,11 +376,7 @@ impl Actor for EventsActor {
 impl StreamHandler<async_nats::Message> for EventsActor {
     fn handle(&mut self, message: async_nats::Message, _ctx: &mut Context<Self>) {
         self.stats.received += 1;
-        match parse_remote(
-            &message.subject,
-            &message.payload,
-            self.config.max_event_bytes,
-        ) {
+        match parse_remote(&message.subject, &message.payload, self.config.max_event_bytes) {
             Ok(envelope) => {
                 if self.record(envelope) {
                     self.stats.recorded_remote += 1;
@@ -441,11 +425,10 @@ impl Handler<EmitApp> for EventsActor {
 
     fn handle(&mut self, msg: EmitApp, ctx: &mut Context<Self>) -> Self::Result {
         let topics = vec![msg.topic.clone()];
-        let (envelope, payload) =
-            match self.build(APP_SERVICE, &msg.topic, topics, Some(msg.caller), msg.data) {
-                Ok(built) => built,
-                Err(err) => return Box::pin(async move { Err(err) }),
-            };
+        let (envelope, payload) = match self.build(APP_SERVICE, &msg.topic, topics, Some(msg.caller), msg.data) {
+            Ok(built) => built,
+            Err(err) => return Box::pin(async move { Err(err) }),
+        };
         self.stats.emitted += 1;
         self.record(envelope.clone());
         let (done, published) = oneshot::channel();
@@ -480,6 +463,12 @@ impl Handler<Watch> for EventsActor {
 
     fn handle(&mut self, msg: Watch, _ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        if self.watchers.len() >= MAX_WATCHED_TOPICS {
+            self.watchers.retain(|_, list| {
+                list.retain(|tx| !tx.is_closed());
+                !list.is_empty()
+            });
+        }
         let watchers = self.watchers.entry(msg.topic).or_default();
         watchers.retain(|tx| !tx.is_closed());
         watchers.push(tx);
@@ -578,9 +567,7 @@ impl Handler<Stats> for EventsActor {
 }
 
 fn since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO)
 }
 
 fn now_ms() -> u64 {

@@ -30,10 +30,7 @@
 
 use std::path::Path;
 
-use redb::{
-    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    TableError,
-};
+use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
@@ -73,14 +70,7 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// Builds an entry and computes its hash.
-    pub fn new(
-        seq: u64,
-        ts_ms: u64,
-        prev: [u8; 32],
-        request: [u8; 32],
-        response: [u8; 32],
-        status: u16,
-    ) -> Self {
+    pub fn new(seq: u64, ts_ms: u64, prev: [u8; 32], request: [u8; 32], response: [u8; 32], status: u16) -> Self {
         let mut entry = AuditEntry {
             seq,
             ts_ms,
@@ -253,7 +243,8 @@ fn verify_txn(txn: &ReadTransaction) -> Result<VerifyReport, AuditError> {
                         },
                     )
                 } else {
-                    (seq, ChainProblem::SeqMismatch { stored: seq })
+                    // Keys ascend from the first, so only a key 0 can be below 1.
+                    (seq, ChainProblem::ZeroSeq)
                 };
                 return Err(AuditError::Broken { seq, problem });
             }
@@ -273,13 +264,7 @@ fn verify_txn(txn: &ReadTransaction) -> Result<VerifyReport, AuditError> {
         Some(head) if head == last => None,
         // Entries up to the head were committed, so the tail went missing.
         Some(head) if head > last => Some((last + 1, ChainProblem::Missing { next_present: None })),
-        Some(head) => Some((
-            head + 1,
-            ChainProblem::HeadMismatch {
-                head: Some(head),
-                last,
-            },
-        )),
+        Some(head) => Some((head + 1, ChainProblem::HeadMismatch { head: Some(head), last })),
         None => Some((1, ChainProblem::HeadMismatch { head: None, last })),
     };
     if let Some((seq, problem)) = broken {
@@ -351,15 +336,9 @@ impl AuditLog {
     /// Adds an entry to the in-memory tip; it is durable after the next [`commit`].
     ///
     /// [`commit`]: AuditLog::commit
-    pub fn append(
-        &mut self,
-        ts_ms: u64,
-        request: [u8; 32],
-        response: [u8; 32],
-        status: u16,
-    ) -> AuditEntry {
+    pub fn append(&mut self, ts_ms: u64, request: [u8; 32], response: [u8; 32], status: u16) -> AuditEntry {
         let entry = AuditEntry::new(
-            self.tip.seq + 1,
+            self.tip.seq.saturating_add(1),
             ts_ms,
             self.tip.hash,
             request,
@@ -453,8 +432,8 @@ fn read_head(db: &Database) -> Result<Head, AuditError> {
                 .get(head)?
                 .ok_or_else(|| broken(ChainProblem::Missing { next_present: None }))?;
             let bytes = guard.value();
-            let entry = AuditEntry::decode(bytes)
-                .ok_or_else(|| broken(ChainProblem::BadEncoding { len: bytes.len() }))?;
+            let entry =
+                AuditEntry::decode(bytes).ok_or_else(|| broken(ChainProblem::BadEncoding { len: bytes.len() }))?;
             if entry.seq != head {
                 return Err(broken(ChainProblem::SeqMismatch { stored: entry.seq }));
             }
@@ -473,7 +452,7 @@ fn read_head(db: &Database) -> Result<Head, AuditError> {
         (head, last) => {
             let last = last.unwrap_or(0);
             Err(AuditError::Broken {
-                seq: head.unwrap_or(0).min(last) + 1,
+                seq: head.unwrap_or(0).min(last).saturating_add(1),
                 problem: ChainProblem::HeadMismatch { head, last },
             })
         }
@@ -510,9 +489,7 @@ mod tests {
                 AuditEntry::decode(guard.value()).expect("decodes")
             };
             change(&mut entry);
-            table
-                .insert(seq, entry.encode().as_slice())
-                .expect("insert");
+            table.insert(seq, entry.encode().as_slice()).expect("insert");
         }
         txn.commit().expect("commit");
     }
@@ -520,10 +497,7 @@ mod tests {
     fn remove(path: &Path, seq: u64) {
         let db = Database::open(path).expect("open for tampering");
         let txn = db.begin_write().expect("write");
-        txn.open_table(ENTRIES)
-            .expect("table")
-            .remove(seq)
-            .expect("remove");
+        txn.open_table(ENTRIES).expect("table").remove(seq).expect("remove");
         txn.commit().expect("commit");
     }
 
@@ -540,10 +514,7 @@ mod tests {
         let pre = entry.preimage();
         assert_eq!(&pre[..14], b"cmesh-audit-v1");
         assert_eq!(pre[14..22], [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(
-            pre[22..30],
-            [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
-        );
+        assert_eq!(pre[22..30], [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
         assert_eq!(pre[30..62], h(0xa1));
         assert_eq!(pre[62..94], h(0xb2));
         assert_eq!(pre[94..126], h(0xc3));
@@ -597,10 +568,7 @@ mod tests {
         let empty = tempfile::tempdir().expect("tempdir");
         let path = chain(empty.path(), 0);
         let report = verify_chain(&path).expect("valid empty chain");
-        assert_eq!(
-            (report.entries, report.head, report.head_hash),
-            (0, 0, ZERO)
-        );
+        assert_eq!((report.entries, report.head, report.head_hash), (0, 0, ZERO));
     }
 
     #[test]
@@ -646,10 +614,7 @@ mod tests {
         remove(&path, 2);
         let err = verify_chain(&path).expect_err("gap");
         assert_eq!(err.broken_seq(), Some(2), "{err}");
-        assert!(
-            err.to_string().contains("next stored entry is seq 3"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("next stored entry is seq 3"), "{err}");
     }
 
     #[test]
@@ -660,10 +625,14 @@ mod tests {
         let err = verify_chain(&path).expect_err("truncated");
         assert_eq!(err.broken_seq(), Some(5), "{err}");
         // The node itself also refuses to continue such a chain.
-        assert_eq!(
-            AuditLog::open(&path).err().and_then(|e| e.broken_seq()),
-            Some(5)
-        );
+        assert_eq!(AuditLog::open(&path).err().and_then(|e| e.broken_seq()), Some(5));
+    }
+
+    #[test]
+    fn verify_fails_on_a_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = verify_chain(&dir.path().join(AUDIT_FILE)).expect_err("no file");
+        assert!(matches!(err, AuditError::Store(_)), "{err}");
     }
 
     #[test]

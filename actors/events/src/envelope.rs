@@ -110,6 +110,26 @@ pub fn check_topic_key(topic: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks the topic keys an event of `service` may be kept under, so that events of
+/// one service cannot be filed under another's keys: an app event only under its own
+/// topic, a registrar event only under `R:` keys. Other services (this node's own
+/// lifecycle events, never accepted from the network) are not restricted.
+pub fn check_topics_for_service(service: &str, kind: &str, topics: &[String]) -> Result<(), &'static str> {
+    if topics.len() > MAX_TOPICS_PER_EVENT {
+        return Err("has too many entries");
+    }
+    for topic in topics {
+        check_topic_key(topic)?;
+    }
+    match service {
+        APP_SERVICE if topics.len() != 1 || topics[0] != kind => Err("of an app event must be exactly its topic"),
+        REGISTRAR_SERVICE if topics.is_empty() || !topics.iter().all(|t| t.starts_with(REGISTRAR_TOPIC_PREFIX)) => {
+            Err("of a registrar event must be R:<name> keys")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why an envelope from the network was ignored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
@@ -126,20 +146,13 @@ pub enum Rejected {
     #[error("service {0:?} is not accepted from other nodes")]
     UnexpectedService(String),
     #[error("{field} {reason}")]
-    BadField {
-        field: &'static str,
-        reason: &'static str,
-    },
+    BadField { field: &'static str, reason: &'static str },
     #[error("id {0:?} is not <node address>:<seq>")]
     BadId(String),
 }
 
 /// Parses and checks an envelope received on `subject` from another node.
-pub fn parse_remote(
-    subject: &str,
-    payload: &[u8],
-    max_bytes: usize,
-) -> Result<EventEnvelope, Rejected> {
+pub fn parse_remote(subject: &str, payload: &[u8], max_bytes: usize) -> Result<EventEnvelope, Rejected> {
     if payload.len() > max_bytes {
         return Err(Rejected::TooLarge {
             size: payload.len(),
@@ -149,8 +162,7 @@ pub fn parse_remote(
     let envelope: EventEnvelope =
         serde_json::from_slice(payload).map_err(|err| Rejected::Malformed(err.to_string()))?;
     let bad = |field, reason| Rejected::BadField { field, reason };
-    check_subject_part(&envelope.service, false, MAX_SERVICE_LEN)
-        .map_err(|reason| bad("service", reason))?;
+    check_subject_part(&envelope.service, false, MAX_SERVICE_LEN).map_err(|reason| bad("service", reason))?;
     check_subject_part(&envelope.kind, true, MAX_KIND_LEN).map_err(|reason| bad("kind", reason))?;
     if subject != envelope.subject() {
         return Err(Rejected::SubjectMismatch {
@@ -159,33 +171,12 @@ pub fn parse_remote(
             kind: envelope.kind,
         });
     }
+    if envelope.service != APP_SERVICE && envelope.service != REGISTRAR_SERVICE {
+        return Err(Rejected::UnexpectedService(envelope.service));
+    }
     check_id(&envelope)?;
-    if envelope.topics.is_empty() {
-        return Err(bad("topics", "must not be empty"));
-    }
-    if envelope.topics.len() > MAX_TOPICS_PER_EVENT {
-        return Err(bad("topics", "has too many entries"));
-    }
-    for topic in &envelope.topics {
-        check_topic_key(topic).map_err(|reason| bad("topic", reason))?;
-    }
-    match envelope.service.as_str() {
-        APP_SERVICE => {
-            if envelope.topics.len() != 1 || envelope.topics[0] != envelope.kind {
-                return Err(bad("topics", "of an app event must be exactly its topic"));
-            }
-        }
-        REGISTRAR_SERVICE => {
-            if !envelope
-                .topics
-                .iter()
-                .all(|t| t.starts_with(REGISTRAR_TOPIC_PREFIX))
-            {
-                return Err(bad("topics", "of a registrar event must start with R:"));
-            }
-        }
-        other => return Err(Rejected::UnexpectedService(other.to_string())),
-    }
+    check_topics_for_service(&envelope.service, &envelope.kind, &envelope.topics)
+        .map_err(|reason| bad("topics", reason))?;
     Ok(envelope)
 }
 
@@ -197,9 +188,7 @@ fn check_id(envelope: &EventEnvelope) -> Result<(), Rejected> {
         .and_then(|rest| rest.strip_prefix(':'));
     match seq {
         Some(digits)
-            if !digits.is_empty()
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && digits.parse::<u64>().is_ok() =>
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u64>().is_ok() =>
         {
             Ok(())
         }
@@ -265,12 +254,7 @@ mod tests {
             registrar.topics,
             vec!["R:helloworld.mcom", "R:helloworld.mcom:transferred"]
         );
-        assert!(parse_remote(
-            "cmesh.events.registrar.transferred",
-            &encode(&registrar),
-            65_536
-        )
-        .is_ok());
+        assert!(parse_remote("cmesh.events.registrar.transferred", &encode(&registrar), 65_536).is_ok());
     }
 
     #[test]
@@ -302,10 +286,7 @@ mod tests {
 
         let mut poisoned = good.clone();
         poisoned.topics = vec!["R:helloworld.mcom".into()];
-        assert!(matches!(
-            reject(&poisoned, subject),
-            Rejected::BadField { .. }
-        ));
+        assert!(matches!(reject(&poisoned, subject), Rejected::BadField { .. }));
 
         let mut registrar = good.clone();
         registrar.service = REGISTRAR_SERVICE.into();
@@ -326,10 +307,22 @@ mod tests {
 
         let mut no_topics = good.clone();
         no_topics.topics.clear();
-        assert!(matches!(
-            reject(&no_topics, subject),
-            Rejected::BadField { .. }
-        ));
+        assert!(matches!(reject(&no_topics, subject), Rejected::BadField { .. }));
+    }
+
+    #[test]
+    fn topics_are_checked_per_service() {
+        let topics = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert!(check_topics_for_service("app", "chat", &topics(&["chat"])).is_ok());
+        assert!(check_topics_for_service("app", "chat", &topics(&["other"])).is_err());
+        assert!(check_topics_for_service("app", "chat", &topics(&[])).is_err());
+        assert!(check_topics_for_service("registrar", "released", &topics(&["R:a"])).is_ok());
+        assert!(check_topics_for_service("registrar", "released", &topics(&["a"])).is_err());
+        assert!(check_topics_for_service("registrar", "released", &topics(&[])).is_err());
+        assert!(check_topics_for_service("router", "received", &topics(&[])).is_ok());
+        assert!(check_topics_for_service("router", "received", &topics(&["any"])).is_ok());
+        assert!(check_topics_for_service("router", "x", &vec!["t".to_string(); 17]).is_err());
+        assert!(check_topics_for_service("router", "x", &topics(&[""])).is_err());
     }
 
     #[test]

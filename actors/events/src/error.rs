@@ -52,6 +52,8 @@ impl AuditError {
 pub enum ChainProblem {
     /// No entry is stored under this seq; `next_present` is the next seq that is.
     Missing { next_present: Option<u64> },
+    /// An entry is stored under seq 0; seqs start at 1.
+    ZeroSeq,
     /// The stored value is not a well-formed entry.
     BadEncoding { len: usize },
     /// The entry is stored under a key that differs from the seq inside it.
@@ -59,10 +61,7 @@ pub enum ChainProblem {
     /// `prev` is not the hash of the entry before it.
     PrevMismatch { expected: [u8; 32], found: [u8; 32] },
     /// The stored hash is not the hash of the entry's fields.
-    HashMismatch {
-        stored: [u8; 32],
-        computed: [u8; 32],
-    },
+    HashMismatch { stored: [u8; 32], computed: [u8; 32] },
     /// The recorded head disagrees with the last stored entry.
     HeadMismatch { head: Option<u64>, last: u64 },
 }
@@ -76,6 +75,7 @@ impl fmt::Display for ChainProblem {
                 write!(f, "entry is missing (next stored entry is seq {next})")
             }
             ChainProblem::Missing { next_present: None } => write!(f, "entry is missing"),
+            ChainProblem::ZeroSeq => write!(f, "seq 0 is not a valid entry (seqs start at 1)"),
             ChainProblem::BadEncoding { len } => {
                 write!(f, "stored value of {len} bytes is not an audit entry")
             }
@@ -94,13 +94,9 @@ impl fmt::Display for ChainProblem {
                 to_hex0x(stored),
                 to_hex0x(computed)
             ),
-            ChainProblem::HeadMismatch {
-                head: Some(head),
-                last,
-            } => write!(
-                f,
-                "head records seq {head} but the last stored entry is seq {last}"
-            ),
+            ChainProblem::HeadMismatch { head: Some(head), last } => {
+                write!(f, "head records seq {head} but the last stored entry is seq {last}")
+            }
             ChainProblem::HeadMismatch { head: None, last } => {
                 write!(f, "no head recorded but entries up to seq {last} exist")
             }
@@ -135,9 +131,7 @@ impl From<EventsError> for CmtpError {
     fn from(err: EventsError) -> Self {
         match &err {
             EventsError::Invalid { .. } => CmtpError::bad_request(err.to_string()),
-            EventsError::TooLarge { .. } => {
-                CmtpError::new(cmesh_common::Status::PAYLOAD_TOO_LARGE, err.to_string())
-            }
+            EventsError::TooLarge { .. } => CmtpError::new(cmesh_common::Status::PAYLOAD_TOO_LARGE, err.to_string()),
             EventsError::Publish(_) | EventsError::Subscribe(_) => {
                 CmtpError::new(cmesh_common::Status::UNAVAILABLE, err.to_string())
             }

@@ -42,11 +42,7 @@ impl Emit {
 
     /// A registrar event about `name` (e.g. kind `transferred`), kept under `R:<name>`
     /// and `R:<name>:<kind>`.
-    pub fn registrar(
-        kind: impl Into<Cow<'static, str>>,
-        name: &str,
-        data: serde_json::Value,
-    ) -> Self {
+    pub fn registrar(kind: impl Into<Cow<'static, str>>, name: &str, data: serde_json::Value) -> Self {
         let kind = kind.into();
         let topics = registrar_topics(name, &kind);
         Emit::new(REGISTRAR_SERVICE, kind, topics, data)
@@ -127,7 +123,8 @@ pub struct EventsStats {
     pub received: u64,
     /// Received events that were new and kept.
     pub recorded_remote: u64,
-    /// Events ignored because their id was already kept.
+    /// Events ignored because their id was already kept (this includes the echoes of
+    /// this node's own app and registrar events).
     pub duplicates: u64,
     /// Received messages ignored as malformed or not allowed.
     pub malformed: u64,

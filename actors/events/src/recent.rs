@@ -71,8 +71,7 @@ impl RecentStore {
             }
             let mut events = VecDeque::with_capacity(self.per_topic.min(8));
             events.push_back(event);
-            self.topics
-                .insert(topic.to_string(), TopicLog { events, tick });
+            self.topics.insert(topic.to_string(), TopicLog { events, tick });
         }
         self.by_tick.insert(tick, topic.to_string());
     }

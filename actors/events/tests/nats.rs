@@ -12,8 +12,8 @@ use serde_json::json;
 
 use cmesh_common::{keccak256, Address};
 use cmesh_events::{
-    audit_subject, verify_chain, AuditAppend, AuditRecord, Emit, EmitApp, EventEnvelope,
-    EventsActor, EventsError, Flush, Ready, Recent, Stats, VerifyAudit, Watch, AUDIT_FILE,
+    audit_subject, verify_chain, AuditAppend, AuditRecord, Emit, EmitApp, EventEnvelope, EventsActor, EventsConfig,
+    EventsError, Flush, Ready, Recent, Shutdown, Stats, VerifyAudit, Watch, AUDIT_FILE,
 };
 use cmesh_testkit::NatsServer;
 
@@ -31,19 +31,22 @@ async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 }
 
 async fn connect(server: &NatsServer) -> async_nats::Client {
-    async_nats::connect(server.url())
-        .await
-        .expect("connect to nats")
+    async_nats::connect(server.url()).await.expect("connect to nats")
 }
 
 /// Starts an events actor on its own arbiter, as the node does, and waits until its
 /// subscriptions are live.
-async fn start(
+async fn start(client: async_nats::Client, node: Address, dir: &Path) -> (Addr<EventsActor>, Arbiter) {
+    start_with(client, node, dir, EventsConfig::default()).await
+}
+
+async fn start_with(
     client: async_nats::Client,
     node: Address,
     dir: &Path,
+    config: EventsConfig,
 ) -> (Addr<EventsActor>, Arbiter) {
-    let actor = EventsActor::new(client, node, dir).expect("events actor");
+    let actor = EventsActor::with_config(client, node, dir, config).expect("events actor");
     let arbiter = Arbiter::new();
     let addr = EventsActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
     within("ready", addr.send(Ready))
@@ -60,12 +63,7 @@ fn stop(arbiter: Arbiter) {
 }
 
 /// A valid envelope as another node would publish it.
-fn foreign_app_event(
-    from: Address,
-    seq: u64,
-    topic: &str,
-    data: serde_json::Value,
-) -> EventEnvelope {
+fn foreign_app_event(from: Address, seq: u64, topic: &str, data: serde_json::Value) -> EventEnvelope {
     EventEnvelope {
         id: format!("{from}:{seq}"),
         node: from,
@@ -109,20 +107,14 @@ fn emit_publishes_the_envelope_on_its_subject() {
             vec![],
             json!({"fqmn": "0Rx:helloworld.mcom:[\"Dexter\"]"}),
         ));
-        let message = within("router event", received.next())
-            .await
-            .expect("message");
+        let message = within("router event", received.next()).await.expect("message");
         let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
         assert_eq!(envelope.node, node(0xa1));
         assert_eq!(
             (envelope.service.as_str(), envelope.kind.as_str()),
             ("router", "received")
         );
-        assert!(
-            envelope.id.starts_with(&format!("{}:", node(0xa1))),
-            "{}",
-            envelope.id
-        );
+        assert!(envelope.id.starts_with(&format!("{}:", node(0xa1))), "{}", envelope.id);
         assert!(envelope.topics.is_empty());
         assert!(envelope.ts > 0);
         assert_eq!(envelope.data["fqmn"], "0Rx:helloworld.mcom:[\"Dexter\"]");
@@ -132,9 +124,7 @@ fn emit_publishes_the_envelope_on_its_subject() {
             "helloworld.mcom",
             json!({"to": node(0xb2)}),
         ));
-        let message = within("registrar event", transferred.next())
-            .await
-            .expect("message");
+        let message = within("registrar event", transferred.next()).await.expect("message");
         let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
         assert_eq!(
             envelope.topics,
@@ -166,10 +156,7 @@ fn emit_app_then_recent_returns_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     System::new().block_on(async {
         let client = connect(&server).await;
-        let mut app = client
-            .subscribe("cmesh.events.app.>")
-            .await
-            .expect("subscribe");
+        let mut app = client.subscribe("cmesh.events.app.>").await.expect("subscribe");
         let (events, arbiter) = start(client.clone(), node(0xa2), dir.path()).await;
 
         let caller = node(0xc3);
@@ -208,10 +195,7 @@ fn emit_app_then_recent_returns_it() {
             })
             .await
             .expect("mailbox");
-        assert!(
-            matches!(bad_topic, Err(EventsError::Invalid { .. })),
-            "{bad_topic:?}"
-        );
+        assert!(matches!(bad_topic, Err(EventsError::Invalid { .. })), "{bad_topic:?}");
         let too_big = events
             .send(EmitApp {
                 topic: "chat.room1".into(),
@@ -220,10 +204,7 @@ fn emit_app_then_recent_returns_it() {
             })
             .await
             .expect("mailbox");
-        assert!(
-            matches!(too_big, Err(EventsError::TooLarge { .. })),
-            "{too_big:?}"
-        );
+        assert!(matches!(too_big, Err(EventsError::TooLarge { .. })), "{too_big:?}");
         stop(arbiter);
     });
 }
@@ -258,9 +239,7 @@ fn events_from_other_nodes_are_kept_once() {
             .await
             .expect("mailbox")
             .expect("emitted");
-        let seen = within("app event on node b", room.next())
-            .await
-            .expect("event");
+        let seen = within("app event on node b", room.next()).await.expect("event");
         assert_eq!(seen, sent);
 
         a.do_send(Emit::registrar(
@@ -268,9 +247,7 @@ fn events_from_other_nodes_are_kept_once() {
             "helloworld.mcom",
             json!({"owner": node(0xcc)}),
         ));
-        let registered = within("registrar event on node b", name.next())
-            .await
-            .expect("event");
+        let registered = within("registrar event on node b", name.next()).await.expect("event");
         assert_eq!(registered.node, node(0xaa));
         assert_eq!(registered.kind, "registered");
 
@@ -280,9 +257,7 @@ fn events_from_other_nodes_are_kept_once() {
         publish_json(&raw, &sent).await;
         let marker = foreign_app_event(node(0xdd), 1, "chat.room1", json!({"marker": true}));
         publish_json(&raw, &marker).await;
-        let seen = within("marker on node b", room.next())
-            .await
-            .expect("event");
+        let seen = within("marker on node b", room.next()).await.expect("event");
         assert_eq!(seen, marker);
 
         let recent = b
@@ -307,10 +282,7 @@ fn malformed_events_are_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
     System::new().block_on(async {
         let (events, arbiter) = start(connect(&server).await, node(0xa3), dir.path()).await;
-        let mut watch = events
-            .send(Watch { topic: "x".into() })
-            .await
-            .expect("mailbox");
+        let mut watch = events.send(Watch { topic: "x".into() }).await.expect("mailbox");
 
         let raw = connect(&server).await;
         let junk: [(&str, Vec<u8>); 4] = [
@@ -319,8 +291,7 @@ fn malformed_events_are_ignored() {
             // Valid JSON, filed under a subject that does not match it.
             (
                 "cmesh.events.app.x",
-                serde_json::to_vec(&foreign_app_event(node(0xee), 1, "y", json!(null)))
-                    .expect("encode"),
+                serde_json::to_vec(&foreign_app_event(node(0xee), 1, "y", json!(null))).expect("encode"),
             ),
             // A registrar event trying to poison an app topic.
             ("cmesh.events.registrar.registered", {
@@ -331,16 +302,12 @@ fn malformed_events_are_ignored() {
             }),
         ];
         for (subject, payload) in junk {
-            raw.publish(subject, Bytes::from(payload))
-                .await
-                .expect("publish");
+            raw.publish(subject, Bytes::from(payload)).await.expect("publish");
         }
         let valid = foreign_app_event(node(0xee), 3, "x", json!({"ok": true}));
         publish_json(&raw, &valid).await;
 
-        let seen = within("the valid event", watch.next())
-            .await
-            .expect("event");
+        let seen = within("the valid event", watch.next()).await.expect("event");
         assert_eq!(seen, valid);
         let stats = events.send(Stats).await.expect("mailbox");
         assert_eq!(stats.malformed, 4);
@@ -365,10 +332,7 @@ fn audit_entries_are_published_persisted_and_verifiable() {
     let me = node(0xa4);
     System::new().block_on(async {
         let client = connect(&server).await;
-        let mut audit = client
-            .subscribe(audit_subject(&me))
-            .await
-            .expect("subscribe");
+        let mut audit = client.subscribe(audit_subject(&me)).await.expect("subscribe");
         let (events, arbiter) = start(client.clone(), me, dir.path()).await;
 
         for i in 0..N {
@@ -390,24 +354,14 @@ fn audit_entries_are_published_persisted_and_verifiable() {
             assert_eq!(entry.seq, i + 1);
             assert_eq!(entry.prev, prev);
             assert_eq!(entry.request, keccak256(format!("request {i}").as_bytes()));
-            assert_eq!(
-                entry.response,
-                keccak256(format!("response {i}").as_bytes())
-            );
+            assert_eq!(entry.response, keccak256(format!("response {i}").as_bytes()));
             assert_eq!(entry.status, if i % 7 == 0 { 404 } else { 200 });
             assert_eq!(entry.hash, entry.compute_hash());
             prev = entry.hash;
         }
 
-        let report = events
-            .send(VerifyAudit)
-            .await
-            .expect("mailbox")
-            .expect("valid");
-        assert_eq!(
-            (report.entries, report.head, report.head_hash),
-            (N, N, prev)
-        );
+        let report = events.send(VerifyAudit).await.expect("mailbox").expect("valid");
+        assert_eq!((report.entries, report.head, report.head_hash), (N, N, prev));
         stop(arbiter);
         let report = verify_chain(&dir.path().join(AUDIT_FILE)).expect("valid chain");
         assert_eq!(report.entries, N);
@@ -432,10 +386,7 @@ fn audit_chain_continues_after_a_restart() {
         for i in 0..3 {
             append(&events, i);
         }
-        assert_eq!(
-            events.send(Flush).await.expect("mailbox").expect("flushed"),
-            3
-        );
+        assert_eq!(events.send(Flush).await.expect("mailbox").expect("flushed"), 3);
         // Left pending: committed when the actor goes away.
         append(&events, 3);
         let event = events
@@ -450,12 +401,7 @@ fn audit_chain_continues_after_a_restart() {
         stop(arbiter);
         event.id
     });
-    assert_eq!(
-        verify_chain(&dir.path().join(AUDIT_FILE))
-            .expect("valid")
-            .head,
-        4
-    );
+    assert_eq!(verify_chain(&dir.path().join(AUDIT_FILE)).expect("valid").head, 4);
 
     System::new().block_on(async {
         let client = connect(&server).await;
@@ -463,10 +409,7 @@ fn audit_chain_continues_after_a_restart() {
         for i in 4..6 {
             append(&events, i);
         }
-        assert_eq!(
-            events.send(Flush).await.expect("mailbox").expect("flushed"),
-            6
-        );
+        assert_eq!(events.send(Flush).await.expect("mailbox").expect("flushed"), 6);
         let event = events
             .send(EmitApp {
                 topic: "t".into(),
@@ -476,20 +419,65 @@ fn audit_chain_continues_after_a_restart() {
             .await
             .expect("mailbox")
             .expect("emitted");
-        let seq = |id: &str| -> u64 {
-            id.rsplit(':')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .expect("numeric seq")
-        };
-        assert!(
-            seq(&event.id) > seq(&first_id),
-            "{} after {}",
-            event.id,
-            first_id
-        );
+        let seq = |id: &str| -> u64 { id.rsplit(':').next().and_then(|s| s.parse().ok()).expect("numeric seq") };
+        assert!(seq(&event.id) > seq(&first_id), "{} after {}", event.id, first_id);
+        append(&events, 6);
+        let head = events.send(Shutdown).await.expect("mailbox").expect("flushed");
+        assert_eq!(head, 7);
         stop(arbiter);
     });
     let report = verify_chain(&dir.path().join(AUDIT_FILE)).expect("valid chain");
-    assert_eq!((report.entries, report.head), (6, 6));
+    assert_eq!((report.entries, report.head), (7, 7));
+}
+
+#[test]
+fn group_commit_happens_on_the_timer_and_on_a_full_batch() {
+    let server = NatsServer::start();
+    let me = node(0xa6);
+    let entry = |i: u32| AuditAppend {
+        request: Bytes::from(i.to_string()),
+        response: Bytes::new(),
+        status: 200,
+    };
+    System::new().block_on(async {
+        let client = connect(&server).await;
+        let mut audit = client.subscribe(audit_subject(&me)).await.expect("subscribe");
+        let next_seq = |message: Option<async_nats::Message>| {
+            let message = message.expect("message");
+            let record: AuditRecord = serde_json::from_slice(&message.payload).expect("record");
+            record.seq
+        };
+
+        // A timer that never fires: only a full batch commits.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = EventsConfig {
+            flush_interval: Duration::from_secs(3_600),
+            flush_batch: 3,
+            ..EventsConfig::default()
+        };
+        let (events, arbiter) = start_with(client.clone(), me, dir.path(), config).await;
+        for i in 0..4 {
+            events.do_send(entry(i));
+        }
+        for seq in 1..=3 {
+            assert_eq!(next_seq(within("batch commit", audit.next()).await), seq);
+        }
+        let stats = events.send(Stats).await.expect("mailbox");
+        assert_eq!((stats.audit_head, stats.audit_pending), (3, 1));
+        stop(arbiter);
+        // The pending fourth entry was committed when the actor went away.
+        assert_eq!(verify_chain(&dir.path().join(AUDIT_FILE)).expect("valid").head, 4);
+
+        // The default: a lone entry is committed by the timer, without a Flush.
+        // Another node address, so nothing left from the first actor can interfere.
+        let other = node(0xa7);
+        let mut audit = client.subscribe(audit_subject(&other)).await.expect("subscribe");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (events, arbiter) = start(client.clone(), other, dir.path()).await;
+        events.do_send(entry(0));
+        assert_eq!(next_seq(within("timer commit", audit.next()).await), 1);
+        let stats = events.send(Stats).await.expect("mailbox");
+        assert_eq!((stats.audit_head, stats.audit_pending), (1, 0));
+        stop(arbiter);
+    });
 }

@@ -21,7 +21,8 @@ use crate::permissions::{is_attribute, Permission, Permissions};
 use crate::sessions::{SessionId, Sessions};
 use crate::verifier::{RecoverRequestSigner, RecoverSigner, Verifier, VerifyToken};
 
-const LOG_IN: &str = "log in with iam.challenge and iam.login, then send `Authorization: Bearer <token>` (or sign the request)";
+const LOG_IN: &str =
+    "log in with iam.challenge and iam.login, then send `Authorization: Bearer <token>` (or sign the request)";
 /// Announcements older than this are stale and ignored (replays of old ones included).
 const ANNOUNCEMENT_MAX_AGE_MS: u64 = 3_600_000;
 
@@ -38,12 +39,26 @@ pub struct IamActor {
 
 impl IamActor {
     /// Opens `<data>/iam.redb` and prepares the actor; `verifier` is the signature pool.
-    pub fn new(key: SigningKey, config: IamConfig, data_dir: &Path, verifier: Addr<Verifier>) -> Result<Self, IamError> {
+    pub fn new(
+        key: SigningKey,
+        config: IamConfig,
+        data_dir: &Path,
+        verifier: Addr<Verifier>,
+    ) -> Result<Self, IamError> {
         let permissions = Permissions::new(&config.permissions)?;
         let attributes = AttributeStore::open(&data_dir.join("iam.redb"))?;
         let sessions = Sessions::new(config.challenge_ttl, config.token_ttl, config.max_sessions);
         let peers = PeerTable::new(&key);
-        Ok(IamActor { key, config, permissions, sessions, tokens: HashMap::new(), attributes, peers, verifier })
+        Ok(IamActor {
+            key,
+            config,
+            permissions,
+            sessions,
+            tokens: HashMap::new(),
+            attributes,
+            peers,
+            verifier,
+        })
     }
 
     fn attributes_of(&self, address: &Address) -> Result<Vec<String>, CmtpError> {
@@ -60,7 +75,11 @@ impl IamActor {
 
     fn caller(&self, address: Address, expires_at: u64, method: &str) -> Result<Caller, CmtpError> {
         let attributes = self.attributes_of(&address)?;
-        let caller = Caller { address: Some(address), attributes, expires_at: Some(expires_at) };
+        let caller = Caller {
+            address: Some(address),
+            attributes,
+            expires_at: Some(expires_at),
+        };
         self.authorize(&caller, method)?;
         Ok(caller)
     }
@@ -68,13 +87,17 @@ impl IamActor {
     fn authorize(&self, caller: &Caller, method: &str) -> Result<(), CmtpError> {
         match (self.permissions.required(method), caller.address) {
             (Permission::Public, _) => Ok(()),
-            (_, None) => Err(CmtpError::unauthorized(format!("`{method}` needs credentials: {LOG_IN}"))),
+            (_, None) => Err(CmtpError::unauthorized(format!(
+                "`{method}` needs credentials: {LOG_IN}"
+            ))),
             (Permission::Authenticated, Some(_)) => Ok(()),
             (Permission::Attribute(needed), Some(address)) => {
                 if caller.attributes.iter().any(|a| a == needed) {
                     Ok(())
                 } else {
-                    Err(CmtpError::forbidden(format!("`{method}` needs the attribute {needed}, which {address} does not hold")))
+                    Err(CmtpError::forbidden(format!(
+                        "`{method}` needs the attribute {needed}, which {address} does not hold"
+                    )))
                 }
             }
         }
@@ -110,8 +133,11 @@ impl Actor for IamActor {
 
 fn parse_session(text: &str) -> Result<SessionId, CmtpError> {
     from_hex0x::<32>(text).ok_or_else(|| {
-        CmtpError::new(Status::UNAUTHORIZED, format!("session must be 32 bytes of 0x-hex; {LOG_IN}"))
-            .with_rpc_code(cmesh_common::rpc::SESSION_ERROR)
+        CmtpError::new(
+            Status::UNAUTHORIZED,
+            format!("session must be 32 bytes of 0x-hex; {LOG_IN}"),
+        )
+        .with_rpc_code(cmesh_common::rpc::SESSION_ERROR)
     })
 }
 
@@ -150,13 +176,23 @@ impl Handler<Admit> for IamActor {
                     self.tokens.remove(&token);
                     return Box::pin(fut::ready(Err(token_error(JwtError::Expired))));
                 }
-                let request = VerifyToken { token: token.clone(), audience: self.config.mesh.clone(), now, keys: self.peers.keys() };
-                Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
-                    let claims = result.map_err(verifier_gone)?.map_err(token_error)?;
-                    let (sub, exp) = (claims.sub, claims.exp);
-                    actor.cache_token(token, claims);
-                    actor.caller(sub, exp, &method)
-                }))
+                let request = VerifyToken {
+                    token: token.clone(),
+                    audience: self.config.mesh.clone(),
+                    now,
+                    keys: self.peers.keys(),
+                };
+                Box::pin(
+                    self.verifier
+                        .send(request)
+                        .into_actor(self)
+                        .map(move |result, actor, _| {
+                            let claims = result.map_err(verifier_gone)?.map_err(token_error)?;
+                            let (sub, exp) = (claims.sub, claims.exp);
+                            actor.cache_token(token, claims);
+                            actor.caller(sub, exp, &method)
+                        }),
+                )
             }
             Credentials::Signed(signed) => {
                 let session = match parse_session(&signed.session) {
@@ -168,13 +204,23 @@ impl Handler<Admit> for IamActor {
                     return Box::pin(fut::ready(Err(e)));
                 }
                 let nonce = signed.nonce;
-                let request = RecoverRequestSigner { raw: signed.raw, signature: signed.signature };
-                Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
-                    let signer = result.map_err(verifier_gone)?.map_err(signature_error)?;
-                    let (address, expires_at) =
-                        actor.sessions.accept(&session, signer, nonce, Instant::now(), unix_seconds())?;
-                    actor.caller(address, expires_at, &method)
-                }))
+                let request = RecoverRequestSigner {
+                    raw: signed.raw,
+                    signature: signed.signature,
+                };
+                Box::pin(
+                    self.verifier
+                        .send(request)
+                        .into_actor(self)
+                        .map(move |result, actor, _| {
+                            let signer = result.map_err(verifier_gone)?.map_err(signature_error)?;
+                            let (address, expires_at) =
+                                actor
+                                    .sessions
+                                    .accept(&session, signer, nonce, Instant::now(), unix_seconds())?;
+                            actor.caller(address, expires_at, &method)
+                        }),
+                )
             }
         }
     }
@@ -211,8 +257,13 @@ impl Handler<Challenge> for IamActor {
             address = msg.address.to_eip55(),
             node = self.key.address(),
         );
-        self.sessions.open(session, msg.address, message.clone(), Instant::now())?;
-        Ok(ChallengeReply { session: session_hex, message, expires_at })
+        self.sessions
+            .open(session, msg.address, message.clone(), Instant::now())?;
+        Ok(ChallengeReply {
+            session: session_hex,
+            message,
+            expires_at,
+        })
     }
 }
 
@@ -220,26 +271,48 @@ impl Handler<Login> for IamActor {
     type Result = ResponseActFuture<Self, Result<LoginReply, CmtpError>>;
 
     fn handle(&mut self, msg: Login, _: &mut Context<Self>) -> Self::Result {
-        let challenge = match parse_session(&msg.session).and_then(|s| self.sessions.take_for_login(&s, Instant::now())) {
+        let challenge = match parse_session(&msg.session).and_then(|s| self.sessions.take_for_login(&s, Instant::now()))
+        {
             Ok(challenge) => challenge,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        let request = RecoverSigner { message: challenge.message.into_bytes(), signature: msg.signature };
+        let request = RecoverSigner {
+            message: challenge.message.into_bytes(),
+            signature: msg.signature,
+        };
         let address = challenge.address;
-        Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
-            let (_, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
-            if signer != address {
-                return Err(signature_error(format!("signed by {signer}, but the challenge was for {address}")));
-            }
-            let iat = unix_seconds();
-            let exp = iat + actor.config.token_ttl.as_secs();
-            let mut jti = [0u8; 16];
-            getrandom::fill(&mut jti).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
-            let claims = Claims { iss: actor.key.address(), sub: address, aud: actor.config.mesh.clone(), iat, exp, jti: to_hex0x(&jti) };
-            let token = jwt::issue(&actor.key, &claims);
-            actor.cache_token(token.clone(), claims);
-            Ok(LoginReply { token, address, expires_at: exp })
-        }))
+        Box::pin(
+            self.verifier
+                .send(request)
+                .into_actor(self)
+                .map(move |result, actor, _| {
+                    let (_, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
+                    if signer != address {
+                        return Err(signature_error(format!(
+                            "signed by {signer}, but the challenge was for {address}"
+                        )));
+                    }
+                    let iat = unix_seconds();
+                    let exp = iat + actor.config.token_ttl.as_secs();
+                    let mut jti = [0u8; 16];
+                    getrandom::fill(&mut jti).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
+                    let claims = Claims {
+                        iss: actor.key.address(),
+                        sub: address,
+                        aud: actor.config.mesh.clone(),
+                        iat,
+                        exp,
+                        jti: to_hex0x(&jti),
+                    };
+                    let token = jwt::issue(&actor.key, &claims);
+                    actor.cache_token(token.clone(), claims);
+                    Ok(LoginReply {
+                        token,
+                        address,
+                        expires_at: exp,
+                    })
+                }),
+        )
     }
 }
 
@@ -293,7 +366,10 @@ impl Handler<PeerAnnounced> for IamActor {
         if announcement.mesh != self.config.mesh || stale || !self.peer_allowed(&announcement.address) {
             return Box::pin(fut::ready(Ok(None)));
         }
-        let request = RecoverSigner { message: announcement.signing_bytes(), signature: announcement.signature.clone() };
+        let request = RecoverSigner {
+            message: announcement.signing_bytes(),
+            signature: announcement.signature.clone(),
+        };
         Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
             let (public, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
             if signer != announcement.address {
@@ -312,7 +388,12 @@ impl Handler<OwnAnnouncement> for IamActor {
     type Result = MessageResult<OwnAnnouncement>;
 
     fn handle(&mut self, msg: OwnAnnouncement, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Announcement::signed(&self.key, &self.config.mesh, msg.registrar, unix_millis()))
+        MessageResult(Announcement::signed(
+            &self.key,
+            &self.config.mesh,
+            msg.registrar,
+            unix_millis(),
+        ))
     }
 }
 
@@ -328,7 +409,10 @@ impl Handler<VerifyNodeSignature> for IamActor {
     type Result = ResponseActFuture<Self, Result<Address, CmtpError>>;
 
     fn handle(&mut self, msg: VerifyNodeSignature, _: &mut Context<Self>) -> Self::Result {
-        let request = RecoverSigner { message: msg.message, signature: msg.signature };
+        let request = RecoverSigner {
+            message: msg.message,
+            signature: msg.signature,
+        };
         Box::pin(self.verifier.send(request).into_actor(self).map(|result, actor, _| {
             let (_, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
             if actor.peers.contains(&signer) {

@@ -17,7 +17,10 @@ pub struct AttributeStore {
 impl AttributeStore {
     pub fn open(path: &Path) -> Result<Self, IamError> {
         let shown = path.display().to_string();
-        let store_error = |e: &dyn std::fmt::Display| IamError::Store { path: shown.clone(), message: e.to_string() };
+        let store_error = |e: &dyn std::fmt::Display| IamError::Store {
+            path: shown.clone(),
+            message: e.to_string(),
+        };
         let db = Database::create(path).map_err(|e| store_error(&e))?;
         let txn = db.begin_write().map_err(|e| store_error(&e))?;
         txn.open_table(ATTRIBUTES).map_err(|e| store_error(&e))?;
@@ -26,7 +29,10 @@ impl AttributeStore {
     }
 
     fn error(&self, e: impl std::fmt::Display) -> IamError {
-        IamError::Store { path: self.path.clone(), message: e.to_string() }
+        IamError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 
     pub fn get(&self, address: &Address) -> Result<Vec<String>, IamError> {
@@ -58,7 +64,9 @@ impl AttributeStore {
                 table.remove(key.as_str()).map_err(|e| self.error(e))?;
             } else {
                 let bytes = rmp_serde::to_vec(&attributes).map_err(|e| self.error(e))?;
-                table.insert(key.as_str(), bytes.as_slice()).map_err(|e| self.error(e))?;
+                table
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(|e| self.error(e))?;
             }
             attributes
         };
@@ -78,12 +86,18 @@ mod tests {
         let who = Address([7; 20]);
         {
             let store = AttributeStore::open(&path).expect("open");
-            assert_eq!(store.update(&who, "role=admin", true).expect("grant"), vec!["role=admin"]);
+            assert_eq!(
+                store.update(&who, "role=admin", true).expect("grant"),
+                vec!["role=admin"]
+            );
             store.update(&who, "team=blue", true).expect("grant");
         }
         let store = AttributeStore::open(&path).expect("reopen");
         assert_eq!(store.get(&who).expect("get"), vec!["role=admin", "team=blue"]);
-        assert_eq!(store.update(&who, "role=admin", false).expect("revoke"), vec!["team=blue"]);
+        assert_eq!(
+            store.update(&who, "role=admin", false).expect("revoke"),
+            vec!["team=blue"]
+        );
         assert_eq!(store.get(&Address([8; 20])).expect("get"), Vec::<String>::new());
     }
 }

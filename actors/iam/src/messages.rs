@@ -41,7 +41,11 @@ pub struct Caller {
 
 impl Caller {
     pub fn anonymous() -> Self {
-        Caller { address: None, attributes: Vec::new(), expires_at: None }
+        Caller {
+            address: None,
+            attributes: Vec::new(),
+            expires_at: None,
+        }
     }
 }
 

@@ -23,8 +23,13 @@ pub struct Announcement {
 
 impl Announcement {
     pub fn signed(key: &SigningKey, mesh: &str, registrar: bool, ts: u64) -> Self {
-        let mut announcement =
-            Announcement { mesh: mesh.to_string(), address: key.address(), registrar, ts, signature: String::new() };
+        let mut announcement = Announcement {
+            mesh: mesh.to_string(),
+            address: key.address(),
+            registrar,
+            ts,
+            signature: String::new(),
+        };
         announcement.signature = key.sign_personal(&announcement.signing_bytes()).to_string();
         announcement
     }
@@ -65,7 +70,10 @@ impl PeerTable {
     pub fn new(own: &SigningKey) -> Self {
         let mut keys = HashMap::new();
         keys.insert(own.address(), own.public_key());
-        PeerTable { keys: Arc::new(keys), info: HashMap::new() }
+        PeerTable {
+            keys: Arc::new(keys),
+            info: HashMap::new(),
+        }
     }
 
     pub fn keys(&self) -> Arc<HashMap<Address, PublicKey>> {
@@ -86,7 +94,11 @@ impl PeerTable {
         }
         self.info.insert(
             announcement.address,
-            PeerInfo { address: announcement.address, registrar: announcement.registrar, last_seen: announcement.ts },
+            PeerInfo {
+                address: announcement.address,
+                registrar: announcement.registrar,
+                last_seen: announcement.ts,
+            },
         );
         is_new
     }

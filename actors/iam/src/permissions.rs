@@ -34,7 +34,9 @@ pub fn is_attribute(text: &str) -> bool {
     };
     text.len() <= 128
         && !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
         && !value.is_empty()
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
@@ -57,8 +59,10 @@ impl Permissions {
         let mut rules = BTreeMap::new();
         let defaults = DEFAULTS.iter().map(|(m, r)| (m.to_string(), r.to_string()));
         for (method, rule) in defaults.chain(overrides.clone()) {
-            let permission =
-                Permission::parse(&rule).map_err(|message| IamError::Permission { method: method.clone(), message })?;
+            let permission = Permission::parse(&rule).map_err(|message| IamError::Permission {
+                method: method.clone(),
+                message,
+            })?;
             rules.insert(method, permission);
         }
         Ok(Permissions { rules })
@@ -80,8 +84,14 @@ mod tests {
         overrides.insert("registrar.register".to_string(), "role=registrant".to_string());
         let permissions = Permissions::new(&overrides).expect("valid");
         assert_eq!(permissions.required("iam.login"), &Permission::Public);
-        assert_eq!(permissions.required("iam.grant"), &Permission::Attribute("role=admin".into()));
-        assert_eq!(permissions.required("registrar.register"), &Permission::Attribute("role=registrant".into()));
+        assert_eq!(
+            permissions.required("iam.grant"),
+            &Permission::Attribute("role=admin".into())
+        );
+        assert_eq!(
+            permissions.required("registrar.register"),
+            &Permission::Attribute("role=registrant".into())
+        );
         assert_eq!(permissions.required("anything.else"), &Permission::Authenticated);
     }
 

@@ -55,7 +55,13 @@ fn session_error(message: &str) -> CmtpError {
 
 impl Sessions {
     pub fn new(challenge_ttl: Duration, session_ttl: Duration, cap: usize) -> Self {
-        Sessions { pending: HashMap::new(), bound: HashMap::new(), challenge_ttl, session_ttl, cap }
+        Sessions {
+            pending: HashMap::new(),
+            bound: HashMap::new(),
+            challenge_ttl,
+            session_ttl,
+            cap,
+        }
     }
 
     /// Stores a new challenge. Fails with 503 when too many are outstanding.
@@ -63,17 +69,29 @@ impl Sessions {
         if self.pending.len() + self.bound.len() >= self.cap {
             self.purge(now);
             if self.pending.len() + self.bound.len() >= self.cap {
-                return Err(CmtpError::unavailable("too many open login sessions; try again shortly"));
+                return Err(CmtpError::unavailable(
+                    "too many open login sessions; try again shortly",
+                ));
             }
         }
-        self.pending.insert(id, Pending { address, message, expires: now + self.challenge_ttl });
+        self.pending.insert(
+            id,
+            Pending {
+                address,
+                message,
+                expires: now + self.challenge_ttl,
+            },
+        );
         Ok(())
     }
 
     /// Takes a challenge for `iam.login`: it cannot be used again afterwards.
     pub fn take_for_login(&mut self, id: &SessionId, now: Instant) -> Result<LoginChallenge, CmtpError> {
         match self.pending.remove(id) {
-            Some(p) if p.expires > now => Ok(LoginChallenge { address: p.address, message: p.message }),
+            Some(p) if p.expires > now => Ok(LoginChallenge {
+                address: p.address,
+                message: p.message,
+            }),
             Some(_) => Err(session_error("the challenge has expired (25 seconds)")),
             None => Err(session_error("unknown or already used session")),
         }
@@ -83,7 +101,10 @@ impl Sessions {
     pub fn state(&self, id: &SessionId, now: Instant) -> Result<SignedSessionState, CmtpError> {
         if let Some(b) = self.bound.get(id) {
             if b.expires > now {
-                return Ok(SignedSessionState::Bound { address: b.address, last_nonce: b.last_nonce });
+                return Ok(SignedSessionState::Bound {
+                    address: b.address,
+                    last_nonce: b.last_nonce,
+                });
             }
             return Err(session_error("the session has expired"));
         }
@@ -109,11 +130,21 @@ impl Sessions {
             SignedSessionState::Pending { address } => {
                 check_signer(address, signer)?;
                 if nonce != 0 {
-                    return Err(nonce_error(format!("the first request of a session has nonce 0, not {nonce}")));
+                    return Err(nonce_error(format!(
+                        "the first request of a session has nonce 0, not {nonce}"
+                    )));
                 }
                 self.pending.remove(id);
                 let expires_at = now_unix + self.session_ttl.as_secs();
-                self.bound.insert(*id, Bound { address, last_nonce: 0, expires: now + self.session_ttl, expires_at });
+                self.bound.insert(
+                    *id,
+                    Bound {
+                        address,
+                        last_nonce: 0,
+                        expires: now + self.session_ttl,
+                        expires_at,
+                    },
+                );
                 Ok((address, expires_at))
             }
             SignedSessionState::Bound { address, last_nonce } => {
@@ -189,7 +220,10 @@ mod tests {
         let mut s = sessions();
         let now = Instant::now();
         s.open([2; 32], address(2), "m".into(), now).expect("open");
-        let wrong_first = s.accept(&[2; 32], address(2), 1, now, 0).err().expect("first nonce must be 0");
+        let wrong_first = s
+            .accept(&[2; 32], address(2), 1, now, 0)
+            .err()
+            .expect("first nonce must be 0");
         assert_eq!(wrong_first.rpc_code, Some(NONCE_ERROR));
         let other = s.accept(&[2; 32], address(3), 0, now, 0).err().expect("other signer");
         assert_eq!(other.rpc_code, Some(SIGNATURE_ERROR));
@@ -201,7 +235,9 @@ mod tests {
         // A bound session can no longer be used to log in.
         assert!(s.take_for_login(&[2; 32], now).is_err());
         // It lives as long as a token, well past the challenge's 25 seconds.
-        assert!(s.accept(&[2; 32], address(2), 6, now + Duration::from_secs(600), 0).is_ok());
+        assert!(s
+            .accept(&[2; 32], address(2), 6, now + Duration::from_secs(600), 0)
+            .is_ok());
     }
 
     #[test]
@@ -212,6 +248,8 @@ mod tests {
         let full = s.open([2; 32], address(1), "m".into(), now).err().expect("full");
         assert_eq!(full.status, Status::UNAVAILABLE);
         // Once the first expires there is room again.
-        assert!(s.open([2; 32], address(1), "m".into(), now + Duration::from_secs(30)).is_ok());
+        assert!(s
+            .open([2; 32], address(1), "m".into(), now + Duration::from_secs(30))
+            .is_ok());
     }
 }

@@ -29,7 +29,9 @@ impl Handler<VerifyToken> for Verifier {
     type Result = Result<Claims, JwtError>;
 
     fn handle(&mut self, msg: VerifyToken, _: &mut SyncContext<Self>) -> Self::Result {
-        jwt::verify(&msg.token, &msg.audience, msg.now, |address| msg.keys.get(address).copied())
+        jwt::verify(&msg.token, &msg.audience, msg.now, |address| {
+            msg.keys.get(address).copied()
+        })
     }
 }
 
@@ -65,6 +67,8 @@ impl Handler<RecoverRequestSigner> for Verifier {
     fn handle(&mut self, msg: RecoverRequestSigner, _: &mut SyncContext<Self>) -> Self::Result {
         let signature: Signature65 = msg.signature.parse()?;
         let bytes = cmesh_common::jcs::signing_bytes(&msg.raw);
-        signature.recover_digest(personal_digest(&bytes)).map(|(_, address)| address)
+        signature
+            .recover_digest(personal_digest(&bytes))
+            .map(|(_, address)| address)
     }
 }

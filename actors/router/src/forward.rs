@@ -52,7 +52,8 @@ pub struct Forwarded {
 
 impl Forwarded {
     fn signing_bytes(&self) -> Vec<u8> {
-        let value = json!({ "node": self.node, "caller": self.caller, "call": self.call, "ts": self.ts, "id": self.id });
+        let value =
+            json!({ "node": self.node, "caller": self.caller, "call": self.call, "ts": self.ts, "id": self.id });
         cmesh_common::jcs::signing_bytes(&value)
     }
 }
@@ -61,9 +62,15 @@ impl Forwarded {
 #[derive(Clone)]
 pub enum RegistrarHandle {
     /// This node is the registrar.
-    Local { registrar: Addr<RegistrarActor>, events: Addr<EventsActor> },
+    Local {
+        registrar: Addr<RegistrarActor>,
+        events: Addr<EventsActor>,
+    },
     /// Another node is: forward over NATS.
-    Remote { client: async_nats::Client, key: Arc<SigningKey> },
+    Remote {
+        client: async_nats::Client,
+        key: Arc<SigningKey>,
+    },
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CmtpError {
@@ -78,8 +85,14 @@ impl RegistrarHandle {
             RegistrarHandle::Remote { client, key } => {
                 let mut id = [0u8; 16];
                 getrandom::fill(&mut id).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
-                let mut forwarded =
-                    Forwarded { node: key.address(), caller, call, ts: unix_millis(), id: to_hex0x(&id), signature: String::new() };
+                let mut forwarded = Forwarded {
+                    node: key.address(),
+                    caller,
+                    call,
+                    ts: unix_millis(),
+                    id: to_hex0x(&id),
+                    signature: String::new(),
+                };
                 forwarded.signature = key.sign_personal(&forwarded.signing_bytes()).to_string();
                 let payload = rmp_serde::to_vec_named(&forwarded).map_err(|e| CmtpError::internal(e.to_string()))?;
                 let request = client.request(REGISTRAR_SUBJECT, Bytes::from(payload));
@@ -106,20 +119,28 @@ async fn run_local(
 ) -> Result<Value, CmtpError> {
     let written = match call {
         RegistrarOp::Resolve { name } => {
-            let record = registrar.send(registrar::Resolve { name }).await.map_err(unavailable)??;
+            let record = registrar
+                .send(registrar::Resolve { name })
+                .await
+                .map_err(unavailable)??;
             return Ok(json!(record));
         }
         RegistrarOp::List { owner } => {
             let records = registrar.send(registrar::List { owner }).await.map_err(unavailable)??;
             return Ok(json!(records));
         }
-        RegistrarOp::Register { name, target } => {
-            registrar.send(registrar::Register { caller, name, target }).await.map_err(unavailable)??
-        }
-        RegistrarOp::Transfer { name, to } => {
-            registrar.send(registrar::Transfer { caller, name, to }).await.map_err(unavailable)??
-        }
-        RegistrarOp::Release { name } => registrar.send(registrar::Release { caller, name }).await.map_err(unavailable)??,
+        RegistrarOp::Register { name, target } => registrar
+            .send(registrar::Register { caller, name, target })
+            .await
+            .map_err(unavailable)??,
+        RegistrarOp::Transfer { name, to } => registrar
+            .send(registrar::Transfer { caller, name, to })
+            .await
+            .map_err(unavailable)??,
+        RegistrarOp::Release { name } => registrar
+            .send(registrar::Release { caller, name })
+            .await
+            .map_err(unavailable)??,
     };
     let (record, change) = written;
     emit_change(events, &change);
@@ -130,7 +151,10 @@ fn emit_change(events: &Addr<EventsActor>, change: &NameChange) {
     if change.is_noop() {
         return;
     }
-    let kind = serde_json::to_value(change.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let kind = serde_json::to_value(change.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     events.do_send(Emit::registrar(kind, &change.name, json!(change)));
 }
 
@@ -145,7 +169,12 @@ pub struct ForwardedCalls {
 
 impl ForwardedCalls {
     pub fn new(registrar: Addr<RegistrarActor>, events: Addr<EventsActor>, iam: Addr<IamActor>) -> Self {
-        ForwardedCalls { registrar, events, iam, seen: Arc::new(Mutex::new(HashMap::new())) }
+        ForwardedCalls {
+            registrar,
+            events,
+            iam,
+            seen: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Answers one forwarded call (MessagePack in, MessagePack out).
@@ -159,18 +188,29 @@ impl ForwardedCalls {
             .map_err(|e| CmtpError::bad_request(format!("malformed forwarded call: {e}")))?;
         let now = unix_millis();
         if forwarded.ts.abs_diff(now) > FORWARD_WINDOW_MS {
-            return Err(CmtpError::new(Status::UNAUTHORIZED, "forwarded call is outside the 30 s window (clock skew or replay)"));
+            return Err(CmtpError::new(
+                Status::UNAUTHORIZED,
+                "forwarded call is outside the 30 s window (clock skew or replay)",
+            ));
         }
         let signer = self
             .iam
-            .send(VerifyNodeSignature { message: forwarded.signing_bytes(), signature: forwarded.signature.clone() })
+            .send(VerifyNodeSignature {
+                message: forwarded.signing_bytes(),
+                signature: forwarded.signature.clone(),
+            })
             .await
             .map_err(unavailable)??;
         if signer != forwarded.node {
-            return Err(CmtpError::unauthorized("forwarded call is not signed by the node it names"));
+            return Err(CmtpError::unauthorized(
+                "forwarded call is not signed by the node it names",
+            ));
         }
         {
-            let mut seen = self.seen.lock().map_err(|_| CmtpError::internal("replay cache poisoned"))?;
+            let mut seen = self
+                .seen
+                .lock()
+                .map_err(|_| CmtpError::internal("replay cache poisoned"))?;
             seen.retain(|_, ts| now.saturating_sub(*ts) <= 2 * FORWARD_WINDOW_MS);
             if seen.insert(forwarded.id.clone(), forwarded.ts).is_some() {
                 return Err(CmtpError::unauthorized("forwarded call replayed"));

@@ -100,10 +100,7 @@ pub enum EventTopic {
     Name { name: String, kind: Option<String> },
     /// `E:S:<context>[:<event>]` — events of a context. `context` is canonical
     /// (`0x` + lower-case hex), `event` is `[A-Za-z0-9_-]+` as written.
-    Context {
-        context: String,
-        event: Option<String>,
-    },
+    Context { context: String, event: Option<String> },
 }
 
 /// Why a string is not a valid FQMN. The messages are meant to be shown to clients.
@@ -131,10 +128,7 @@ pub enum FqmnError {
     )]
     InvalidMethod { method: String, usage: &'static str },
     #[error("missing {what}: expected `{usage}`")]
-    Missing {
-        what: &'static str,
-        usage: &'static str,
-    },
+    Missing { what: &'static str, usage: &'static str },
     #[error("empty context: expected hex digits, optionally prefixed by 0x (in `{usage}`)")]
     EmptyContext { usage: &'static str },
     #[error(
@@ -179,13 +173,8 @@ pub enum FqmnError {
     InvalidKind { kind: String },
     #[error("invalid context event `{event}`: expected letters, digits, `_` or `-` in `E:S:<context>:<event>`")]
     InvalidContextEvent { event: String },
-    #[error(
-        "empty {what} after the last `:` — give JSON or drop the trailing `:` (expected `{usage}`)"
-    )]
-    EmptyJson {
-        what: &'static str,
-        usage: &'static str,
-    },
+    #[error("empty {what} after the last `:` — give JSON or drop the trailing `:` (expected `{usage}`)")]
+    EmptyJson { what: &'static str, usage: &'static str },
     #[error("{what} must be JSON: {error}")]
     InvalidJson { what: &'static str, error: String },
     #[error("empty consensus body: expected `{usage}`")]
@@ -233,10 +222,7 @@ impl Svc {
     }
 
     fn has_write_form(self) -> bool {
-        matches!(
-            self,
-            Svc::State | Svc::Registrar | Svc::Events | Svc::Consensus
-        )
+        matches!(self, Svc::State | Svc::Registrar | Svc::Events | Svc::Consensus)
     }
 
     fn name(self) -> &'static str {
@@ -303,10 +289,7 @@ fn prefix_hint(token: &str) -> String {
     if let (letter, true) = split_write(inner) {
         if let Some(svc) = Svc::from_letter(letter) {
             if !svc.has_write_form() {
-                return format!(
-                    "; the {} service has no write form, use `{letter}:`",
-                    svc.name()
-                );
+                return format!("; the {} service has no write form, use `{letter}:`", svc.name());
             }
         }
     }
@@ -339,8 +322,7 @@ fn parse_method(method: &str, usage: &'static str) -> Result<String, FqmnError> 
     let Some(first) = chars.next() else {
         return Err(FqmnError::EmptyMethod { usage });
     };
-    let ok = (first.is_ascii_alphabetic() || first == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let ok = (first.is_ascii_alphabetic() || first == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(method.to_owned())
     } else {
@@ -375,10 +357,7 @@ fn parse_version_req(req: &str) -> Result<String, FqmnError> {
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || ".~^*<>=, +-".contains(c);
     match req.chars().find(|&c| !allowed(c)) {
-        Some(ch) => Err(FqmnError::InvalidVersionReq {
-            req: excerpt(req),
-            ch,
-        }),
+        Some(ch) => Err(FqmnError::InvalidVersionReq { req: excerpt(req), ch }),
         None => Ok(req.to_owned()),
     }
 }
@@ -405,10 +384,7 @@ fn parse_name(name: &str) -> Result<String, FqmnError> {
                 "a name cannot have an empty label (`..` or a leading or trailing `.`)",
             ));
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(invalid("labels may only contain letters, digits and `-`"));
         }
     }
@@ -420,11 +396,7 @@ fn parse_app_topic(topic: &str, nested: &'static str) -> Result<String, FqmnErro
     if topic.is_empty() {
         return Err(FqmnError::EmptyTopic);
     }
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
+    let token_ok = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if topic.split('.').all(token_ok) {
         Ok(topic.to_owned())
     } else {
@@ -436,11 +408,7 @@ fn parse_app_topic(topic: &str, nested: &'static str) -> Result<String, FqmnErro
 }
 
 /// Optional JSON after the last fixed segment. `None` when there was no `:` at all.
-fn parse_json_opt(
-    rest: Option<&str>,
-    what: &'static str,
-    usage: &'static str,
-) -> Result<Option<Value>, FqmnError> {
+fn parse_json_opt(rest: Option<&str>, what: &'static str, usage: &'static str) -> Result<Option<Value>, FqmnError> {
     rest.map(|text| parse_json(text, what, usage)).transpose()
 }
 
@@ -512,9 +480,7 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
             let (first, rest) = next_segment(body);
             if first.contains('.') {
                 if write {
-                    return Err(FqmnError::WriteToName {
-                        name: excerpt(first),
-                    });
+                    return Err(FqmnError::WriteToName { name: excerpt(first) });
                 }
                 Ok(Fqmn::Resolve {
                     name: parse_name(first)?,
@@ -576,16 +542,13 @@ fn parse_event_topic(body: &str) -> Result<EventTopic, FqmnError> {
             if !name.contains('.') {
                 return Err(FqmnError::InvalidName {
                     name: excerpt(name),
-                    reason:
-                        "`E:R:` takes a registrar name with at least two labels separated by `.`",
+                    reason: "`E:R:` takes a registrar name with at least two labels separated by `.`",
                 });
             }
             let name = parse_name(name)?;
             let kind = kind
                 .map(|kind| {
-                    if !kind.is_empty()
-                        && kind.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
-                    {
+                    if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_') {
                         Ok(kind.to_ascii_lowercase())
                     } else if kind.is_empty() {
                         Err(FqmnError::Missing {
@@ -593,9 +556,7 @@ fn parse_event_topic(body: &str) -> Result<EventTopic, FqmnError> {
                             usage: USAGE_E_NAME,
                         })
                     } else {
-                        Err(FqmnError::InvalidKind {
-                            kind: excerpt(kind),
-                        })
+                        Err(FqmnError::InvalidKind { kind: excerpt(kind) })
                     }
                 })
                 .transpose()?;
@@ -617,17 +578,13 @@ fn parse_event_topic(body: &str) -> Result<EventTopic, FqmnError> {
                     {
                         Ok(event.to_owned())
                     } else {
-                        Err(FqmnError::InvalidContextEvent {
-                            event: excerpt(event),
-                        })
+                        Err(FqmnError::InvalidContextEvent { event: excerpt(event) })
                     }
                 })
                 .transpose()?;
             Ok(EventTopic::Context { context, event })
         }
-        Some(_) => Err(FqmnError::NotSubscribable {
-            prefix: excerpt(inner),
-        }),
+        Some(_) => Err(FqmnError::NotSubscribable { prefix: excerpt(inner) }),
         None => Err(FqmnError::InvalidTopic {
             topic: excerpt(body),
             nested: NESTED,
@@ -721,10 +678,7 @@ impl fmt::Display for Fqmn {
                 write_args(f, args)
             }
             Fqmn::State {
-                context,
-                method,
-                args,
-                ..
+                context, method, args, ..
             } => {
                 write!(f, "{prefix}:{context}:{method}")?;
                 write_args(f, args)
@@ -1122,18 +1076,9 @@ mod tests {
         let called = target.clone().with_args(Some(json!(["Dexter"])));
         assert_eq!(called.to_string(), r#"S:0xab:hello_world:["Dexter"]"#);
         assert_eq!(target.clone().with_args(None), target);
-        assert_eq!(
-            parse("I:whoami").with_args(Some(json!(1))).to_string(),
-            "I:whoami:1"
-        );
-        assert_eq!(
-            parse("R:list").with_args(Some(json!({}))).to_string(),
-            "R:list:{}"
-        );
-        assert_eq!(
-            parse("EW:t:1").with_args(Some(json!(2))).to_string(),
-            "EW:t:2"
-        );
+        assert_eq!(parse("I:whoami").with_args(Some(json!(1))).to_string(), "I:whoami:1");
+        assert_eq!(parse("R:list").with_args(Some(json!({}))).to_string(), "R:list:{}");
+        assert_eq!(parse("EW:t:1").with_args(Some(json!(2))).to_string(), "EW:t:2");
         let events = parse("E:chat");
         assert_eq!(events.clone().with_args(Some(json!(1))), events);
         let consensus = parse("C:x");
@@ -1149,8 +1094,7 @@ mod tests {
         assert!(serde_json::from_str::<Fqmn>(r#""X:y""#).is_err());
     }
 
-    const PREFIXES: &str =
-        "expected one of I, S, SW, R, RW, E, EW, A, C, CW, P (or the seed spellings 0xS:, 0Sx:)";
+    const PREFIXES: &str = "expected one of I, S, SW, R, RW, E, EW, A, C, CW, P (or the seed spellings 0xS:, 0Sx:)";
 
     #[test]
     fn errors() {
@@ -1337,10 +1281,7 @@ mod tests {
         let big = format!("I:m:\"{}\"", "x".repeat(MAX_FQMN_LEN));
         assert_eq!(
             err(&big),
-            format!(
-                "FQMN too long: {} bytes, the limit is 65536 bytes",
-                big.len()
-            )
+            format!("FQMN too long: {} bytes, the limit is 65536 bytes", big.len())
         );
         // Exactly at the limit is fine.
         let at_limit = format!("I:m:\"{}\"", "x".repeat(MAX_FQMN_LEN - 6));

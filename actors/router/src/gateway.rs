@@ -64,12 +64,28 @@ impl Gateway {
         endpoints: Vec<(EndpointSpec, Endpoint)>,
         max_payload: usize,
     ) -> Result<Gateway, async_nats::SubscribeError> {
-        let shared = Arc::new(Shared { client, router, events, micro, max_payload, in_flight: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            client,
+            router,
+            events,
+            micro,
+            max_payload,
+            in_flight: AtomicUsize::new(0),
+        });
         let (stop, stopped) = watch::channel(false);
         let mut loops = Vec::new();
         for (index, (spec, kind)) in endpoints.into_iter().enumerate() {
-            let subscriber = shared.client.queue_subscribe(spec.subject.clone(), spec.queue_group.clone()).await?;
-            loops.push(actix::spawn(serve_endpoint(shared.clone(), subscriber, index, kind, stopped.clone())));
+            let subscriber = shared
+                .client
+                .queue_subscribe(spec.subject.clone(), spec.queue_group.clone())
+                .await?;
+            loops.push(actix::spawn(serve_endpoint(
+                shared.clone(),
+                subscriber,
+                index,
+                kind,
+                stopped.clone(),
+            )));
         }
         Ok(Gateway { shared, stop, loops })
     }
@@ -150,7 +166,11 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
     let reply = if message.payload.len() > shared.max_payload {
         let error = CmtpError::new(
             Status::PAYLOAD_TOO_LARGE,
-            format!("request of {} bytes is over this node's limit of {} bytes", message.payload.len(), shared.max_payload),
+            format!(
+                "request of {} bytes is over this node's limit of {} bytes",
+                message.payload.len(),
+                shared.max_payload
+            ),
         );
         match kind {
             Endpoint::Fqmn => Reply::error(&error),
@@ -161,7 +181,12 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
             },
         }
     } else {
-        let inbound = Inbound { endpoint: kind, payload: message.payload.clone(), encoding, bearer: bearer_of(&message) };
+        let inbound = Inbound {
+            endpoint: kind,
+            payload: message.payload.clone(),
+            encoding,
+            bearer: bearer_of(&message),
+        };
         match shared.router.send(Route(inbound)).await {
             Ok(reply) => reply,
             Err(e) => Reply::error(&CmtpError::unavailable(format!("the router is unavailable: {e}"))),
@@ -169,18 +194,28 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
     };
     let body = answer_in.encode(&reply.body);
     let headers = reply_headers(reply.status.0, answer_in.content_type(), reply.error.as_deref());
-    if let Err(e) = shared.client.publish_with_headers(reply_to, headers, body.clone()).await {
+    if let Err(e) = shared
+        .client
+        .publish_with_headers(reply_to, headers, body.clone())
+        .await
+    {
         tracing::warn!(error = %e, "could not send a reply");
     }
     let elapsed = started.elapsed();
-    shared.micro.record(index, elapsed, reply.error.as_deref().map(|m| (m, reply.status.0)));
+    shared
+        .micro
+        .record(index, elapsed, reply.error.as_deref().map(|m| (m, reply.status.0)));
     shared.events.do_send(Emit::new(
         "router",
         "answered",
         Vec::new(),
         json!({ "endpoint": kind_name(kind), "status": reply.status.0, "duration_us": elapsed.as_micros() as u64 }),
     ));
-    shared.events.do_send(AuditAppend { request: message.payload, response: body, status: reply.status.0 });
+    shared.events.do_send(AuditAppend {
+        request: message.payload,
+        response: body,
+        status: reply.status.0,
+    });
     shared.in_flight.fetch_sub(1, Ordering::AcqRel);
 }
 
@@ -190,4 +225,3 @@ fn kind_name(kind: Endpoint) -> &'static str {
         Endpoint::Rpc => "rpc",
     }
 }
-

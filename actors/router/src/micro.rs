@@ -191,10 +191,7 @@ impl Micro {
             for subject in [
                 format!("{SERVICE_API_PREFIX}.{verb}"),
                 format!("{SERVICE_API_PREFIX}.{verb}.{}", identity.name),
-                format!(
-                    "{SERVICE_API_PREFIX}.{verb}.{}.{}",
-                    identity.name, identity.id
-                ),
+                format!("{SERVICE_API_PREFIX}.{verb}.{}.{}", identity.name, identity.id),
             ] {
                 let sub = client
                     .subscribe(subject.clone())
@@ -288,11 +285,7 @@ struct Responder {
 }
 
 impl Responder {
-    async fn run(
-        self,
-        mut subscribers: SelectAll<Subscriber>,
-        stop: oneshot::Receiver<oneshot::Sender<()>>,
-    ) {
+    async fn run(self, mut subscribers: SelectAll<Subscriber>, stop: oneshot::Receiver<oneshot::Sender<()>>) {
         // `Receiver` reports itself terminated once its sender is gone, which would make
         // `select!` skip it; `Fuse` only terminates after yielding, so a drop is seen.
         let mut stop = stop.fuse();
@@ -537,10 +530,7 @@ pub fn sanitize_header_value(s: &str) -> Cow<'_, str> {
     }
     let s = &s[..end];
     if s.chars().any(char::is_control) {
-        let cleaned: String = s
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let cleaned: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         Cow::Owned(cleaned.trim().to_owned())
     } else {
         Cow::Borrowed(s)
@@ -588,10 +578,7 @@ mod tests {
     fn reply_headers_error_is_sanitised() {
         let h = reply_headers(403, "application/json", Some("no\r\naccess\tto x"));
         assert_eq!(h.get(cmtp::HEADER_STATUS).unwrap().as_str(), "403");
-        assert_eq!(
-            h.get(NATS_SERVICE_ERROR).unwrap().as_str(),
-            "no  access to x"
-        );
+        assert_eq!(h.get(NATS_SERVICE_ERROR).unwrap().as_str(), "no  access to x");
         assert_eq!(h.get(NATS_SERVICE_ERROR_CODE).unwrap().as_str(), "403");
 
         let long = "é".repeat(300); // 600 bytes, 2 per char
@@ -606,10 +593,7 @@ mod tests {
 
     #[test]
     fn sanitize_borrows_clean_values() {
-        assert!(matches!(
-            sanitize_header_value("fine"),
-            Cow::Borrowed("fine")
-        ));
+        assert!(matches!(sanitize_header_value("fine"), Cow::Borrowed("fine")));
         let odd = "a\u{7f}b\u{0}c";
         assert_eq!(sanitize_header_value(odd), "a b c");
     }
@@ -625,18 +609,10 @@ mod tests {
 
     #[test]
     fn semver_and_names() {
-        for ok in [
-            "0.1.0",
-            "1.2.3",
-            "10.0.0-alpha.1",
-            "1.0.0+build.7",
-            "1.0.0-rc-1+x",
-        ] {
+        for ok in ["0.1.0", "1.2.3", "10.0.0-alpha.1", "1.0.0+build.7", "1.0.0-rc-1+x"] {
             assert!(is_semver(ok), "{ok}");
         }
-        for bad in [
-            "", "1", "1.2", "01.2.3", "1.2.3.4", "1.2.3-", "1.2.3-01", "v1.2.3",
-        ] {
+        for bad in ["", "1", "1.2", "01.2.3", "1.2.3.4", "1.2.3-", "1.2.3-01", "v1.2.3"] {
             assert!(!is_semver(bad), "{bad}");
         }
         let ident = |name: &str, id: &str| ServiceIdentity {
@@ -678,9 +654,7 @@ mod tests {
         });
         let micro = Micro {
             shared,
-            control: Arc::new(Control {
-                stop: Mutex::new(None),
-            }),
+            control: Arc::new(Control { stop: Mutex::new(None) }),
         };
         micro.record(0, Duration::from_millis(2), None);
         micro.record(0, Duration::from_millis(4), Some(("bad\nthing", 400)));

@@ -80,7 +80,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: Value) -> Self {
-        Reply { status: Status::OK, body, error: None }
+        Reply {
+            status: Status::OK,
+            body,
+            error: None,
+        }
     }
 
     /// An error reply of the FQMN endpoint: `{"error": {"status", "message"}}`.

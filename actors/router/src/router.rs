@@ -61,14 +61,19 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
     let args = |a: &Option<Value>| a.clone().unwrap_or(Value::Null);
     Ok(match fqmn {
         Fqmn::Iam { method, args: a } => (format!("iam.{method}"), args(a)),
-        Fqmn::State { write, .. } => ((if *write { "state.call" } else { "state.view" }).to_string(), Value::Null),
+        Fqmn::State { write, .. } => (
+            (if *write { "state.call" } else { "state.view" }).to_string(),
+            Value::Null,
+        ),
         Fqmn::Assembly { .. } => ("assembly.call".to_string(), Value::Null),
         Fqmn::Resolve { name, .. } => ("registrar.resolve".to_string(), json!({ "name": name })),
         Fqmn::RegistrarCall { write, method, params } => {
             let is_write = matches!(method.as_str(), "register" | "transfer" | "release");
             if is_write != *write {
                 let hint = if is_write { "RW:" } else { "R:" };
-                return Err(CmtpError::bad_request(format!("registrar `{method}` is called with {hint}{method}")));
+                return Err(CmtpError::bad_request(format!(
+                    "registrar `{method}` is called with {hint}{method}"
+                )));
             }
             (format!("registrar.{method}"), args(params))
         }
@@ -78,7 +83,10 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
                 EventTopic::Name { name, kind: None } => format!("R:{name}"),
                 EventTopic::Name { name, kind: Some(kind) } => format!("R:{name}:{kind}"),
                 EventTopic::Context { context, event: None } => format!("S:{context}"),
-                EventTopic::Context { context, event: Some(event) } => format!("S:{context}:{event}"),
+                EventTopic::Context {
+                    context,
+                    event: Some(event),
+                } => format!("S:{context}:{event}"),
             };
             ("events.recent".to_string(), json!({ "topic": key }))
         }
@@ -91,7 +99,10 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
 fn emit_admission(services: &Services, method: &str, caller: &Result<Caller, CmtpError>) {
     let (kind, data) = match caller {
         Ok(caller) => ("dispatched", json!({ "method": method, "caller": caller.address })),
-        Err(e) => ("denied", json!({ "method": method, "status": e.status.0, "message": e.message })),
+        Err(e) => (
+            "denied",
+            json!({ "method": method, "status": e.status.0, "message": e.message }),
+        ),
     };
     services.events.do_send(Emit::new("router", kind, Vec::new(), data));
 }
@@ -99,7 +110,10 @@ fn emit_admission(services: &Services, method: &str, caller: &Result<Caller, Cmt
 async fn admit(services: &Services, credentials: Credentials, method: &str) -> Result<Caller, CmtpError> {
     let caller = services
         .iam
-        .send(Admit { credentials, method: method.to_string() })
+        .send(Admit {
+            credentials,
+            method: method.to_string(),
+        })
         .await
         .map_err(mailbox)
         .and_then(|r| r);
@@ -147,33 +161,47 @@ async fn run_fqmn(services: &Services, caller: &Caller, mut fqmn: Fqmn) -> Resul
             let (method, params) = method_of(&fqmn)?;
             return services.call(caller, &method, params).await;
         };
-        let record = services.call(caller, "registrar.resolve", json!({ "name": name })).await?;
+        let record = services
+            .call(caller, "registrar.resolve", json!({ "name": name }))
+            .await?;
         let target = record.get("target").and_then(Value::as_str).unwrap_or_default();
         let next: Fqmn = target.parse().map_err(|e| {
-            CmtpError::new(Status::UNPROCESSABLE, format!("`{name}` points at `{target}`, which is not a valid FQMN: {e}"))
+            CmtpError::new(
+                Status::UNPROCESSABLE,
+                format!("`{name}` points at `{target}`, which is not a valid FQMN: {e}"),
+            )
         })?;
         let next = next.with_args(args);
         let (method, _) = method_of(&next)?;
         services
             .iam
-            .send(Authorize { caller: caller.clone(), method: method.clone() })
+            .send(Authorize {
+                caller: caller.clone(),
+                method: method.clone(),
+            })
             .await
             .map_err(mailbox)??;
         fqmn = next;
     }
-    Err(CmtpError::new(Status::UNPROCESSABLE, format!("names point at names more than {MAX_RESOLVE_DEPTH} deep (a loop?)")))
+    Err(CmtpError::new(
+        Status::UNPROCESSABLE,
+        format!("names point at names more than {MAX_RESOLVE_DEPTH} deep (a loop?)"),
+    ))
 }
 
 async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
     let value = match inbound.encoding.decode(&inbound.payload) {
         Ok(value) => value,
-        Err(message) => return rpc_error_reply(Value::Null, &CmtpError::bad_request(message).with_rpc_code(PARSE_ERROR)),
+        Err(message) => {
+            return rpc_error_reply(Value::Null, &CmtpError::bad_request(message).with_rpc_code(PARSE_ERROR))
+        }
     };
     let bearer = inbound.bearer;
     match value {
         Value::Array(items) => {
             if items.is_empty() || items.len() > MAX_BATCH {
-                let e = CmtpError::bad_request(format!("a batch holds 1 to {MAX_BATCH} requests")).with_rpc_code(INVALID_REQUEST);
+                let e = CmtpError::bad_request(format!("a batch holds 1 to {MAX_BATCH} requests"))
+                    .with_rpc_code(INVALID_REQUEST);
                 return rpc_error_reply(Value::Null, &e);
             }
             let mut responses = Vec::with_capacity(items.len());
@@ -195,7 +223,11 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
                     .map(|s| Status(s as u16))
                     .unwrap_or(Status::OK);
                 let error = response.error.as_ref().map(|e| e.message.clone());
-                Reply { status, body: json!(response), error }
+                Reply {
+                    status,
+                    body: json!(response),
+                    error,
+                }
             }
             // A notification gets an empty reply: NATS requests always expect one.
             None => Reply::ok(Value::Null),
@@ -204,7 +236,11 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
 }
 
 fn rpc_error_reply(id: Value, error: &CmtpError) -> Reply {
-    Reply { status: error.status, body: json!(RpcResponse::failure(id, error)), error: Some(error.message.clone()) }
+    Reply {
+        status: error.status,
+        body: json!(RpcResponse::failure(id, error)),
+        error: Some(error.message.clone()),
+    }
 }
 
 /// One JSON-RPC request; `None` for a notification (no `id`), which gets no response.
@@ -213,7 +249,8 @@ async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>) -> Opt
         Ok(request) => request,
         Err(e) => {
             let id = raw.get("id").cloned().unwrap_or(Value::Null);
-            let error = CmtpError::bad_request(format!("not a JSON-RPC 2.0 request: {e}")).with_rpc_code(INVALID_REQUEST);
+            let error =
+                CmtpError::bad_request(format!("not a JSON-RPC 2.0 request: {e}")).with_rpc_code(INVALID_REQUEST);
             return Some(RpcResponse::failure(id, &error));
         }
     };
@@ -229,7 +266,12 @@ async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>) -> Opt
                     CmtpError::new(Status::UNAUTHORIZED, "a signed request's `id` is its session (0x-hex)")
                         .with_rpc_code(rpc::SESSION_ERROR)
                 })?;
-                Credentials::Signed(SignedRequest { raw, session: session.to_string(), nonce, signature: signature.clone() })
+                Credentials::Signed(SignedRequest {
+                    raw,
+                    session: session.to_string(),
+                    nonce,
+                    signature: signature.clone(),
+                })
             }
             (Some(_), None, _) => {
                 return Err(CmtpError::new(Status::UNAUTHORIZED, "a signed request needs a `nonce`")

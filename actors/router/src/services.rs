@@ -31,7 +31,8 @@ const DEFAULT_RECENT: usize = 20;
 pub fn params<T: DeserializeOwned>(method: &str, params: Value, usage: &str) -> Result<T, CmtpError> {
     let params = if params.is_null() { json!({}) } else { params };
     serde_json::from_value(params).map_err(|e| {
-        CmtpError::bad_request(format!("invalid params for {method}: {e}; expected {usage}")).with_rpc_code(INVALID_PARAMS)
+        CmtpError::bad_request(format!("invalid params for {method}: {e}; expected {usage}"))
+            .with_rpc_code(INVALID_PARAMS)
     })
 }
 
@@ -40,7 +41,9 @@ fn mailbox(service: &str) -> impl Fn(actix::MailboxError) -> CmtpError + '_ {
 }
 
 fn caller_address(caller: &Caller) -> Result<Address, CmtpError> {
-    caller.address.ok_or_else(|| CmtpError::unauthorized("this method needs a logged-in caller"))
+    caller
+        .address
+        .ok_or_else(|| CmtpError::unauthorized("this method needs a logged-in caller"))
 }
 
 #[derive(Deserialize)]
@@ -128,28 +131,46 @@ impl Services {
             "registrar.register" => {
                 let p: RegisterParams = params(method, params_value, "{name, target}")?;
                 check_target(&p.target)?;
-                let op = RegistrarOp::Register { name: p.name, target: p.target };
+                let op = RegistrarOp::Register {
+                    name: p.name,
+                    target: p.target,
+                };
                 self.registrar.call(caller_address(caller)?, op).await
             }
             "registrar.resolve" => {
                 let p: NameParams = params(method, params_value, "{name}")?;
-                self.registrar.call(caller_address(caller)?, RegistrarOp::Resolve { name: p.name }).await
+                self.registrar
+                    .call(caller_address(caller)?, RegistrarOp::Resolve { name: p.name })
+                    .await
             }
             "registrar.transfer" => {
                 let p: TransferParams = params(method, params_value, "{name, to}")?;
-                self.registrar.call(caller_address(caller)?, RegistrarOp::Transfer { name: p.name, to: p.to }).await
+                self.registrar
+                    .call(
+                        caller_address(caller)?,
+                        RegistrarOp::Transfer { name: p.name, to: p.to },
+                    )
+                    .await
             }
             "registrar.release" => {
                 let p: NameParams = params(method, params_value, "{name}")?;
-                self.registrar.call(caller_address(caller)?, RegistrarOp::Release { name: p.name }).await
+                self.registrar
+                    .call(caller_address(caller)?, RegistrarOp::Release { name: p.name })
+                    .await
             }
             "registrar.list" => {
                 let p: ListParams = params(method, params_value, "{owner?}")?;
-                self.registrar.call(caller_address(caller)?, RegistrarOp::List { owner: p.owner }).await
+                self.registrar
+                    .call(caller_address(caller)?, RegistrarOp::List { owner: p.owner })
+                    .await
             }
             "events.publish" => {
                 let p: PublishParams = params(method, params_value, "{topic, data}")?;
-                let request = EmitApp { topic: p.topic, data: p.data, caller: caller_address(caller)? };
+                let request = EmitApp {
+                    topic: p.topic,
+                    data: p.data,
+                    caller: caller_address(caller)?,
+                };
                 let envelope = self
                     .events
                     .send(request)
@@ -161,7 +182,11 @@ impl Services {
             "events.recent" => {
                 let p: RecentParams = params(method, params_value, "{topic, limit?}")?;
                 let limit = p.limit.unwrap_or(DEFAULT_RECENT);
-                let events = self.events.send(Recent { topic: p.topic, limit }).await.map_err(mailbox("events"))?;
+                let events = self
+                    .events
+                    .send(Recent { topic: p.topic, limit })
+                    .await
+                    .map_err(mailbox("events"))?;
                 Ok(json!(events))
             }
             "router.ping" => Ok(json!({ "pong": true, "node": self.node, "registrar": self.is_registrar })),

@@ -29,7 +29,11 @@ impl NatsServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
         let (child, port) = spawn(&dir, None);
-        NatsServer { child: Some(child), port, dir }
+        NatsServer {
+            child: Some(child),
+            port,
+            dir,
+        }
     }
 
     pub fn url(&self) -> String {

@@ -44,10 +44,7 @@ impl RegistrarActor {
 
     /// An actor over an already open store.
     pub fn with_store(store: RegistrarStore) -> Self {
-        RegistrarActor {
-            store,
-            clock: unix_ms,
-        }
+        RegistrarActor { store, clock: unix_ms }
     }
 
     /// Replaces the clock (unix milliseconds) used for `registered_at` / `updated_at`.
@@ -86,9 +83,7 @@ impl Handler<Register> for RegistrarActor {
 
     fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) -> Self::Result {
         let now = (self.clock)();
-        Ok(self
-            .store
-            .register(msg.caller, &msg.name, &msg.target, now)?)
+        Ok(self.store.register(msg.caller, &msg.name, &msg.target, now)?)
     }
 }
 

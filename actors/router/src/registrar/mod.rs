@@ -27,8 +27,7 @@ pub use actor::{unix_ms, RegistrarActor};
 pub use error::RegistrarError;
 pub use messages::{List, Register, Release, Resolve, Transfer, Written};
 pub use names::{
-    check_target, NameError, NamePolicy, TargetError, TldConfigError, DEFAULT_TLDS, MAX_LABEL_LEN,
-    MAX_TARGET_BYTES,
+    check_target, NameError, NamePolicy, TargetError, TldConfigError, DEFAULT_TLDS, MAX_LABEL_LEN, MAX_TARGET_BYTES,
 };
 pub use record::{ChangeKind, NameChange, NameRecord};
 pub use store::{RegistrarStore, LIST_CAP, SCHEMA_VERSION};

@@ -29,9 +29,7 @@ pub enum NameError {
     #[error("name is empty: a name is `label.tld`, e.g. `{EXAMPLE}.{tld}`", tld = .first_tld)]
     Empty { first_tld: String },
 
-    #[error(
-        "name is {len} bytes long: a name is `label.tld`, at most {MAX_NAME_INPUT} characters"
-    )]
+    #[error("name is {len} bytes long: a name is `label.tld`, at most {MAX_NAME_INPUT} characters")]
     TooLong { len: usize },
 
     #[error(
@@ -57,9 +55,7 @@ pub enum NameError {
     )]
     EmptyLabel { name: String },
 
-    #[error(
-        "label `{label}` is {len} characters long: a label is 1 to {MAX_LABEL_LEN} characters"
-    )]
+    #[error("label `{label}` is {len} characters long: a label is 1 to {MAX_LABEL_LEN} characters")]
     LabelTooLong { label: String, len: usize },
 
     #[error(
@@ -81,9 +77,7 @@ pub enum NameError {
 /// Why a target was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error(
-        "target is empty: a target is an FQMN such as `I:whoami`, at most {MAX_TARGET_BYTES} bytes"
-    )]
+    #[error("target is empty: a target is an FQMN such as `I:whoami`, at most {MAX_TARGET_BYTES} bytes")]
     Empty,
 
     #[error("target is {len} bytes long: a target is at most {MAX_TARGET_BYTES} bytes")]
@@ -198,10 +192,7 @@ impl NamePolicy {
     }
 
     fn first_tld(&self) -> String {
-        self.tlds
-            .first()
-            .cloned()
-            .unwrap_or_else(|| DEFAULT_TLDS[0].to_owned())
+        self.tlds.first().cloned().unwrap_or_else(|| DEFAULT_TLDS[0].to_owned())
     }
 
     /// The one spelling of `input`: lower case, exactly `label.tld` with a served TLD.

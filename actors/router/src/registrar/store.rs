@@ -185,11 +185,7 @@ impl RegistrarStore {
 
     /// Deletes `name`; it can be registered again afterwards. Only the owner may.
     /// Returns the record as it was.
-    pub fn release(
-        &self,
-        caller: Address,
-        name: &str,
-    ) -> Result<(NameRecord, NameChange), RegistrarError> {
+    pub fn release(&self, caller: Address, name: &str) -> Result<(NameRecord, NameChange), RegistrarError> {
         let name = self.policy.normalize(name)?;
         let done = self.write("releasing", |table| {
             let record = owned_by(table, &name, caller, "release")?;
@@ -293,9 +289,7 @@ fn owned_by(
     caller: Address,
     action: &'static str,
 ) -> Result<NameRecord, RegistrarError> {
-    let record = get(table, name)?.ok_or_else(|| RegistrarError::NotFound {
-        name: name.to_owned(),
-    })?;
+    let record = get(table, name)?.ok_or_else(|| RegistrarError::NotFound { name: name.to_owned() })?;
     if record.owner != caller {
         return Err(RegistrarError::NotOwner {
             name: name.to_owned(),
@@ -320,11 +314,10 @@ fn encode(record: &NameRecord) -> Result<Vec<u8>, RegistrarError> {
 
 /// Decodes the record stored under `key`, and checks it is filed under its own name.
 fn decode(key: &str, bytes: &[u8]) -> Result<NameRecord, RegistrarError> {
-    let record: NameRecord =
-        rmp_serde::from_slice(bytes).map_err(|error| RegistrarError::Corrupt {
-            name: key.to_owned(),
-            reason: error.to_string(),
-        })?;
+    let record: NameRecord = rmp_serde::from_slice(bytes).map_err(|error| RegistrarError::Corrupt {
+        name: key.to_owned(),
+        reason: error.to_string(),
+    })?;
     if record.name != key {
         return Err(RegistrarError::Corrupt {
             name: key.to_owned(),

@@ -47,11 +47,7 @@ fn registrar_names_good_ones_normalise_to_lower_case() {
         ("123abc.mcom", "123abc.mcom"),
     ];
     for (input, want) in cases {
-        assert_eq!(
-            policy.normalize(input).as_deref(),
-            Ok(want),
-            "input {input:?}"
-        );
+        assert_eq!(policy.normalize(input).as_deref(), Ok(want), "input {input:?}");
     }
     let longest = format!("{}.mcom", "a".repeat(MAX_LABEL_LEN));
     assert_eq!(policy.normalize(&longest), Ok(longest.clone()));
@@ -111,10 +107,7 @@ fn registrar_names_bad_ones_say_what_is_wrong() {
             "hello-.mcom",
             "label `hello-` ends with a hyphen: a label must start and end with a letter or digit",
         ),
-        (
-            &too_long_label,
-            "is 64 characters long: a label is 1 to 63 characters",
-        ),
+        (&too_long_label, "is 64 characters long: a label is 1 to 63 characters"),
         (
             &way_too_long,
             "name is 10000 bytes long: a name is `label.tld`, at most 127 characters",
@@ -138,18 +131,12 @@ fn registrar_names_several_tlds_are_listed_in_messages() {
     assert_eq!(policy.tlds(), ["mcom", "mesh"]);
     assert_eq!(policy.normalize("a.MESH").as_deref(), Ok("a.mesh"));
     let error = policy.normalize("a.com").expect_err("unknown tld");
-    assert_eq!(
-        error.to_string(),
-        "unknown tld `com`: this mesh serves .mcom, .mesh"
-    );
+    assert_eq!(error.to_string(), "unknown tld `com`: this mesh serves .mcom, .mesh");
 }
 
 #[test]
 fn registrar_names_bad_tld_config_is_refused() {
-    assert_eq!(
-        NamePolicy::new(Vec::<String>::new()),
-        Err(TldConfigError::Empty)
-    );
+    assert_eq!(NamePolicy::new(Vec::<String>::new()), Err(TldConfigError::Empty));
     for bad in ["", ".", "m_com", "-mcom", "a.b"] {
         let error = NamePolicy::new([bad]).expect_err(bad);
         assert!(
@@ -180,11 +167,7 @@ fn registrar_targets_must_be_non_empty_and_at_most_1024_bytes() {
     );
     let cmtp = CmtpError::from(RegistrarError::from(TargetError::Empty));
     assert_eq!(cmtp.status, Status::UNPROCESSABLE);
-    assert!(
-        cmtp.message.starts_with("target is empty"),
-        "{}",
-        cmtp.message
-    );
+    assert!(cmtp.message.starts_with("target is empty"), "{}", cmtp.message);
 }
 
 proptest! {
@@ -283,9 +266,7 @@ fn registrar_store_register_resolve_transfer_release_list() {
     assert!(!change.is_noop());
     assert_eq!(store.resolve("HELLO.mcom").expect("resolve"), expected);
 
-    let (moved, change) = store
-        .transfer(ALICE, "hello.mcom", BOB, 200)
-        .expect("transfer");
+    let (moved, change) = store.transfer(ALICE, "hello.mcom", BOB, 200).expect("transfer");
     assert_eq!(
         moved,
         NameRecord {
@@ -295,29 +276,17 @@ fn registrar_store_register_resolve_transfer_release_list() {
         }
     );
     assert_eq!(change.kind, ChangeKind::Transferred);
-    assert_eq!(
-        (change.owner_before, change.owner_after),
-        (Some(ALICE), Some(BOB))
-    );
+    assert_eq!((change.owner_before, change.owner_after), (Some(ALICE), Some(BOB)));
     assert_eq!(store.resolve("hello.mcom").expect("resolve"), moved);
 
-    store
-        .register(ALICE, "b.mcom", "I:whoami", 300)
-        .expect("register b");
-    store
-        .register(BOB, "a.mcom", "I:whoami", 300)
-        .expect("register a");
-    let names = |records: Vec<NameRecord>| -> Vec<String> {
-        records.into_iter().map(|record| record.name).collect()
-    };
+    store.register(ALICE, "b.mcom", "I:whoami", 300).expect("register b");
+    store.register(BOB, "a.mcom", "I:whoami", 300).expect("register a");
+    let names = |records: Vec<NameRecord>| -> Vec<String> { records.into_iter().map(|record| record.name).collect() };
     assert_eq!(
         names(store.list(None).expect("list")),
         ["a.mcom", "b.mcom", "hello.mcom"]
     );
-    assert_eq!(
-        names(store.list(Some(BOB)).expect("list")),
-        ["a.mcom", "hello.mcom"]
-    );
+    assert_eq!(names(store.list(Some(BOB)).expect("list")), ["a.mcom", "hello.mcom"]);
     assert_eq!(names(store.list(Some(ALICE)).expect("list")), ["b.mcom"]);
     assert!(store.list(Some(CAROL)).expect("list").is_empty());
 
@@ -336,27 +305,19 @@ fn registrar_store_register_resolve_transfer_release_list() {
 fn registrar_store_refusals_have_status_and_message() {
     let (_dir, path) = temp_db();
     let store = open_store(&path);
-    store
-        .register(ALICE, "hello.mcom", "I:whoami", 1)
-        .expect("register");
+    store.register(ALICE, "hello.mcom", "I:whoami", 1).expect("register");
 
-    let taken = store
-        .register(BOB, "HELLO.mcom", "I:other", 2)
-        .expect_err("taken");
+    let taken = store.register(BOB, "HELLO.mcom", "I:other", 2).expect_err("taken");
     assert_eq!(taken.status(), Status::CONFLICT);
     assert_eq!(
         taken.to_string(),
         format!("name `hello.mcom` is already registered to {ALICE}")
     );
     // Also for the owner: registering is not an update.
-    let again = store
-        .register(ALICE, "hello.mcom", "I:whoami", 2)
-        .expect_err("taken");
+    let again = store.register(ALICE, "hello.mcom", "I:whoami", 2).expect_err("taken");
     assert_eq!(again.status(), Status::CONFLICT);
 
-    let not_owner = store
-        .transfer(BOB, "hello.mcom", BOB, 2)
-        .expect_err("not owner");
+    let not_owner = store.transfer(BOB, "hello.mcom", BOB, 2).expect_err("not owner");
     assert_eq!(not_owner.status(), Status::FORBIDDEN);
     assert_eq!(
         not_owner.to_string(),
@@ -371,9 +332,7 @@ fn registrar_store_refusals_have_status_and_message() {
 
     for error in [
         store.resolve("nope.mcom").expect_err("missing"),
-        store
-            .transfer(ALICE, "nope.mcom", BOB, 2)
-            .expect_err("missing"),
+        store.transfer(ALICE, "nope.mcom", BOB, 2).expect_err("missing"),
         store.release(ALICE, "nope.mcom").expect_err("missing"),
     ] {
         assert_eq!(error.status(), Status::NOT_FOUND);
@@ -384,25 +343,18 @@ fn registrar_store_refusals_have_status_and_message() {
         store
             .register(ALICE, "bad_name.mcom", "I:whoami", 2)
             .expect_err("bad name"),
-        store
-            .register(ALICE, "fine.mcom", "", 2)
-            .expect_err("empty target"),
+        store.register(ALICE, "fine.mcom", "", 2).expect_err("empty target"),
         store
             .register(ALICE, "fine.mcom", &"x".repeat(1025), 2)
             .expect_err("long target"),
         store.resolve("hello.com").expect_err("bad tld"),
-        store
-            .transfer(ALICE, "hello", BOB, 2)
-            .expect_err("bad name"),
+        store.transfer(ALICE, "hello", BOB, 2).expect_err("bad name"),
         store.release(ALICE, "-hello.mcom").expect_err("bad name"),
     ] {
         assert_eq!(error.status(), Status::UNPROCESSABLE, "{error}");
     }
     assert_eq!(
-        store
-            .resolve("fine.mcom")
-            .expect_err("not written")
-            .status(),
+        store.resolve("fine.mcom").expect_err("not written").status(),
         Status::NOT_FOUND
     );
 }
@@ -411,31 +363,18 @@ fn registrar_store_refusals_have_status_and_message() {
 fn registrar_store_rejected_requests_persist_nothing() {
     let (_dir, path) = temp_db();
     let store = open_store(&path);
-    store
-        .register(ALICE, "hello.mcom", "I:whoami", 1)
-        .expect("register");
-    store
-        .register(BOB, "other.mcom", "I:whoami", 1)
-        .expect("register");
+    store.register(ALICE, "hello.mcom", "I:whoami", 1).expect("register");
+    store.register(BOB, "other.mcom", "I:whoami", 1).expect("register");
     let bytes_before = store.raw("hello.mcom").expect("raw").expect("present");
     let list_before = store.list(None).expect("list");
 
-    store
-        .register(BOB, "hello.mcom", "I:evil", 5)
-        .expect_err("409");
+    store.register(BOB, "hello.mcom", "I:evil", 5).expect_err("409");
     store.transfer(BOB, "hello.mcom", BOB, 5).expect_err("403");
     store.release(BOB, "hello.mcom").expect_err("403");
-    store
-        .transfer(ALICE, "missing.mcom", BOB, 5)
-        .expect_err("404");
-    store
-        .register(ALICE, "bad_.mcom", "I:whoami", 5)
-        .expect_err("422");
+    store.transfer(ALICE, "missing.mcom", BOB, 5).expect_err("404");
+    store.register(ALICE, "bad_.mcom", "I:whoami", 5).expect_err("422");
 
-    assert_eq!(
-        store.raw("hello.mcom").expect("raw").expect("present"),
-        bytes_before
-    );
+    assert_eq!(store.raw("hello.mcom").expect("raw").expect("present"), bytes_before);
     assert_eq!(store.raw("missing.mcom").expect("raw"), None);
     assert_eq!(store.list(None).expect("list"), list_before);
 }
@@ -444,20 +383,13 @@ fn registrar_store_rejected_requests_persist_nothing() {
 fn registrar_store_transfer_to_self_is_a_noop_that_writes_nothing() {
     let (_dir, path) = temp_db();
     let store = open_store(&path);
-    let (record, _) = store
-        .register(ALICE, "hello.mcom", "I:whoami", 1)
-        .expect("register");
+    let (record, _) = store.register(ALICE, "hello.mcom", "I:whoami", 1).expect("register");
     let bytes_before = store.raw("hello.mcom").expect("raw");
 
-    let (same, change) = store
-        .transfer(ALICE, "hello.mcom", ALICE, 99)
-        .expect("self transfer");
+    let (same, change) = store.transfer(ALICE, "hello.mcom", ALICE, 99).expect("self transfer");
     assert_eq!(same, record, "updated_at does not move");
     assert!(change.is_noop());
-    assert_eq!(
-        (change.owner_before, change.owner_after),
-        (Some(ALICE), Some(ALICE))
-    );
+    assert_eq!((change.owner_before, change.owner_after), (Some(ALICE), Some(ALICE)));
     assert_eq!(store.raw("hello.mcom").expect("raw"), bytes_before);
 }
 
@@ -465,17 +397,10 @@ fn registrar_store_transfer_to_self_is_a_noop_that_writes_nothing() {
 fn registrar_store_released_names_can_be_registered_again() {
     let (_dir, path) = temp_db();
     let store = open_store(&path);
-    store
-        .register(ALICE, "hello.mcom", "I:whoami", 1)
-        .expect("register");
+    store.register(ALICE, "hello.mcom", "I:whoami", 1).expect("register");
     store.release(ALICE, "hello.mcom").expect("release");
-    let (record, change) = store
-        .register(BOB, "hello.mcom", "I:other", 7)
-        .expect("re-register");
-    assert_eq!(
-        (record.owner, record.registered_at, record.updated_at),
-        (BOB, 7, 7)
-    );
+    let (record, change) = store.register(BOB, "hello.mcom", "I:other", 7).expect("re-register");
+    assert_eq!((record.owner, record.registered_at, record.updated_at), (BOB, 7, 7));
     assert_eq!(change.kind, ChangeKind::Registered);
     assert_eq!(store.resolve("hello.mcom").expect("resolve"), record);
 }
@@ -501,9 +426,7 @@ fn registrar_store_list_is_capped_and_sorted() {
                     updated_at: 1,
                 };
                 let bytes = rmp_serde::to_vec_named(&record).expect("encode");
-                table
-                    .insert(record.name.as_str(), bytes.as_slice())
-                    .expect("insert");
+                table.insert(record.name.as_str(), bytes.as_slice()).expect("insert");
             }
         }
         txn.commit().expect("commit");
@@ -524,23 +447,14 @@ fn registrar_store_persists_across_reopen() {
     let (_dir, path) = temp_db();
     {
         let store = open_store(&path);
-        store
-            .register(ALICE, "hello.mcom", "I:whoami", 1)
-            .expect("register");
-        store
-            .register(ALICE, "gone.mcom", "I:whoami", 1)
-            .expect("register");
-        store
-            .transfer(ALICE, "hello.mcom", BOB, 2)
-            .expect("transfer");
+        store.register(ALICE, "hello.mcom", "I:whoami", 1).expect("register");
+        store.register(ALICE, "gone.mcom", "I:whoami", 1).expect("register");
+        store.transfer(ALICE, "hello.mcom", BOB, 2).expect("transfer");
         store.release(ALICE, "gone.mcom").expect("release");
     }
     let store = open_store(&path);
     let record = store.resolve("hello.mcom").expect("resolve after reopen");
-    assert_eq!(
-        (record.owner, record.registered_at, record.updated_at),
-        (BOB, 1, 2)
-    );
+    assert_eq!((record.owner, record.registered_at, record.updated_at), (BOB, 1, 2));
     assert_eq!(
         store.resolve("gone.mcom").expect_err("released").status(),
         Status::NOT_FOUND
@@ -556,9 +470,7 @@ fn registrar_store_refuses_a_newer_schema() {
         {
             let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
             let mut table = txn.open_table(meta).expect("meta");
-            table
-                .insert("schema_version", SCHEMA_VERSION + 1)
-                .expect("insert");
+            table.insert("schema_version", SCHEMA_VERSION + 1).expect("insert");
         }
         txn.commit().expect("commit");
     }
@@ -572,9 +484,7 @@ fn registrar_store_reports_corrupt_records_as_500() {
     let (_dir, path) = temp_db();
     {
         let store = open_store(&path);
-        store
-            .register(ALICE, "hello.mcom", "I:whoami", 1)
-            .expect("register");
+        store.register(ALICE, "hello.mcom", "I:whoami", 1).expect("register");
     }
     {
         let db = redb::Database::create(&path).expect("open");
@@ -582,9 +492,7 @@ fn registrar_store_reports_corrupt_records_as_500() {
         {
             let names: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("names");
             let mut table = txn.open_table(names).expect("names");
-            table
-                .insert("junk.mcom", &b"\xc1not msgpack"[..])
-                .expect("insert");
+            table.insert("junk.mcom", &b"\xc1not msgpack"[..]).expect("insert");
         }
         txn.commit().expect("commit");
     }
@@ -603,10 +511,7 @@ fn registrar_store_reports_corrupt_records_as_500() {
         );
     }
     assert_eq!(
-        store
-            .resolve("hello.mcom")
-            .expect("good record still resolves")
-            .owner,
+        store.resolve("hello.mcom").expect("good record still resolves").owner,
         ALICE
     );
 }
@@ -862,10 +767,7 @@ fn registrar_actor_survives_reopen_and_rejections_persist_nothing() {
     // Snapshot the file between systems (redb allows one opener at a time).
     let (bytes_before, list_before) = {
         let store = open_store(&path);
-        (
-            store.raw("hello.mcom").expect("raw"),
-            store.list(None).expect("list"),
-        )
+        (store.raw("hello.mcom").expect("raw"), store.list(None).expect("list"))
     };
     assert!(bytes_before.is_some());
 
@@ -924,11 +826,7 @@ fn registrar_actor_survives_reopen_and_rejections_persist_nothing() {
         "record bytes unchanged"
     );
     assert_eq!(store.raw("new.mcom").expect("raw"), None);
-    assert_eq!(
-        store.list(None).expect("list"),
-        list_before,
-        "list unchanged"
-    );
+    assert_eq!(store.list(None).expect("list"), list_before, "list unchanged");
 }
 
 #[test]
