@@ -139,6 +139,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         iam: iam.clone(),
         events: events.clone(),
         registrar,
+        client: client.clone(),
     };
     let router = RouterActor::new(services).start();
 

@@ -23,6 +23,8 @@ use crate::verifier::{RecoverRequestSigner, RecoverSigner, Verifier, VerifyToken
 
 const LOG_IN: &str =
     "log in with iam.challenge and iam.login, then send `Authorization: Bearer <token>` (or sign the request)";
+/// Bytes of the issuing node's address at the start of a session id.
+const SESSION_TAG_LEN: usize = 6;
 /// Announcements older than this are stale and ignored (replays of old ones included).
 const ANNOUNCEMENT_MAX_AGE_MS: u64 = 3_600_000;
 
@@ -234,12 +236,33 @@ impl Handler<Authorize> for IamActor {
     }
 }
 
+impl Handler<SessionIssuer> for IamActor {
+    type Result = Option<Address>;
+
+    fn handle(&mut self, msg: SessionIssuer, _: &mut Context<Self>) -> Self::Result {
+        let session = from_hex0x::<32>(&msg.session)?;
+        let tag = &session[..SESSION_TAG_LEN];
+        if tag == &self.key.address().0[..SESSION_TAG_LEN] {
+            return None;
+        }
+        self.peers
+            .list()
+            .into_iter()
+            .map(|p| p.address)
+            .find(|a| &a.0[..SESSION_TAG_LEN] == tag)
+    }
+}
+
 impl Handler<Challenge> for IamActor {
     type Result = Result<ChallengeReply, CmtpError>;
 
     fn handle(&mut self, msg: Challenge, _: &mut Context<Self>) -> Self::Result {
         let mut session = [0u8; 32];
-        getrandom::fill(&mut session[..16]).map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
+        // The node's half starts with a tag of its address, so whichever node a client's
+        // next request reaches can hand it to the node that holds the session.
+        session[..SESSION_TAG_LEN].copy_from_slice(&self.key.address().0[..SESSION_TAG_LEN]);
+        getrandom::fill(&mut session[SESSION_TAG_LEN..16])
+            .map_err(|e| CmtpError::internal(format!("no entropy: {e}")))?;
         match msg.client_nonce {
             Some(text) => {
                 let client = from_hex0x::<16>(&text)

@@ -66,6 +66,14 @@ pub struct Authorize {
     pub method: String,
 }
 
+/// Which other node issued `session` (from the tag its id starts with); `None` when this
+/// node did, or no known node did.
+#[derive(Message)]
+#[rtype(result = "Option<Address>")]
+pub struct SessionIssuer {
+    pub session: String,
+}
+
 /// `iam.challenge {address, client_nonce?}`.
 #[derive(Message, Debug, Clone, Deserialize)]
 #[rtype(result = "Result<ChallengeReply, CmtpError>")]

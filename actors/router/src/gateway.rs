@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::micro::{reply_headers, EndpointSpec, Micro};
-use crate::request::{Encoding, Endpoint, Inbound, Reply};
+use crate::request::{Encoding, Endpoint, Inbound, Reply, FORWARDED_HEADER};
 use crate::router::{Route, RouterActor};
 
 pub const QUEUE_GROUP: &str = "cmesh";
@@ -186,6 +186,7 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
             payload: message.payload.clone(),
             encoding,
             bearer: bearer_of(&message),
+            forwarded: header(&message, FORWARDED_HEADER).is_some(),
         };
         match shared.router.send(Route(inbound)).await {
             Ok(reply) => reply,

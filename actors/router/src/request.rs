@@ -67,7 +67,12 @@ pub struct Inbound {
     pub encoding: Encoding,
     /// Token from `Authorization: Bearer <token>`.
     pub bearer: Option<String>,
+    /// Another node handed this request on (header `Cmesh-Forwarded`): never forward again.
+    pub forwarded: bool,
 }
+
+/// Header a node sets on a request it hands to another node.
+pub const FORWARDED_HEADER: &str = "Cmesh-Forwarded";
 
 /// A reply: its status, the body to encode, and for errors the message for
 /// `Nats-Service-Error`.

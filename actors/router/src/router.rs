@@ -6,15 +6,17 @@ use actix::prelude::*;
 use cmesh_common::rpc::{self, RpcRequest, RpcResponse, INVALID_REQUEST, PARSE_ERROR};
 use cmesh_common::{CmtpError, Status};
 use cmesh_events::Emit;
-use cmesh_iam::{Admit, Authorize, Caller, Credentials, SignedRequest};
+use cmesh_iam::{Admit, Authorize, Caller, Credentials, SessionIssuer, SignedRequest};
 use serde_json::{json, Value};
 
 use crate::fqmn::{EventTopic, Fqmn};
-use crate::request::{Endpoint, Inbound, Reply};
+use crate::request::{Endpoint, Inbound, Reply, FORWARDED_HEADER};
 use crate::services::Services;
 
 /// How many names may point at names before the router gives up (loops).
 const MAX_RESOLVE_DEPTH: usize = 4;
+/// How long a node waits for the node that holds a client's session.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most requests in one JSON-RPC batch.
 pub const MAX_BATCH: usize = 100;
 
@@ -197,6 +199,7 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
         }
     };
     let bearer = inbound.bearer;
+    let forwarded = inbound.forwarded;
     match value {
         Value::Array(items) => {
             if items.is_empty() || items.len() > MAX_BATCH {
@@ -206,13 +209,13 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
             }
             let mut responses = Vec::with_capacity(items.len());
             for item in items {
-                if let Some(response) = rpc_one(services, item, bearer.clone()).await {
+                if let Some(response) = rpc_one(services, item, bearer.clone(), forwarded).await {
                     responses.push(json!(response));
                 }
             }
             Reply::ok(Value::Array(responses))
         }
-        single => match rpc_one(services, single, bearer).await {
+        single => match rpc_one(services, single, bearer, forwarded).await {
             Some(response) => {
                 let status = response
                     .error
@@ -243,8 +246,46 @@ fn rpc_error_reply(id: Value, error: &CmtpError) -> Reply {
     }
 }
 
+/// The session a request depends on: `iam.login`'s, or a signed request's `id`.
+fn session_of(raw: &Value) -> Option<&str> {
+    if raw.get("method").and_then(Value::as_str) == Some("iam.login") {
+        return raw.pointer("/params/session").and_then(Value::as_str);
+    }
+    raw.get("signature")?;
+    raw.get("id").and_then(Value::as_str)
+}
+
+/// A client's challenge and its next request may reach different nodes of the queue
+/// group; the session's id names the node that holds it, and the request goes there.
+async fn forward_to_issuer(services: &Services, raw: &Value) -> Option<RpcResponse> {
+    let session = session_of(raw)?.to_string();
+    let issuer = services.iam.send(SessionIssuer { session }).await.ok()??;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(FORWARDED_HEADER, services.node.to_string().as_str());
+    let payload = bytes::Bytes::from(serde_json::to_vec(raw).ok()?);
+    let request = services
+        .client
+        .request_with_headers(format!("cmesh.node.{issuer}.rpc"), headers, payload);
+    let id = raw.get("id").cloned().unwrap_or(Value::Null);
+    let failure = |message: String| Some(RpcResponse::failure(id.clone(), &CmtpError::unavailable(message)));
+    match tokio::time::timeout(FORWARD_TIMEOUT, request).await {
+        Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+            .ok()
+            .or_else(|| failure(format!("node {issuer}, which holds the session, answered garbage"))),
+        Ok(Err(e)) => failure(format!("node {issuer}, which holds the session, is unreachable: {e}")),
+        Err(_) => failure(format!(
+            "node {issuer}, which holds the session, did not answer in time"
+        )),
+    }
+}
+
 /// One JSON-RPC request; `None` for a notification (no `id`), which gets no response.
-async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>) -> Option<RpcResponse> {
+async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>, forwarded: bool) -> Option<RpcResponse> {
+    if !forwarded {
+        if let Some(response) = forward_to_issuer(services, &raw).await {
+            return raw.get("id").is_some().then_some(response);
+        }
+    }
     let request: RpcRequest = match serde_json::from_value(raw.clone()) {
         Ok(request) => request,
         Err(e) => {

@@ -23,6 +23,8 @@ pub struct Services {
     pub iam: Addr<IamActor>,
     pub events: Addr<EventsActor>,
     pub registrar: RegistrarHandle,
+    /// For handing requests to other nodes.
+    pub client: async_nats::Client,
 }
 
 /// Most recent events returned when the caller does not say how many.
