@@ -90,6 +90,10 @@ fn host_port(url: &str) -> String {
 
 async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     let address = key.address();
+    // Signal handlers first: a stop asked for right after the ready line must still be a
+    // clean stop. (While NATS is still unreachable a signal ends the process at once:
+    // there is nothing to finish yet.)
+    let signals = Signals::install()?;
     let client = connect(&config.nats_url, &format!("cmesh-node-{address}")).await?;
 
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -178,12 +182,12 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         config.max_payload,
     )
     .await?;
-    client.flush().await.context("flushing subscriptions to NATS")?;
+    self_check(&client, &address).await?;
 
     println!("cmesh node {address} ready");
     tracing::info!(%address, "ready");
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("stopping: no new requests, finishing those in flight");
     gateway.stop().await;
     if !gateway.wait_idle(DRAIN_LIMIT).await {
@@ -207,14 +211,46 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM"),
-        _ = interrupt.recv() => tracing::info!("SIGINT"),
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
     }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT"),
+        }
+    }
+}
+
+/// Asks this node `P:ping` through NATS: once it answers, the server has our
+/// subscriptions and the whole path works, so "ready" is true when printed.
+async fn self_check(client: &async_nats::Client, address: &Address) -> anyhow::Result<()> {
+    let subject = format!("cmesh.node.{address}.fqmn");
+    let request = client.request(subject, Bytes::from_static(b"P:ping"));
+    let reply = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .context("the node did not answer its own ping within 10 s")?
+        .context("the node's own ping failed")?;
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Cmtp-Status"))
+        .map(|v| v.as_str().to_string());
+    anyhow::ensure!(
+        status.as_deref() == Some("200"),
+        "the node's own ping answered {status:?}"
+    );
     Ok(())
 }
 

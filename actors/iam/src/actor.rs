@@ -37,6 +37,8 @@ pub struct IamActor {
     attributes: AttributeStore,
     peers: PeerTable,
     verifier: Addr<Verifier>,
+    /// Random per process start, sent in announcements.
+    boot: String,
 }
 
 impl IamActor {
@@ -51,7 +53,14 @@ impl IamActor {
         let attributes = AttributeStore::open(&data_dir.join("iam.redb"))?;
         let sessions = Sessions::new(config.challenge_ttl, config.token_ttl, config.max_sessions);
         let peers = PeerTable::new(&key);
+        let mut boot = [0u8; 8];
+        getrandom::fill(&mut boot).map_err(|e| IamError::Store {
+            path: "entropy".into(),
+            message: e.to_string(),
+        })?;
+        let boot = to_hex0x(&boot);
         Ok(IamActor {
+            boot,
             key,
             config,
             permissions,
@@ -400,7 +409,7 @@ impl Handler<PeerAnnounced> for IamActor {
             }
             let is_new = actor.peers.learn(&announcement, public);
             if is_new {
-                tracing::info!(peer = %announcement.address, registrar = announcement.registrar, "learnt a node of the mesh");
+                tracing::info!(peer = %announcement.address, registrar = announcement.registrar, "learnt a node (new or restarted)");
             }
             Ok(is_new.then_some(announcement.address))
         }))
@@ -416,6 +425,7 @@ impl Handler<OwnAnnouncement> for IamActor {
             &self.config.mesh,
             msg.registrar,
             unix_millis(),
+            &self.boot,
         ))
     }
 }

@@ -18,16 +18,20 @@ pub struct Announcement {
     pub registrar: bool,
     /// Unix milliseconds; announcements older than an hour are ignored.
     pub ts: u64,
+    /// Random per process start: a changed boot tells the others the node restarted and
+    /// must be answered so it relearns them.
+    pub boot: String,
     pub signature: String,
 }
 
 impl Announcement {
-    pub fn signed(key: &SigningKey, mesh: &str, registrar: bool, ts: u64) -> Self {
+    pub fn signed(key: &SigningKey, mesh: &str, registrar: bool, ts: u64, boot: &str) -> Self {
         let mut announcement = Announcement {
             mesh: mesh.to_string(),
             address: key.address(),
             registrar,
             ts,
+            boot: boot.to_string(),
             signature: String::new(),
         };
         announcement.signature = key.sign_personal(&announcement.signing_bytes()).to_string();
@@ -37,7 +41,7 @@ impl Announcement {
     /// The bytes that are signed: JCS of the announcement without `signature`.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let value = serde_json::json!({
-            "mesh": self.mesh, "address": self.address, "registrar": self.registrar, "ts": self.ts,
+            "mesh": self.mesh, "address": self.address, "registrar": self.registrar, "ts": self.ts, "boot": self.boot,
         });
         cmesh_common::jcs::signing_bytes(&value)
     }
@@ -64,6 +68,7 @@ pub struct PeerInfo {
 pub struct PeerTable {
     keys: Arc<HashMap<Address, PublicKey>>,
     info: HashMap<Address, PeerInfo>,
+    boots: HashMap<Address, String>,
 }
 
 impl PeerTable {
@@ -73,6 +78,7 @@ impl PeerTable {
         PeerTable {
             keys: Arc::new(keys),
             info: HashMap::new(),
+            boots: HashMap::new(),
         }
     }
 
@@ -84,8 +90,13 @@ impl PeerTable {
         self.keys.contains_key(address)
     }
 
-    /// Records a verified announcement; true when the node is new.
+    /// Records a verified announcement; true when the node is new or has restarted.
     pub fn learn(&mut self, announcement: &Announcement, public: PublicKey) -> bool {
+        let restarted = self
+            .boots
+            .get(&announcement.address)
+            .is_some_and(|b| *b != announcement.boot);
+        self.boots.insert(announcement.address, announcement.boot.clone());
         let is_new = !self.keys.contains_key(&announcement.address);
         if is_new {
             let mut keys = (*self.keys).clone();
@@ -100,7 +111,7 @@ impl PeerTable {
                 last_seen: announcement.ts,
             },
         );
-        is_new
+        is_new || restarted
     }
 
     pub fn list(&self) -> Vec<PeerInfo> {
@@ -115,9 +126,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_restarted_node_counts_as_news() {
+        let own = SigningKey::generate().expect("key");
+        let other = SigningKey::generate().expect("key");
+        let mut table = PeerTable::new(&own);
+        let first = Announcement::signed(&other, "m", false, 1, "boot-a");
+        assert!(table.learn(&first, other.public_key()));
+        assert!(!table.learn(
+            &Announcement::signed(&other, "m", false, 2, "boot-a"),
+            other.public_key()
+        ));
+        assert!(table.learn(
+            &Announcement::signed(&other, "m", false, 3, "boot-b"),
+            other.public_key()
+        ));
+    }
+
+    #[test]
     fn announcements_verify_only_for_their_signer() {
         let key = SigningKey::generate().expect("key");
-        let announcement = Announcement::signed(&key, "m", true, 5);
+        let announcement = Announcement::signed(&key, "m", true, 5, "b1");
         assert_eq!(announcement.verify(), Some(key.public_key()));
         let mut tampered = announcement.clone();
         tampered.registrar = false;

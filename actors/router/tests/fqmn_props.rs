@@ -17,8 +17,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        (-1_000_000i32..1_000_000, 0u32..6)
-            .prop_map(|(m, e)| Value::from(f64::from(m) / f64::from(1u32 << e))),
+        (-1_000_000i32..1_000_000, 0u32..6).prop_map(|(m, e)| Value::from(f64::from(m) / f64::from(1u32 << e))),
         any::<String>().prop_map(Value::String),
         "[a-z:\"\\\\ {}\\[\\],.]{0,8}".prop_map(Value::String),
     ];
@@ -64,8 +63,7 @@ fn consensus_body() -> impl Strategy<Value = String> {
 fn event_topic() -> impl Strategy<Value = EventTopic> {
     prop_oneof![
         app_topic().prop_map(EventTopic::App),
-        (name(), prop::option::of("[a-z_]{1,12}"))
-            .prop_map(|(name, kind)| EventTopic::Name { name, kind }),
+        (name(), prop::option::of("[a-z_]{1,12}")).prop_map(|(name, kind)| EventTopic::Name { name, kind }),
         (context(), prop::option::of("[-A-Za-z0-9_]{1,12}"))
             .prop_map(|(context, event)| EventTopic::Context { context, event }),
     ]
@@ -83,22 +81,15 @@ fn fqmn() -> impl Strategy<Value = Fqmn> {
                 args,
             }
         }),
-        (version_req(), context(), method(), args()).prop_map(
-            |(version_req, context, method, args)| Fqmn::Assembly {
-                version_req,
-                context,
-                method,
-                args,
-            }
-        ),
-        (name(), args()).prop_map(|(name, args)| Fqmn::Resolve { name, args }),
-        (any::<bool>(), method(), args()).prop_map(|(write, method, params)| {
-            Fqmn::RegistrarCall {
-                write,
-                method,
-                params,
-            }
+        (version_req(), context(), method(), args()).prop_map(|(version_req, context, method, args)| Fqmn::Assembly {
+            version_req,
+            context,
+            method,
+            args,
         }),
+        (name(), args()).prop_map(|(name, args)| Fqmn::Resolve { name, args }),
+        (any::<bool>(), method(), args())
+            .prop_map(|(write, method, params)| { Fqmn::RegistrarCall { write, method, params } }),
         event_topic().prop_map(|topic| Fqmn::Events { topic }),
         (app_topic(), json_value()).prop_map(|(topic, payload)| Fqmn::Publish { topic, payload }),
         (any::<bool>(), consensus_body()).prop_map(|(write, body)| Fqmn::Consensus { write, body }),
@@ -188,9 +179,8 @@ const PIECES: &[&str] = &[
 
 /// Prefix tokens in all spellings, valid and not.
 const PREFIXES: &[&str] = &[
-    "I", "S", "SW", "R", "RW", "E", "EW", "A", "C", "CW", "P", "0xS", "0Sx", "0xSW", "0SWx", "0xR",
-    "0Rx", "0xRW", "0RWx", "0xE", "0Ex", "0xEW", "0Ax", "0xA", "0xI", "0Ix", "0Px", "0xC", "0CWx",
-    "IW", "s", "0xs", "",
+    "I", "S", "SW", "R", "RW", "E", "EW", "A", "C", "CW", "P", "0xS", "0Sx", "0xSW", "0SWx", "0xR", "0Rx", "0xRW",
+    "0RWx", "0xE", "0Ex", "0xEW", "0Ax", "0xA", "0xI", "0Ix", "0Px", "0xC", "0CWx", "IW", "s", "0xs", "",
 ];
 
 /// Segments that are valid somewhere in the grammar.
@@ -269,12 +259,7 @@ struct Respell {
 fn respell() -> impl Strategy<Value = Respell> {
     (
         (0u8..3, 0u8..3, 0u8..3, any::<bool>()),
-        (
-            any::<u64>(),
-            any::<bool>(),
-            any::<bool>(),
-            (0usize..3, 0usize..3),
-        ),
+        (any::<u64>(), any::<bool>(), any::<bool>(), (0usize..3, 0usize..3)),
     )
         .prop_map(
             |(
@@ -339,9 +324,7 @@ impl Respell {
     }
 
     fn args(&self, args: &Option<Value>) -> String {
-        args.as_ref()
-            .map(|v| format!(":{}", self.json(v)))
-            .unwrap_or_default()
+        args.as_ref().map(|v| format!(":{}", self.json(v))).unwrap_or_default()
     }
 
     /// Spells `f` with seed prefixes, mixed-case names, upper-case hex, pretty JSON and
@@ -353,21 +336,14 @@ impl Respell {
                 format!("{method}{}", self.args(args))
             }
             Fqmn::State {
-                context,
-                method,
-                args,
-                ..
+                context, method, args, ..
             } => format!("{}:{method}{}", self.context(context), self.args(args)),
             Fqmn::Assembly {
                 version_req,
                 context,
                 method,
                 args,
-            } => format!(
-                " {version_req} :{}:{method}{}",
-                self.context(context),
-                self.args(args)
-            ),
+            } => format!(" {version_req} :{}:{method}{}", self.context(context), self.args(args)),
             Fqmn::Resolve { name, args } => format!("{}{}", self.name(name), self.args(args)),
             Fqmn::RegistrarCall { method, params, .. } => {
                 format!("{method}{}", self.args(params))
@@ -385,11 +361,7 @@ impl Respell {
                             }
                         })
                         .unwrap_or_default();
-                    format!(
-                        "{}{}{kind}",
-                        prefix("R", self.inner_prefix_style),
-                        self.name(name)
-                    )
+                    format!("{}{}{kind}", prefix("R", self.inner_prefix_style), self.name(name))
                 }
                 EventTopic::Context { context, event } => {
                     let event = event.as_ref().map(|e| format!(":{e}")).unwrap_or_default();
@@ -403,22 +375,14 @@ impl Respell {
             Fqmn::Publish { topic, payload } => format!("{topic}:{}", self.json(payload)),
             Fqmn::Consensus { body, .. } => format!(" {body}\t"),
         };
-        format!(
-            "{}{p}{body}{}",
-            " ".repeat(self.pad.0),
-            "\n".repeat(self.pad.1)
-        )
+        format!("{}{p}{body}{}", " ".repeat(self.pad.0), "\n".repeat(self.pad.1))
     }
 }
 
 /// Deletes, inserts or replaces one char of `s` at a char boundary.
 fn mutate(s: &str, op: u8, at: usize, piece: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
-    let at = if chars.is_empty() {
-        0
-    } else {
-        at % chars.len()
-    };
+    let at = if chars.is_empty() { 0 } else { at % chars.len() };
     let (head, tail) = chars.split_at(at);
     let head: String = head.iter().collect();
     let tail: String = tail.iter().collect();

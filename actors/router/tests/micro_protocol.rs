@@ -100,10 +100,7 @@ async fn micro_ping_info_stats_decode_with_async_nats_types() {
 
     let stats: Stats = request(&client, "$SRV.STATS.cmesh.NODEA1").await;
     assert_eq!(stats.kind, "io.nats.micro.v1.stats_response");
-    assert_eq!(
-        (stats.name.as_str(), stats.id.as_str()),
-        ("cmesh", "NODEA1")
-    );
+    assert_eq!((stats.name.as_str(), stats.id.as_str()), ("cmesh", "NODEA1"));
     assert_eq!(stats.version, "0.3.1");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -134,16 +131,9 @@ async fn micro_ping_info_stats_decode_with_async_nats_types() {
 
 /// Sends one request on `subject` and collects up to `want` replies, waiting at most
 /// `WAIT` in all.
-async fn collect_pings(
-    client: &async_nats::Client,
-    subject: &str,
-    want: usize,
-) -> Vec<PingResponse> {
+async fn collect_pings(client: &async_nats::Client, subject: &str, want: usize) -> Vec<PingResponse> {
     let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .expect("subscribe inbox");
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe inbox");
     client
         .publish_with_reply(subject.to_string(), inbox, "".into())
         .await
@@ -188,9 +178,7 @@ async fn micro_stop_unsubscribes_discovery() {
     let ping: PingResponse = request(&client, "$SRV.PING.cmesh.NODEA3").await;
     assert_eq!(ping.id, "NODEA3");
 
-    tokio::time::timeout(WAIT, a.stop())
-        .await
-        .expect("stop in time");
+    tokio::time::timeout(WAIT, a.stop()).await.expect("stop in time");
     a.stop().await; // idempotent
     tokio::time::timeout(WAIT, task_a)
         .await
@@ -233,9 +221,7 @@ async fn micro_start_rejects_invalid_identity() {
     let client = async_nats::connect(server.url()).await.expect("connect");
     let mut bad = identity("x");
     bad.version = "one".into();
-    let err = Micro::start(client.clone(), bad, endpoints())
-        .await
-        .unwrap_err();
+    let err = Micro::start(client.clone(), bad, endpoints()).await.unwrap_err();
     assert!(matches!(err, micro::MicroError::InvalidVersion(_)), "{err}");
     let mut bad = identity("has.dot");
     bad.id = "has.dot".into();
@@ -267,10 +253,7 @@ async fn micro_reply_headers_cross_the_wire() {
     assert_eq!(h.get("Cmtp-Version").unwrap().as_str(), "CMTP/0");
     assert_eq!(h.get("Cmtp-Status").unwrap().as_str(), "500");
     assert_eq!(h.get("Content-Type").unwrap().as_str(), "application/json");
-    assert_eq!(
-        h.get("Nats-Service-Error").unwrap().as_str(),
-        "boom  X-Evil: 1"
-    );
+    assert_eq!(h.get("Nats-Service-Error").unwrap().as_str(), "boom  X-Evil: 1");
     assert_eq!(h.get("Nats-Service-Error-Code").unwrap().as_str(), "500");
     assert!(h.get("X-Evil").is_none());
     assert_eq!(&reply.payload[..], br#"{"error":"boom"}"#);
