@@ -36,6 +36,7 @@ pub struct Sessions {
 }
 
 /// What a login may use: the address the challenge was for and the text that was signed.
+#[derive(Debug)]
 pub struct LoginChallenge {
     pub address: Address,
     pub message: String,
@@ -202,7 +203,7 @@ mod tests {
         let now = Instant::now();
         s.open([1; 32], address(1), "m".into(), now).expect("open");
         assert_eq!(s.take_for_login(&[1; 32], now).expect("first").address, address(1));
-        let again = s.take_for_login(&[1; 32], now).err().expect("second use refused");
+        let again = s.take_for_login(&[1; 32], now).expect_err("second use refused");
         assert_eq!(again.rpc_code, Some(SESSION_ERROR));
     }
 
@@ -222,13 +223,12 @@ mod tests {
         s.open([2; 32], address(2), "m".into(), now).expect("open");
         let wrong_first = s
             .accept(&[2; 32], address(2), 1, now, 0)
-            .err()
-            .expect("first nonce must be 0");
+            .expect_err("first nonce must be 0");
         assert_eq!(wrong_first.rpc_code, Some(NONCE_ERROR));
-        let other = s.accept(&[2; 32], address(3), 0, now, 0).err().expect("other signer");
+        let other = s.accept(&[2; 32], address(3), 0, now, 0).expect_err("other signer");
         assert_eq!(other.rpc_code, Some(SIGNATURE_ERROR));
         assert!(s.accept(&[2; 32], address(2), 0, now, 0).is_ok());
-        let replay = s.accept(&[2; 32], address(2), 0, now, 0).err().expect("replay");
+        let replay = s.accept(&[2; 32], address(2), 0, now, 0).expect_err("replay");
         assert_eq!(replay.rpc_code, Some(NONCE_ERROR));
         assert!(s.accept(&[2; 32], address(2), 5, now, 0).is_ok());
         assert!(s.accept(&[2; 32], address(2), 4, now, 0).is_err());
@@ -245,7 +245,7 @@ mod tests {
         let mut s = Sessions::new(Duration::from_secs(25), Duration::from_secs(3600), 1);
         let now = Instant::now();
         s.open([1; 32], address(1), "m".into(), now).expect("open");
-        let full = s.open([2; 32], address(1), "m".into(), now).err().expect("full");
+        let full = s.open([2; 32], address(1), "m".into(), now).expect_err("full");
         assert_eq!(full.status, Status::UNAVAILABLE);
         // Once the first expires there is room again.
         assert!(s
