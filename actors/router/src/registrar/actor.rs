@@ -14,8 +14,8 @@
 //! # drop(addr); Ok(()) }
 //! ```
 
+use cmesh_common::time::unix_millis;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, Context, Handler};
 use cmesh_common::CmtpError;
@@ -44,7 +44,10 @@ impl RegistrarActor {
 
     /// An actor over an already open store.
     pub fn with_store(store: RegistrarStore) -> Self {
-        RegistrarActor { store, clock: unix_ms }
+        RegistrarActor {
+            store,
+            clock: unix_millis,
+        }
     }
 
     /// Replaces the clock (unix milliseconds) used for `registered_at` / `updated_at`.
@@ -56,14 +59,6 @@ impl RegistrarActor {
     pub fn store(&self) -> &RegistrarStore {
         &self.store
     }
-}
-
-/// Wall-clock unix time in milliseconds; 0 if the clock is before 1970.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Actor for RegistrarActor {

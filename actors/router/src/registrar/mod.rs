@@ -23,7 +23,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-pub use actor::{unix_ms, RegistrarActor};
+pub use actor::RegistrarActor;
 pub use error::RegistrarError;
 pub use messages::{List, Register, Release, Resolve, Transfer, Written};
 pub use names::{
