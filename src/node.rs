@@ -109,10 +109,11 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         ..IamConfig::default()
     };
     let iam_actor = IamActor::new(key.clone(), iam_config, &config.data, verifier).context("IAM store")?;
-    let iam = IamActor::start_in_arbiter(&Arbiter::new().handle(), move |_| iam_actor);
+    // IAM shares the router's arbiter: admitting a cached token is then a same-thread
+    // message; its signature checks run on the verifier pool, not here.
+    let iam = iam_actor.start();
 
-    let events_actor = EventsActor::new(client.clone(), address, &config.data).context("audit store")?;
-    let events = EventsActor::start_in_arbiter(&Arbiter::new().handle(), move |_| events_actor);
+    let events = start_events(&config, address).await?;
 
     let (registrar, forwarded) = if config.registrar {
         let actor =
@@ -314,6 +315,26 @@ async fn serve_forwarded(client: async_nats::Client, mut subscriber: async_nats:
             }
         });
     }
+}
+
+/// Starts the events actor on its own arbiter with its own NATS connection, made on that
+/// arbiter: the connection's I/O task then runs on the events thread, so the events and
+/// audit records it publishes never wake the thread that serves requests.
+async fn start_events(config: &NodeConfig, address: Address) -> anyhow::Result<Addr<EventsActor>> {
+    let arbiter = Arbiter::new();
+    let (started, result) = tokio::sync::oneshot::channel();
+    let url = config.nats_url.clone();
+    let data = config.data.clone();
+    let spawned = arbiter.spawn(async move {
+        let actor = async {
+            let client = connect(&url, &format!("cmesh-node-{address}-events")).await?;
+            let actor = EventsActor::new(client, address, &data).context("audit store")?;
+            Ok::<_, anyhow::Error>(actor.start())
+        };
+        let _ = started.send(actor.await);
+    });
+    anyhow::ensure!(spawned, "the events arbiter did not start");
+    result.await.context("the events arbiter stopped while starting")?
 }
 
 /// A random id for this instance of the micro service (like a NATS nuid).

@@ -27,7 +27,7 @@ use crate::envelope::{
 };
 use crate::error::EventsError;
 use crate::messages::{
-    AuditAppend, Emit, EmitApp, EventsStats, Flush, Ready, Recent, Shutdown, Stats, VerifyAudit, Watch,
+    AuditAppend, Emit, EmitApp, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit, Watch,
 };
 use crate::recent::RecentStore;
 
@@ -400,6 +400,25 @@ impl Handler<Emit> for EventsActor {
     type Result = ();
 
     fn handle(&mut self, msg: Emit, ctx: &mut Context<Self>) {
+        self.emit(msg, ctx);
+    }
+}
+
+impl Handler<Record> for EventsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
+        for event in msg.events {
+            self.emit(event, ctx);
+        }
+        if let Some(audit) = msg.audit {
+            self.append_audit(audit, ctx);
+        }
+    }
+}
+
+impl EventsActor {
+    fn emit(&mut self, msg: Emit, ctx: &mut Context<Self>) {
         match self.build(&msg.service, &msg.kind, msg.topics, None, msg.data) {
             Ok((envelope, payload)) => {
                 self.stats.emitted += 1;
@@ -480,6 +499,12 @@ impl Handler<AuditAppend> for EventsActor {
     type Result = ();
 
     fn handle(&mut self, msg: AuditAppend, ctx: &mut Context<Self>) {
+        self.append_audit(msg, ctx);
+    }
+}
+
+impl EventsActor {
+    fn append_audit(&mut self, msg: AuditAppend, ctx: &mut Context<Self>) {
         if self.audit.pending() >= self.config.max_pending_audit {
             self.stats.audit_dropped += 1;
             error!("audit commits are failing and the backlog is full; entry dropped");

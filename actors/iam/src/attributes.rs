@@ -1,5 +1,8 @@
-//! IRMA-style attributes (`role=admin`) granted to identities, kept durably in redb.
+//! IRMA-style attributes (`role=admin`) granted to identities, kept durably in redb and
+//! cached in memory: every admitted request needs its caller's attributes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use cmesh_common::Address;
@@ -9,9 +12,13 @@ use crate::error::IamError;
 
 const ATTRIBUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("attributes");
 
+/// Identities whose attributes are kept in memory before the cache starts over.
+const CACHE_LIMIT: usize = 100_000;
+
 pub struct AttributeStore {
     db: Database,
     path: String,
+    cache: RefCell<HashMap<Address, Vec<String>>>,
 }
 
 impl AttributeStore {
@@ -25,7 +32,11 @@ impl AttributeStore {
         let txn = db.begin_write().map_err(|e| store_error(&e))?;
         txn.open_table(ATTRIBUTES).map_err(|e| store_error(&e))?;
         txn.commit().map_err(|e| store_error(&e))?;
-        Ok(AttributeStore { db, path: shown })
+        Ok(AttributeStore {
+            db,
+            path: shown,
+            cache: RefCell::new(HashMap::new()),
+        })
     }
 
     fn error(&self, e: impl std::fmt::Display) -> IamError {
@@ -36,6 +47,23 @@ impl AttributeStore {
     }
 
     pub fn get(&self, address: &Address) -> Result<Vec<String>, IamError> {
+        if let Some(attributes) = self.cache.borrow().get(address) {
+            return Ok(attributes.clone());
+        }
+        let attributes = self.read(address)?;
+        self.remember(address, &attributes);
+        Ok(attributes)
+    }
+
+    fn remember(&self, address: &Address, attributes: &[String]) {
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(*address, attributes.to_vec());
+    }
+
+    fn read(&self, address: &Address) -> Result<Vec<String>, IamError> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(ATTRIBUTES).map_err(|e| self.error(e))?;
         let key = address.to_string();
@@ -71,6 +99,7 @@ impl AttributeStore {
             attributes
         };
         txn.commit().map_err(|e| self.error(e))?;
+        self.remember(address, &attributes);
         Ok(attributes)
     }
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
+use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, CmtpError, Status};
-use cmesh_events::{AuditAppend, Emit, EventsActor};
+use cmesh_events::{AuditAppend, Emit, EventsActor, Record};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::watch;
@@ -157,12 +158,12 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
         Some(accept) => Encoding::from_header(Some(accept)),
         None => encoding,
     };
-    shared.events.do_send(Emit::new(
+    let received = Emit::new(
         "router",
         "received",
         Vec::new(),
-        json!({ "endpoint": kind_name(kind), "bytes": message.payload.len() }),
-    ));
+        json!({ "endpoint": kind_name(kind), "bytes": message.payload.len(), "at": unix_millis() }),
+    );
     let reply = if message.payload.len() > shared.max_payload {
         let error = CmtpError::new(
             Status::PAYLOAD_TOO_LARGE,
@@ -178,6 +179,7 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
                 status: error.status,
                 body: json!(cmesh_common::rpc::RpcResponse::failure(serde_json::Value::Null, &error)),
                 error: Some(error.message.clone()),
+                events: Vec::new(),
             },
         }
     } else {
@@ -206,16 +208,26 @@ async fn serve_one(shared: Arc<Shared>, message: async_nats::Message, index: usi
     shared
         .micro
         .record(index, elapsed, reply.error.as_deref().map(|m| (m, reply.status.0)));
-    shared.events.do_send(Emit::new(
+    // The request's lifecycle events and its audit entry go to the events actor in one
+    // message: one wake-up of its thread per request.
+    let answered = Emit::new(
         "router",
         "answered",
         Vec::new(),
         json!({ "endpoint": kind_name(kind), "status": reply.status.0, "duration_us": elapsed.as_micros() as u64 }),
-    ));
-    shared.events.do_send(AuditAppend {
+    );
+    let mut events = Vec::with_capacity(reply.events.len() + 2);
+    events.push(received);
+    events.extend(reply.events);
+    events.push(answered);
+    let audit = AuditAppend {
         request: message.payload,
         response: body,
         status: reply.status.0,
+    };
+    shared.events.do_send(Record {
+        events,
+        audit: Some(audit),
     });
     shared.in_flight.fetch_sub(1, Ordering::AcqRel);
 }

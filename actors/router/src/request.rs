@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use cmesh_common::{CmtpError, Status};
+use cmesh_events::Emit;
 use serde_json::{json, Value};
 
 pub const JSON: &str = "application/json";
@@ -76,11 +77,14 @@ pub const FORWARDED_HEADER: &str = "Cmesh-Forwarded";
 
 /// A reply: its status, the body to encode, and for errors the message for
 /// `Nats-Service-Error`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Reply {
     pub status: Status,
     pub body: Value,
     pub error: Option<String>,
+    /// Lifecycle events the router produced (dispatched or denied, per request of a
+    /// batch); the gateway publishes them with the rest of the request's events.
+    pub events: Vec<Emit>,
 }
 
 impl Reply {
@@ -89,6 +93,7 @@ impl Reply {
             status: Status::OK,
             body,
             error: None,
+            events: Vec::new(),
         }
     }
 
@@ -98,6 +103,12 @@ impl Reply {
             status: error.status,
             body: json!({ "error": { "status": error.status.0, "message": error.message } }),
             error: Some(error.message.clone()),
+            events: Vec::new(),
         }
+    }
+
+    pub fn with_events(mut self, events: Vec<Emit>) -> Self {
+        self.events = events;
+        self
     }
 }

@@ -4,6 +4,7 @@
 
 use actix::prelude::*;
 use cmesh_common::rpc::{self, RpcRequest, RpcResponse, INVALID_REQUEST, PARSE_ERROR};
+use cmesh_common::time::unix_millis;
 use cmesh_common::{CmtpError, Status};
 use cmesh_events::Emit;
 use cmesh_iam::{Admit, Authorize, Caller, Credentials, SessionIssuer, SignedRequest};
@@ -98,18 +99,27 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
     })
 }
 
-fn emit_admission(services: &Services, method: &str, caller: &Result<Caller, CmtpError>) {
+fn admission_event(method: &str, caller: &Result<Caller, CmtpError>) -> Emit {
     let (kind, data) = match caller {
-        Ok(caller) => ("dispatched", json!({ "method": method, "caller": caller.address })),
+        Ok(caller) => (
+            "dispatched",
+            json!({ "method": method, "caller": caller.address, "at": unix_millis() }),
+        ),
         Err(e) => (
             "denied",
-            json!({ "method": method, "status": e.status.0, "message": e.message }),
+            json!({ "method": method, "status": e.status.0, "message": e.message, "at": unix_millis() }),
         ),
     };
-    services.events.do_send(Emit::new("router", kind, Vec::new(), data));
+    Emit::new("router", kind, Vec::new(), data)
 }
 
-async fn admit(services: &Services, credentials: Credentials, method: &str) -> Result<Caller, CmtpError> {
+/// Has IAM admit the caller, and notes the outcome as a lifecycle event in `trace`.
+async fn admit(
+    services: &Services,
+    credentials: Credentials,
+    method: &str,
+    trace: &mut Vec<Emit>,
+) -> Result<Caller, CmtpError> {
     let caller = services
         .iam
         .send(Admit {
@@ -119,7 +129,7 @@ async fn admit(services: &Services, credentials: Credentials, method: &str) -> R
         .await
         .map_err(mailbox)
         .and_then(|r| r);
-    emit_admission(services, method, &caller);
+    trace.push(admission_event(method, &caller));
     caller
 }
 
@@ -133,16 +143,18 @@ async fn route_fqmn(services: &Services, inbound: Inbound) -> Reply {
         Err(e) => return Reply::error(&CmtpError::bad_request(format!("malformed FQMN: {e}"))),
     };
     let credentials = inbound.bearer.map(Credentials::Bearer).unwrap_or(Credentials::None);
+    let mut trace = Vec::with_capacity(1);
     let result = async {
         let (method, _) = method_of(&fqmn)?;
-        let caller = admit(services, credentials, &method).await?;
+        let caller = admit(services, credentials, &method, &mut trace).await?;
         run_fqmn(services, &caller, fqmn).await
     }
     .await;
-    match result {
+    let reply = match result {
         Ok(value) => Reply::ok(value),
         Err(e) => Reply::error(&e),
-    }
+    };
+    reply.with_events(trace)
 }
 
 fn decode_fqmn_payload(inbound: &Inbound) -> Result<String, CmtpError> {
@@ -200,7 +212,8 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
     };
     let bearer = inbound.bearer;
     let forwarded = inbound.forwarded;
-    match value {
+    let mut trace = Vec::new();
+    let reply = match value {
         Value::Array(items) => {
             if items.is_empty() || items.len() > MAX_BATCH {
                 let e = CmtpError::bad_request(format!("a batch holds 1 to {MAX_BATCH} requests"))
@@ -209,13 +222,13 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
             }
             let mut responses = Vec::with_capacity(items.len());
             for item in items {
-                if let Some(response) = rpc_one(services, item, bearer.clone(), forwarded).await {
+                if let Some(response) = rpc_one(services, item, bearer.clone(), forwarded, &mut trace).await {
                     responses.push(json!(response));
                 }
             }
             Reply::ok(Value::Array(responses))
         }
-        single => match rpc_one(services, single, bearer, forwarded).await {
+        single => match rpc_one(services, single, bearer, forwarded, &mut trace).await {
             Some(response) => {
                 let status = response
                     .error
@@ -230,12 +243,14 @@ async fn route_rpc(services: &Services, inbound: Inbound) -> Reply {
                     status,
                     body: json!(response),
                     error,
+                    events: Vec::new(),
                 }
             }
             // A notification gets an empty reply: NATS requests always expect one.
             None => Reply::ok(Value::Null),
         },
-    }
+    };
+    reply.with_events(trace)
 }
 
 fn rpc_error_reply(id: Value, error: &CmtpError) -> Reply {
@@ -243,6 +258,7 @@ fn rpc_error_reply(id: Value, error: &CmtpError) -> Reply {
         status: error.status,
         body: json!(RpcResponse::failure(id, error)),
         error: Some(error.message.clone()),
+        events: Vec::new(),
     }
 }
 
@@ -280,7 +296,13 @@ async fn forward_to_issuer(services: &Services, raw: &Value) -> Option<RpcRespon
 }
 
 /// One JSON-RPC request; `None` for a notification (no `id`), which gets no response.
-async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>, forwarded: bool) -> Option<RpcResponse> {
+async fn rpc_one(
+    services: &Services,
+    raw: Value,
+    bearer: Option<String>,
+    forwarded: bool,
+    trace: &mut Vec<Emit>,
+) -> Option<RpcResponse> {
     if !forwarded {
         if let Some(response) = forward_to_issuer(services, &raw).await {
             return raw.get("id").is_some().then_some(response);
@@ -321,7 +343,7 @@ async fn rpc_one(services: &Services, raw: Value, bearer: Option<String>, forwar
             (None, _, Some(token)) => Credentials::Bearer(token.clone()),
             (None, _, None) => Credentials::None,
         };
-        let caller = admit(services, credentials, &request.method).await?;
+        let caller = admit(services, credentials, &request.method, trace).await?;
         services.call(&caller, &request.method, request.params).await
     }
     .await;
