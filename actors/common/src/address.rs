@@ -49,7 +49,10 @@ impl Address {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "0x{}", hex::encode(self.0))
+        let mut text = String::with_capacity(42);
+        text.push_str("0x");
+        crate::hash::push_hex(&self.0, &mut text);
+        f.write_str(&text)
     }
 }
 
