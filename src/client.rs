@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clap::Args;
+use cmesh_common::keys::write_private;
 use cmesh_common::time::unix_seconds;
 use cmesh_common::{Address, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -183,28 +184,9 @@ impl MeshClient {
             nats_url: self.target.nats_url.clone(),
         };
         let path = token_path();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        write_private(&path, serde_json::to_string_pretty(&saved)?.as_bytes())?;
+        write_private(&path, serde_json::to_string_pretty(&saved)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         self.token = Some(saved.token.clone());
         Ok(saved)
     }
-}
-
-/// Writes a file readable by its owner only (tokens are credentials).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(bytes)?;
-    Ok(())
 }

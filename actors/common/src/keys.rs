@@ -90,30 +90,11 @@ impl SigningKey {
     /// Writes the key as hex, readable by its owner only (mode 0600 from the start, so
     /// the secret is never briefly world-readable).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        let shown = path.display().to_string();
-        let io = |source| KeyError::Io {
-            path: shown.clone(),
+        let text = format!("{}\n", to_hex0x(&self.secret.to_secret_bytes()));
+        write_private(path, text.as_bytes()).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
             source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(io)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io)?;
-        }
-        writeln!(file, "{}", to_hex0x(&self.secret.to_secret_bytes())).map_err(io)?;
-        file.sync_all().map_err(io)
+        })
     }
 
     /// Loads the key at `path`, or creates and saves one. The flag says it was created.
@@ -153,6 +134,30 @@ impl SigningKey {
     pub fn sign_digest_compact(&self, digest: [u8; 32]) -> [u8; 64] {
         self.secret.sign_ecdsa(Message::from_digest(digest)).serialize_compact()
     }
+}
+
+/// Writes a file readable by its owner only (mode 0600 from creation, so a secret is never
+/// briefly world-readable), creating its directory, and syncs it: keys and tokens.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // An existing file keeps its old mode on open: tighten it.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// The EIP-191 version 0x45 digest: keccak256("\x19Ethereum Signed Message:\n" + len + message).

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::fqmn::{EventTopic, Fqmn};
 use crate::request::{Endpoint, Inbound, Reply, FORWARDED_HEADER};
-use crate::services::Services;
+use crate::services::{mailbox, Services};
 
 /// How many names may point at names before the router gives up (loops).
 const MAX_RESOLVE_DEPTH: usize = 4;
@@ -53,10 +53,6 @@ impl Handler<Route> for RouterActor {
             }
         })
     }
-}
-
-fn mailbox(e: MailboxError) -> CmtpError {
-    CmtpError::unavailable(format!("IAM is unavailable: {e}"))
 }
 
 /// The method an FQMN stands for, and its params.
@@ -127,7 +123,7 @@ async fn admit(
             method: method.to_string(),
         })
         .await
-        .map_err(mailbox)
+        .map_err(mailbox("IAM"))
         .and_then(|r| r);
     trace.push(admission_event(method, &caller));
     caller
@@ -194,7 +190,7 @@ async fn run_fqmn(services: &Services, caller: &Caller, mut fqmn: Fqmn) -> Resul
                 method: method.clone(),
             })
             .await
-            .map_err(mailbox)??;
+            .map_err(mailbox("IAM"))??;
         fqmn = next;
     }
     Err(CmtpError::new(

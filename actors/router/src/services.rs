@@ -38,7 +38,8 @@ pub fn params<T: DeserializeOwned>(method: &str, params: Value, usage: &str) -> 
     })
 }
 
-fn mailbox(service: &str) -> impl Fn(actix::MailboxError) -> CmtpError + '_ {
+/// Turns a failed actor call into a 503 naming the service.
+pub(crate) fn mailbox(service: &str) -> impl Fn(actix::MailboxError) -> CmtpError + '_ {
     move |e| CmtpError::unavailable(format!("the {service} service is unavailable: {e}"))
 }
 
