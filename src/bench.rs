@@ -4,9 +4,8 @@
 //! to what NATS itself does at that moment is what tells the router's cost. The raw
 //! baseline runs before and after the node, and their mean is the reference.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,8 @@ use cmesh_common::{Address, SigningKey};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::node::parse_ready_line;
+use crate::child::ChildNode;
+use crate::client::MeshClient;
 
 /// What the node's FQMN endpoint is asked, every time.
 const FQMN: &str = "I:whoami";
@@ -27,8 +27,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between "ready" and the RSS reading, so start-up work has settled.
 const SETTLE: Duration = Duration::from_millis(500);
-/// How long the node may take to stop after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Goals, printed with the figures.
 const GOAL_RATIO: f64 = 0.6;
 const GOAL_RATIO_CONCURRENCY: usize = 32;
@@ -71,7 +69,7 @@ pub async fn fqmn(args: FqmnArgs) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("cmesh-bench-{}", random_hex(8)?));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut node = NodeProcess {
-        child: None,
+        node: None,
         dir,
         keep_dir: false,
     };
@@ -80,7 +78,7 @@ pub async fn fqmn(args: FqmnArgs) -> anyhow::Result<ExitCode> {
         result = bench(&args, &mut node) => result,
         signal = interrupted() => Err(signal),
     };
-    if result.is_err() && node.child.is_some() {
+    if result.is_err() && node.node.is_some() {
         // Keep the node's log for whoever reads the error.
         node.keep_dir = true;
         eprintln!("the node's data and log are kept in {}", node.dir.display());
@@ -133,7 +131,11 @@ async fn bench(args: &FqmnArgs, node: &mut NodeProcess) -> anyhow::Result<Report
     let address = node.start(&args.nats_url).await?;
     tracing::info!(%address, "node ready");
     tokio::time::sleep(SETTLE).await;
-    let pid = node.pid().context("the node is not running")?;
+    let pid = node
+        .node
+        .as_ref()
+        .map(ChildNode::pid)
+        .context("the node is not running")?;
     let idle_rss_kib = rss_kib(pid)?;
 
     let echo_subject = format!("bench.echo.{}", random_hex(8)?);
@@ -144,7 +146,7 @@ async fn bench(args: &FqmnArgs, node: &mut NodeProcess) -> anyhow::Result<Report
     let responder = tokio::spawn(echo_responder(echo.clone(), subscriber));
     echo.flush().await.context("flushing the echo subscription")?;
 
-    let token = login(&cmesh_client, &address).await?;
+    let token = login(&args.nats_url, address).await?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Authorization", format!("Bearer {token}").as_str());
 
@@ -230,9 +232,9 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
 // ---------------------------------------------------------------------------------------
 // The node under test, as a child process.
 
-/// The child node; SIGTERM and wait when dropped, whatever happened.
+/// The child node and its temp dir; the dir goes too unless it is kept for a post-mortem.
 struct NodeProcess {
-    child: Option<Child>,
+    node: Option<ChildNode>,
     dir: PathBuf,
     keep_dir: bool,
 }
@@ -240,76 +242,21 @@ struct NodeProcess {
 impl NodeProcess {
     /// Starts `cmesh node run` on a fresh data dir; the node's address once it is ready.
     async fn start(&mut self, nats_url: &str) -> anyhow::Result<Address> {
-        let exe = std::env::current_exe().context("finding the cmesh binary")?;
-        let log_path = self.dir.join("node.log");
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut child = Command::new(exe)
-            .args(["node", "run", "--nats", nats_url, "--data"])
-            .arg(self.dir.join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting a node")?;
-        let stdout = child.stdout.take().context("the node's stdout")?;
-        self.child = Some(child);
-
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the ready line, then keeps draining stdout so the node never blocks on it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = parse_ready_line(&line) {
-                    let _ = tx.send(address);
-                }
-            }
-        });
-        let waited = tokio::task::spawn_blocking(move || rx.recv_timeout(READY_TIMEOUT)).await?;
-        waited.map_err(|e| {
-            let why = match e {
-                std::sync::mpsc::RecvTimeoutError::Timeout => "did not get ready in time",
-                std::sync::mpsc::RecvTimeoutError::Disconnected => "exited before it was ready",
-            };
-            anyhow!("the node {why}; see {}", log_path.display())
-        })
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        let (url, data, log) = (nats_url.to_string(), self.dir.join("data"), self.dir.join("node.log"));
+        let node =
+            tokio::task::spawn_blocking(move || ChildNode::start(&url, &data, false, &log, READY_TIMEOUT)).await??;
+        let address = node.address();
+        self.node = Some(node);
+        Ok(address)
     }
 }
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child);
-        }
+        self.node.take();
         if !self.keep_dir {
             if let Err(e) = std::fs::remove_dir_all(&self.dir) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the bench's temp dir");
-            }
-        }
-    }
-}
-
-/// SIGTERM, then wait for a clean stop; SIGKILL if it takes too long.
-fn stop_child(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
-        tracing::warn!(error = %e, "could not send SIGTERM to the node");
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                tracing::warn!("the node did not stop after SIGTERM; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
             }
         }
     }
@@ -335,51 +282,15 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 // Login, like any client.
 
-async fn rpc(client: &async_nats::Client, address: &Address, method: &str, params: Value) -> anyhow::Result<Value> {
-    let subject = format!("cmesh.node.{address}.rpc");
-    let request = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-    let reply = client
-        .request(subject.clone(), Bytes::from(serde_json::to_vec(&request)?))
-        .await
-        .map_err(|e| anyhow!("{method} on {subject}: {e}"))?;
-    let body: Value =
-        serde_json::from_slice(&reply.payload).with_context(|| format!("{method}: the reply is not JSON"))?;
-    if let Some(error) = body.get("error") {
-        bail!(
-            "{method}: {}",
-            error.get("message").and_then(Value::as_str).unwrap_or("error")
-        );
-    }
-    body.get("result")
-        .cloned()
-        .ok_or_else(|| anyhow!("{method}: a reply without a result"))
-}
-
-/// Challenge, personal_sign, login, with a fresh key: the bench's bearer token.
-async fn login(client: &async_nats::Client, address: &Address) -> anyhow::Result<String> {
-    let key = SigningKey::generate()?;
-    let challenge = rpc(client, address, "iam.challenge", json!({ "address": key.address() })).await?;
-    let message = challenge
-        .get("message")
-        .and_then(Value::as_str)
-        .context("a challenge without a message")?;
-    let session = challenge
-        .get("session")
-        .and_then(Value::as_str)
-        .context("a challenge without a session")?;
-    let signature = key.sign_personal(message.as_bytes()).to_string();
-    let login = rpc(
-        client,
-        address,
-        "iam.login",
-        json!({ "session": session, "signature": signature }),
-    )
-    .await?;
-    login
-        .get("token")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .context("a login without a token")
+/// Challenge, personal_sign, login with a fresh key, like any client: the bench's token.
+async fn login(nats_url: &str, address: Address) -> anyhow::Result<String> {
+    let target = crate::client::Target {
+        nats_url: nats_url.to_string(),
+        node: Some(address),
+        timeout: 5,
+    };
+    let mut client = MeshClient::connect(&target).await?;
+    Ok(client.obtain_token(&SigningKey::generate()?).await?.token)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -158,8 +158,9 @@ impl MeshClient {
         Ok(answer.body.get("result").cloned().unwrap_or(Value::Null))
     }
 
-    /// Challenge, personal_sign, login; keeps the token for later commands.
-    pub async fn login(&mut self, key: &SigningKey) -> anyhow::Result<SavedToken> {
+    /// Challenge, personal_sign, login: a fresh token for `key`, used by later requests of
+    /// this client.
+    pub async fn obtain_token(&mut self, key: &SigningKey) -> anyhow::Result<SavedToken> {
         let challenge = self.rpc("iam.challenge", json!({ "address": key.address() })).await?;
         let message = challenge
             .get("message")
@@ -183,10 +184,16 @@ impl MeshClient {
             expires_at: login.get("expires_at").and_then(Value::as_u64).unwrap_or(0),
             nats_url: self.target.nats_url.clone(),
         };
+        self.token = Some(saved.token.clone());
+        Ok(saved)
+    }
+
+    /// Logs in and keeps the token for later commands.
+    pub async fn login(&mut self, key: &SigningKey) -> anyhow::Result<SavedToken> {
+        let saved = self.obtain_token(key).await?;
         let path = token_path();
         write_private(&path, serde_json::to_string_pretty(&saved)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
-        self.token = Some(saved.token.clone());
         Ok(saved)
     }
 }

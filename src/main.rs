@@ -1,6 +1,7 @@
 //! `cmesh`: run a node of the mesh, or talk to one.
 
 mod bench;
+mod child;
 mod client;
 mod config;
 mod logging;

@@ -1,16 +1,14 @@
 //! `cmesh mesh up`: a local development mesh — one nats-server and N nodes (node 1 is the
 //! registrar) as child processes, until Ctrl-C.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::node::parse_ready_line;
+use crate::child::{stop_child, ChildNode};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -28,20 +26,13 @@ pub struct UpArgs {
     pub nats_server: PathBuf,
 }
 
-/// Children are killed when this is dropped, whatever happens.
-struct Children(Vec<Child>);
+/// nats-server, stopped when dropped: after the nodes, which are declared later and so
+/// dropped first.
+struct NatsServer(Child);
 
-impl Drop for Children {
+impl Drop for NatsServer {
     fn drop(&mut self) {
-        for child in self.0.iter_mut().rev() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for child in self.0.iter_mut().rev() {
-            let _ = child.wait();
-        }
+        stop_child(&mut self.0);
     }
 }
 
@@ -53,7 +44,6 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
-    let mut children = Children(Vec::new());
     let nats_log = std::fs::File::create(dir.join("nats.log"))?;
     let nats = Command::new(&args.nats_server)
         .args(["-a", "127.0.0.1", "-p", &args.port.to_string()])
@@ -66,41 +56,18 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 args.nats_server.display()
             )
         })?;
-    children.0.push(nats);
+    let _nats = NatsServer(nats);
     let url = format!("nats://127.0.0.1:{}", args.port);
     eprintln!("nats-server on {url}");
 
-    let exe = std::env::current_exe().context("finding the cmesh binary")?;
     let mut env = format!("CMESH_NATS_URL={url}\n");
+    let mut nodes = Vec::with_capacity(args.nodes);
     for n in 1..=args.nodes {
-        let data = dir.join(format!("node{n}"));
-        let log = std::fs::File::create(dir.join(format!("node{n}.log")))?;
-        let mut command = Command::new(&exe);
-        command.args(["node", "run", "--nats", &url, "--data"]).arg(&data);
-        if n == 1 {
-            command.arg("--registrar");
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting a node")?;
-        let stdout = child.stdout.take().context("node stdout")?;
-        children.0.push(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = parse_ready_line(&line) {
-                    let _ = tx.send(address);
-                }
-            }
-        });
-        let address = rx.recv_timeout(READY_TIMEOUT).with_context(|| {
-            format!(
-                "node {n} did not get ready; see {}",
-                dir.join(format!("node{n}.log")).display()
-            )
-        })?;
+        let (data, log) = (dir.join(format!("node{n}")), dir.join(format!("node{n}.log")));
+        let node = ChildNode::start(&url, &data, n == 1, &log, READY_TIMEOUT)
+            .with_context(|| format!("node {n} of the mesh"))?;
+        let address = node.address();
+        nodes.push(node);
         let role = if n == 1 { " (registrar)" } else { "" };
         eprintln!("node {n}: {address}{role}");
         env.push_str(&format!("NODE{n}={address}\n"));
@@ -113,7 +80,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     wait_for_ctrl_c()?;
     eprintln!("stopping the mesh");
-    drop(children);
+    // Nodes first (newest first), then nats-server.
+    while let Some(node) = nodes.pop() {
+        drop(node);
+    }
     let _ = std::fs::remove_file(dir.join("mesh.env"));
     Ok(ExitCode::SUCCESS)
 }

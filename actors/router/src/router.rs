@@ -8,6 +8,7 @@ use cmesh_common::time::unix_millis;
 use cmesh_common::{CmtpError, Status};
 use cmesh_events::Emit;
 use cmesh_iam::{Admit, Authorize, Caller, Credentials, SessionIssuer, SignedRequest};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::fqmn::{EventTopic, Fqmn};
@@ -304,7 +305,7 @@ async fn rpc_one(
             return raw.get("id").is_some().then_some(response);
         }
     }
-    let request: RpcRequest = match serde_json::from_value(raw.clone()) {
+    let request = match RpcRequest::deserialize(&raw) {
         Ok(request) => request,
         Err(e) => {
             let id = raw.get("id").cloned().unwrap_or(Value::Null);
