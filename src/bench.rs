@@ -1,8 +1,9 @@
-//! `cmesh bench fqmn`: requests per second and latency of an authenticated `I:whoami`
-//! through a real node, measured against a raw async-nats echo service on the same NATS
-//! in the same run. A bare req/s figure says little on a shared, noisy machine; the ratio
-//! to what NATS itself does at that moment is what tells the router's cost. The raw
-//! baseline runs before and after the node, and their mean is the reference.
+//! `cmesh bench fqmn` and `cmesh bench tx`: requests per second and latency through a real
+//! node — an authenticated `I:whoami`, or a durable, signed `kv.set` transaction — measured
+//! against a raw async-nats echo service on the same NATS in the same run. A bare req/s
+//! figure says little on a shared, noisy machine; the ratio to what NATS itself does at
+//! that moment is what tells the node's cost. The raw baseline runs before and after the
+//! node, and their mean is the reference.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,8 +20,12 @@ use serde_json::{json, Value};
 use crate::child::ChildNode;
 use crate::client::MeshClient;
 
-/// What the node's FQMN endpoint is asked, every time.
+/// What the node's FQMN endpoint is asked, every time, in `bench fqmn`.
 const FQMN: &str = "I:whoami";
+/// The app `bench tx` deploys and writes to.
+const KV_WASM: &[u8] = include_bytes!("../apps/kv/kv.wasm");
+/// Goal of `bench tx` on the reference machine (2 cores).
+const GOAL_TX_PER_S: f64 = 5_000.0;
 /// How long the child node may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request without an answer by then counts as an error.
@@ -32,8 +37,26 @@ const GOAL_RATIO: f64 = 0.6;
 const GOAL_RATIO_CONCURRENCY: usize = 32;
 const GOAL_IDLE_RSS_MB: f64 = 30.0;
 
+/// What the load asks the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `I:whoami` with a bearer token.
+    Whoami,
+    /// `SW:<kv context>:set:["k<n>", n]`: a signed transaction, acknowledged once durable.
+    KvSet,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Whoami => "fqmn",
+            Workload::KvSet => "tx",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
-pub struct FqmnArgs {
+pub struct LoadArgs {
     /// NATS server URL (the bench starts its own node on it)
     #[arg(long = "nats", env = "CMESH_NATS_URL", default_value = crate::config::DEFAULT_NATS_URL)]
     pub nats_url: String,
@@ -65,7 +88,7 @@ fn non_negative_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-pub async fn fqmn(args: FqmnArgs) -> anyhow::Result<ExitCode> {
+pub async fn load(args: LoadArgs, workload: Workload) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("cmesh-bench-{}", random_hex(8)?));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut node = NodeProcess {
@@ -75,7 +98,7 @@ pub async fn fqmn(args: FqmnArgs) -> anyhow::Result<ExitCode> {
     };
     // Ctrl-C or SIGTERM ends the bench through the same path as an error, so the node stops.
     let result = tokio::select! {
-        result = bench(&args, &mut node) => result,
+        result = bench(&args, workload, &mut node) => result,
         signal = interrupted() => Err(signal),
     };
     if result.is_err() && node.node.is_some() {
@@ -114,7 +137,7 @@ async fn interrupted() -> anyhow::Error {
     }
 }
 
-async fn bench(args: &FqmnArgs, node: &mut NodeProcess) -> anyhow::Result<Report> {
+async fn bench(args: &LoadArgs, workload: Workload, node: &mut NodeProcess) -> anyhow::Result<Report> {
     let plan = Plan {
         concurrency: args.concurrency as usize,
         warmup: Duration::from_secs_f64(args.warmup),
@@ -146,7 +169,7 @@ async fn bench(args: &FqmnArgs, node: &mut NodeProcess) -> anyhow::Result<Report
     let responder = tokio::spawn(echo_responder(echo.clone(), subscriber));
     echo.flush().await.context("flushing the echo subscription")?;
 
-    let token = login(&args.nats_url, address).await?;
+    let (token, payloads) = prepare(&args.nats_url, address, workload).await?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Authorization", format!("Bearer {token}").as_str());
 
@@ -155,14 +178,14 @@ async fn bench(args: &FqmnArgs, node: &mut NodeProcess) -> anyhow::Result<Report
         client: raw_client,
         subject: async_nats::Subject::from(echo_subject),
         headers: headers.clone(),
-        payload: Bytes::from(vec![b'x'; FQMN.len()]),
+        payloads: Payloads::Fixed(Bytes::from(vec![b'x'; payloads.typical_len()])),
         kind: Kind::Raw,
     });
     let cmesh = Arc::new(Target {
         client: cmesh_client,
         subject: async_nats::Subject::from(format!("cmesh.node.{address}.fqmn")),
         headers,
-        payload: Bytes::from_static(FQMN.as_bytes()),
+        payloads,
         kind: Kind::Cmesh,
     });
 
@@ -200,6 +223,7 @@ async fn bench(args: &FqmnArgs, node: &mut NodeProcess) -> anyhow::Result<Report
         &raw_after,
     );
     report.load_avg_1m = load_avg_1m;
+    report.workload = workload;
     Ok(report)
 }
 
@@ -282,15 +306,37 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 // Login, like any client.
 
-/// Challenge, personal_sign, login with a fresh key, like any client: the bench's token.
-async fn login(nats_url: &str, address: Address) -> anyhow::Result<String> {
+/// Logs in with a fresh key, like any client, and sets up what the workload needs (for
+/// `tx`: the kv app deployed and a context of it): the bench's token and its requests.
+async fn prepare(nats_url: &str, address: Address, workload: Workload) -> anyhow::Result<(String, Payloads)> {
     let target = crate::client::Target {
         nats_url: nats_url.to_string(),
         node: Some(address),
-        timeout: 5,
+        timeout: 30,
     };
     let mut client = MeshClient::connect(&target).await?;
-    Ok(client.obtain_token(&SigningKey::generate()?).await?.token)
+    let token = client.obtain_token(&SigningKey::generate()?).await?.token;
+    let payloads = match workload {
+        Workload::Whoami => Payloads::Fixed(Bytes::from_static(FQMN.as_bytes())),
+        Workload::KvSet => {
+            use base64::Engine;
+            let wasm = base64::engine::general_purpose::STANDARD.encode(KV_WASM);
+            client
+                .rpc("app.deploy", json!({ "name": "kv", "version": "1.0.0", "wasm": wasm }))
+                .await
+                .context("deploying the kv app")?;
+            let created = client.rpc("ctx.create", json!({ "app": "kv" })).await?;
+            let context = created
+                .get("context")
+                .and_then(Value::as_str)
+                .context("ctx.create answered without a context")?;
+            Payloads::KvSet {
+                context: context.to_string(),
+                next: std::sync::atomic::AtomicU64::new(0),
+            }
+        }
+    };
+    Ok((token, payloads))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,19 +366,49 @@ struct Target {
     client: async_nats::Client,
     subject: async_nats::Subject,
     headers: async_nats::HeaderMap,
-    payload: Bytes,
+    payloads: Payloads,
     kind: Kind,
+}
+
+/// The request payloads of a run.
+enum Payloads {
+    Fixed(Bytes),
+    /// Each request sets its own key, so every transaction changes the state.
+    KvSet {
+        context: String,
+        next: std::sync::atomic::AtomicU64,
+    },
+}
+
+impl Payloads {
+    fn next(&self) -> Bytes {
+        match self {
+            Payloads::Fixed(bytes) => bytes.clone(),
+            Payloads::KvSet { context, next } => {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Bytes::from(format!(r#"SW:{context}:set:["k{n}",{n}]"#))
+            }
+        }
+    }
+
+    /// A payload size like the workload's, for the raw baseline.
+    fn typical_len(&self) -> usize {
+        match self {
+            Payloads::Fixed(bytes) => bytes.len(),
+            Payloads::KvSet { context, .. } => format!(r#"SW:{context}:set:["k100000",100000]"#).len(),
+        }
+    }
 }
 
 impl Target {
     /// Whether a reply is the right one.
     fn check(&self, reply: &async_nats::Message) -> Result<(), String> {
         match self.kind {
-            Kind::Raw if reply.payload.len() == self.payload.len() => Ok(()),
+            Kind::Raw if reply.payload.len() == self.payloads.typical_len() => Ok(()),
             Kind::Raw => Err(format!(
                 "an echo of {} bytes for {}",
                 reply.payload.len(),
-                self.payload.len()
+                self.payloads.typical_len()
             )),
             Kind::Cmesh => match reply
                 .headers
@@ -447,7 +523,7 @@ async fn run_load(target: Arc<Target>, plan: Plan, node_pid: u32) -> anyhow::Res
                 }
                 let outcome = target
                     .client
-                    .request_with_headers(target.subject.clone(), target.headers.clone(), target.payload.clone())
+                    .request_with_headers(target.subject.clone(), target.headers.clone(), target.payloads.next())
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|reply| target.check(&reply));
@@ -503,6 +579,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 
 #[derive(Debug)]
 struct Report {
+    workload: Workload,
     node: Address,
     concurrency: usize,
     duration_s: f64,
@@ -551,6 +628,7 @@ impl Report {
         let raw_p50 = (before.percentile(50.0) as u64 + after.percentile(50.0) as u64) / 2;
         let raw_p99 = (before.percentile(99.0) as u64 + after.percentile(99.0) as u64) / 2;
         Report {
+            workload: Workload::Whoami,
             node,
             concurrency: plan.concurrency,
             duration_s: plan.duration.as_secs_f64(),
@@ -583,6 +661,7 @@ impl Report {
 
     fn to_json(&self) -> Value {
         json!({
+            "bench": self.workload.name(),
             "raw_rps": round(self.raw_rps, 1),
             "cmesh_rps": round(self.cmesh_rps, 1),
             "ratio": round(self.ratio, 3),
@@ -616,7 +695,13 @@ impl Report {
             return;
         }
         let verdict = |met: bool| if met { "met" } else { "MISSED" };
-        let ratio_goal = if self.concurrency == GOAL_RATIO_CONCURRENCY {
+        let ratio_goal = if self.workload == Workload::KvSet {
+            format!(
+                "{:.0} transactions/s; goal ≥ {GOAL_TX_PER_S:.0}/s: {}",
+                self.cmesh_rps,
+                verdict(self.cmesh_rps >= GOAL_TX_PER_S)
+            )
+        } else if self.concurrency == GOAL_RATIO_CONCURRENCY {
             format!(
                 "goal ≥ {GOAL_RATIO} at concurrency {GOAL_RATIO_CONCURRENCY}: {}",
                 verdict(self.ratio >= GOAL_RATIO)
@@ -627,10 +712,16 @@ impl Report {
                 self.concurrency
             )
         };
-        println!(
-            "cmesh bench fqmn: `{FQMN}` with a bearer token through node {}",
-            self.node
-        );
+        match self.workload {
+            Workload::Whoami => println!(
+                "cmesh bench fqmn: `{FQMN}` with a bearer token through node {}",
+                self.node
+            ),
+            Workload::KvSet => println!(
+                "cmesh bench tx: signed, durable `SW:<kv>:set:[\"k<n>\",n]` transactions through node {}",
+                self.node
+            ),
+        }
         println!("  vs. a raw async-nats echo service on the same NATS (run before and after)");
         println!(
             "raw_rps:      {:.0} req/s (mean of {:.0} before and {:.0} after)",

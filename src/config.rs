@@ -10,6 +10,10 @@ use cmesh_common::Address;
 use serde::Deserialize;
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_GAS_LIMIT: u64 = 100_000_000;
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
+/// Base64 makes a module a third bigger, and a request must fit in the payload limit.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 768 * 1024;
 
 /// `cmesh node run` flags. Each may also come from the environment or the config file.
 #[derive(Debug, Args, Clone, Default)]
@@ -35,7 +39,7 @@ pub struct NodeArgs {
     /// Accept only these nodes' announcements and tokens (repeatable; default: any node on the bus)
     #[arg(long = "peer", env = "CMESH_PEERS", value_delimiter = ',')]
     pub peers: Vec<Address>,
-    /// Largest request payload in bytes; larger ones get 413 [default: 262144]
+    /// Largest request payload in bytes; larger ones get 413 [default: 1048576]
     #[arg(long, env = "CMESH_MAX_PAYLOAD")]
     pub max_payload: Option<usize>,
     /// Lifetime of tokens and signed sessions, in seconds [default: 3600]
@@ -47,6 +51,15 @@ pub struct NodeArgs {
     /// Top-level domains the registrar serves (repeatable) [default: mcom]
     #[arg(long = "tld", env = "CMESH_TLDS", value_delimiter = ',')]
     pub tlds: Vec<String>,
+    /// Gas each app call may use (1 per WASM operator, more for host calls) [default: 100000000]
+    #[arg(long, env = "CMESH_GAS_LIMIT")]
+    pub gas_limit: Option<u64>,
+    /// Memory each app instance may use, in MiB [default: 64]
+    #[arg(long, env = "CMESH_MEMORY_LIMIT_MIB")]
+    pub memory_limit_mib: Option<u64>,
+    /// Largest app module accepted by app.deploy, in bytes [default: 786432]
+    #[arg(long, env = "CMESH_MAX_MODULE_BYTES")]
+    pub max_module_bytes: Option<usize>,
 }
 
 /// The config file's shape: the same settings, plus per-method permission rules.
@@ -69,6 +82,9 @@ struct FileConfig {
     /// method → "public" | "authenticated" | "key=value"
     #[serde(default)]
     permissions: BTreeMap<String, String>,
+    gas_limit: Option<u64>,
+    memory_limit_mib: Option<u64>,
+    max_module_bytes: Option<usize>,
 }
 
 /// Everything a node needs, resolved.
@@ -85,6 +101,9 @@ pub struct NodeConfig {
     pub challenge_ttl: u64,
     pub tlds: Vec<String>,
     pub permissions: BTreeMap<String, String>,
+    pub gas_limit: u64,
+    pub memory_limit_mib: u64,
+    pub max_module_bytes: usize,
 }
 
 fn or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
@@ -119,12 +138,27 @@ impl NodeConfig {
             challenge_ttl: args.challenge_ttl.or(file.challenge_ttl).unwrap_or(25),
             tlds: or_file(args.tlds, file.tlds),
             permissions: file.permissions,
+            gas_limit: args.gas_limit.or(file.gas_limit).unwrap_or(DEFAULT_GAS_LIMIT),
+            memory_limit_mib: args
+                .memory_limit_mib
+                .or(file.memory_limit_mib)
+                .unwrap_or(DEFAULT_MEMORY_LIMIT_MIB),
+            max_module_bytes: args
+                .max_module_bytes
+                .or(file.max_module_bytes)
+                .unwrap_or(DEFAULT_MAX_MODULE_BYTES),
         };
         if config.token_ttl == 0 || config.challenge_ttl == 0 {
             bail!("token_ttl and challenge_ttl must be at least 1 second");
         }
         if config.max_payload == 0 {
             bail!("max_payload must be at least 1 byte");
+        }
+        if config.gas_limit == 0 || config.max_module_bytes == 0 {
+            bail!("gas_limit and max_module_bytes must be at least 1");
+        }
+        if !(1..=4096).contains(&config.memory_limit_mib) {
+            bail!("memory_limit_mib must be 1 to 4096 (WebAssembly memories are at most 4 GiB)");
         }
         if config.mesh.is_empty() || config.mesh.len() > 64 {
             bail!("the mesh name must be 1 to 64 characters");

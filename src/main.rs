@@ -1,6 +1,8 @@
 //! `cmesh`: run a node of the mesh, or talk to one.
 
+mod apps;
 mod bench;
+mod bench_wasm;
 mod child;
 mod client;
 mod config;
@@ -69,6 +71,12 @@ enum Command {
     /// Register, resolve, transfer, release and list names
     #[command(subcommand)]
     Name(NameCommand),
+    /// Deploy and list WASM apps
+    #[command(subcommand)]
+    App(apps::AppCommand),
+    /// Create, list, call and administer contexts (instances of apps)
+    #[command(subcommand)]
+    Ctx(apps::CtxCommand),
     /// Watch events
     #[command(subcommand)]
     Events(EventsCommand),
@@ -172,7 +180,11 @@ enum MeshCommand {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Authenticated `I:whoami` through a node vs. a raw async-nats echo service
-    Fqmn(bench::FqmnArgs),
+    Fqmn(bench::LoadArgs),
+    /// Signed, durable kv.set transactions through a node (goal ≥ 5,000/s) vs. a raw echo
+    Tx(bench::LoadArgs),
+    /// In-process cost of a trivial view call of a cached WASM module vs. native Rust
+    Wasm(bench_wasm::WasmArgs),
 }
 
 fn main() -> ExitCode {
@@ -253,6 +265,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Name(command) => runtime()?.block_on(name(command)),
+        Command::App(command) => runtime()?.block_on(apps::app(command)),
+        Command::Ctx(command) => runtime()?.block_on(apps::ctx(command)),
         Command::Events(EventsCommand::Tail { pattern, count, target }) => runtime()?.block_on(async {
             let client = MeshClient::connect(&target).await?;
             let mut subscriber = client.nats().subscribe(pattern).await?;
@@ -286,7 +300,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Mesh(MeshCommand::Up(args)) => mesh::up(args),
-        Command::Bench(BenchCommand::Fqmn(args)) => runtime()?.block_on(bench::fqmn(args)),
+        Command::Bench(BenchCommand::Fqmn(args)) => runtime()?.block_on(bench::load(args, bench::Workload::Whoami)),
+        Command::Bench(BenchCommand::Tx(args)) => runtime()?.block_on(bench::load(args, bench::Workload::KvSet)),
+        Command::Bench(BenchCommand::Wasm(args)) => bench_wasm::run(args),
     }
 }
 

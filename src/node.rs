@@ -16,6 +16,8 @@ use cmesh_router::micro::{Micro, ServiceIdentity};
 use cmesh_router::registrar::RegistrarActor;
 use cmesh_router::router::RouterActor;
 use cmesh_router::services::Services;
+use cmesh_state::runtime::RuntimeConfig;
+use cmesh_state::{StateActor, StateConfig};
 use futures::StreamExt;
 
 use crate::config::NodeConfig;
@@ -115,6 +117,19 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
 
     let events = start_events(&config, address).await?;
 
+    let state_config = StateConfig {
+        dir: config.data.clone(),
+        runtime: RuntimeConfig {
+            gas_limit: config.gas_limit,
+            memory_limit_bytes: config.memory_limit_mib * 1024 * 1024,
+            max_module_bytes: config.max_module_bytes,
+            ..RuntimeConfig::default()
+        },
+        view_threads: threads,
+    };
+    let state = StateActor::start(state_config, std::sync::Arc::new(key.clone()), Some(events.clone()))
+        .context("state store")?;
+
     let (registrar, forwarded) = if config.registrar {
         let actor =
             RegistrarActor::open(&config.data.join("registrar.redb"), config.tlds()).context("registrar store")?;
@@ -144,6 +159,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         iam: iam.clone(),
         events: events.clone(),
         registrar,
+        state,
         client: client.clone(),
     };
     let router = RouterActor::new(services).start();

@@ -342,16 +342,18 @@ async fn errors_carry_service_error_headers_and_are_counted() {
         "last_error of node-rpc"
     );
 
-    // Services not served yet: 401 without credentials, 501 once authenticated.
+    // Every service needs credentials: 401 without; then the service's own answer
+    // (a context id too short to name one: 400; consensus is not served yet: 501).
     let token = client.login(&new_key(), node).await;
-    for fqmn in [
-        "S:0x01:get",
-        "SW:0x01:set:{\"k\":1}",
-        "A:~1.0.0:0x01:hello",
-        "C:anything",
+    for (fqmn, status) in [
+        ("S:0x01:get", 400),
+        ("SW:0x01:set:{\"k\":1}", 400),
+        ("A:~1.0.0:0x01:hello", 400),
+        ("S:0x0123456789:get", 404),
+        ("C:anything", 501),
     ] {
         client.fqmn(node, fqmn, None).await.assert_fqmn_error(401);
-        client.fqmn(node, fqmn, Some(&token)).await.assert_fqmn_error(501);
+        client.fqmn(node, fqmn, Some(&token)).await.assert_fqmn_error(status);
     }
 }
 

@@ -39,7 +39,7 @@ from eth_account.messages import encode_defunct
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "scripts" / "examples"
-SCRIPTS = ["login.sh", "fqmn.sh", "register-name.sh", "events.sh", "micro.sh"]
+SCRIPTS = ["login.sh", "fqmn.sh", "register-name.sh", "events.sh", "micro.sh", "apps.sh"]
 READY = re.compile(r"cmesh node (0x[0-9a-fA-F]+) ready")
 VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 # `$SRV` in '$SRV.PING.cmesh' is part of the subject, not a shell variable (single quotes).
@@ -363,7 +363,9 @@ def test_script_is_readable(script):
     text = (EXAMPLES / script).read_text()
     assert text.startswith("#!/usr/bin/env bash\n"), f"{script}: shebang"
     assert os.access(EXAMPLES / script, os.X_OK), f"{script} is not executable"
-    known = {"RPC", "ADDRESS", "SESSION", "SIGNATURE", "TOKEN", "NODE", "NAME", "NAME2", "TARGET", "TOPIC"}
+    known = {
+        "RPC", "ADDRESS", "SESSION", "SIGNATURE", "TOKEN", "NODE", "NAME", "NAME2", "TARGET", "TOPIC", "WASM", "CONTEXT",
+    }
     for r in reqs:
         assert r.variables() <= known, f"{script}:{r.line}: unknown variables {r.variables() - known}"
 
@@ -406,6 +408,32 @@ def test_register_name(loop, nc, login):
         elif req.payload.startswith("R:"):
             # The name's target is I:whoami: calling the name answers who we are.
             assert contains_address(msg, login["ADDRESS"]), msg.data
+
+
+def test_apps(loop, nc, login):
+    """apps.sh: deploy the greeter, create a context (the script reads its id from the
+    ctx.create reply with jq; here a 12-digit prefix of it is used, which must work too),
+    call it by FQMN as a transaction, a view and version-pinned, and read its root."""
+    import base64
+
+    reqs, _ = parse_script("apps.sh")
+    wasm = base64.b64encode((ROOT / "apps" / "greeter" / "greeter.wasm").read_bytes()).decode()
+    env = dict(login, WASM=wasm)
+    for req in reqs:
+        msg = send(loop, nc, req, env)
+        check(msg, req)
+        body = json.loads(msg.data)
+        if "app.deploy" in req.payload:
+            assert body["result"]["version"] == "4.1.3", body
+        elif "ctx.create" in req.payload:
+            env["CONTEXT"] = body["result"]["context"][:12]
+        elif req.payload.startswith("SW:"):
+            assert body["result"] == "Hello, Dexter!" and body["tx"].startswith("0x"), body
+        elif ":greetings:" in req.payload:
+            assert body["result"] == 1, body
+        elif "ctx.root" in req.payload:
+            assert body["result"]["applied"] == 3, body
+    assert "CONTEXT" in env, "apps.sh creates a context"
 
 
 def test_events(loop, nc, login):

@@ -159,6 +159,9 @@ pub struct NodeOptions {
     pub token_ttl: Option<u64>,
     pub challenge_ttl: Option<u64>,
     pub tlds: Vec<String>,
+    pub gas_limit: Option<u64>,
+    pub memory_limit_mib: Option<u64>,
+    pub max_module_bytes: Option<usize>,
 }
 
 impl NodeOptions {
@@ -184,6 +187,15 @@ impl NodeOptions {
         }
         for tld in &self.tlds {
             args.extend(["--tld".to_string(), tld.clone()]);
+        }
+        if let Some(gas) = self.gas_limit {
+            args.extend(["--gas-limit".to_string(), gas.to_string()]);
+        }
+        if let Some(mib) = self.memory_limit_mib {
+            args.extend(["--memory-limit-mib".to_string(), mib.to_string()]);
+        }
+        if let Some(bytes) = self.max_module_bytes {
+            args.extend(["--max-module-bytes".to_string(), bytes.to_string()]);
         }
         args
     }
@@ -938,6 +950,21 @@ impl MeshOptions {
         self.node.tlds.push(tld.to_string());
         self
     }
+
+    pub fn gas_limit(mut self, gas: u64) -> Self {
+        self.node.gas_limit = Some(gas);
+        self
+    }
+
+    pub fn memory_limit_mib(mut self, mib: u64) -> Self {
+        self.node.memory_limit_mib = Some(mib);
+        self
+    }
+
+    pub fn max_module_bytes(mut self, bytes: usize) -> Self {
+        self.node.max_module_bytes = Some(bytes);
+        self
+    }
 }
 
 /// A nats-server and the nodes on it, with a client. Node 0 is the registrar.
@@ -1049,4 +1076,61 @@ impl Mesh {
         self.nodes[i].restart().await;
         self.wait_peers().await;
     }
+}
+
+// ------------------------------------------------------------------------------ apps
+
+/// The committed module of an example app (`apps/<name>/<name>.wasm`).
+pub fn app_wasm(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("apps/{name}/{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+pub fn wasm_base64(name: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(app_wasm(name))
+}
+
+/// The id a node gives an example app: the keccak256 of its module.
+pub fn app_id(name: &str) -> String {
+    cmesh_common::hash::to_hex0x(&cmesh_common::hash::keccak256(&app_wasm(name)))
+}
+
+/// Deploys an example app; returns the `app.deploy` result.
+pub async fn deploy(client: &Client, node: Address, token: Option<&str>, name: &str, version: &str) -> Value {
+    let params = json!({"name": name, "version": version, "wasm": wasm_base64(name)});
+    client.call(node, "app.deploy", params, token).await
+}
+
+/// Creates a context of `app`; returns its id.
+pub async fn create(client: &Client, node: Address, token: Option<&str>, app: &str) -> String {
+    let created = client.call(node, "ctx.create", json!({"app": app}), token).await;
+    created["context"].as_str().expect("context id").to_string()
+}
+
+pub async fn grant(client: &Client, node: Address, token: Option<&str>, context: &str, to: &SigningKey, role: &str) {
+    let params = json!({"context": context, "address": to.address(), "role": role});
+    let granted = client.call(node, "ctx.grant", params, token).await;
+    assert_eq!(granted["role"], json!(role), "{granted}");
+}
+
+/// `app.deploy` of any module bytes (base64-encoded here); the raw reply, for refusals.
+pub async fn deploy_bytes(
+    client: &Client,
+    node: Address,
+    token: Option<&str>,
+    name: &str,
+    version: &str,
+    wasm: &[u8],
+) -> Reply {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(wasm);
+    let params = json!({"name": name, "version": version, "wasm": encoded});
+    client.rpc(node, "app.deploy", params, token).await
+}
+
+/// A module of `tests/wat/<name>.wat`, compiled from the WebAssembly text format.
+pub fn wat_module(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/wat/{name}.wat"));
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("compiling {}: {e}", path.display()))
 }

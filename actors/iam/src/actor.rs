@@ -90,6 +90,7 @@ impl IamActor {
             address: Some(address),
             attributes,
             expires_at: Some(expires_at),
+            signed: None,
         };
         self.authorize(&caller, method)?;
         Ok(caller)
@@ -224,12 +225,17 @@ impl Handler<Admit> for IamActor {
                         .send(request)
                         .into_actor(self)
                         .map(move |result, actor, _| {
-                            let signer = result.map_err(verifier_gone)?.map_err(signature_error)?;
-                            let (address, expires_at) =
-                                actor
-                                    .sessions
-                                    .accept(&session, signer, nonce, Instant::now(), unix_seconds())?;
-                            actor.caller(address, expires_at, &method)
+                            let signed = result.map_err(verifier_gone)?.map_err(signature_error)?;
+                            let (address, expires_at) = actor.sessions.accept(
+                                &session,
+                                signed.signer,
+                                nonce,
+                                Instant::now(),
+                                unix_seconds(),
+                            )?;
+                            let mut caller = actor.caller(address, expires_at, &method)?;
+                            caller.signed = Some(signed.proof);
+                            Ok(caller)
                         }),
                 )
             }

@@ -2,7 +2,7 @@
 //! Kami JSON-RPC code) the caller should see.
 
 use actix::Message;
-use cmesh_common::{Address, CmtpError};
+use cmesh_common::{Address, CmtpError, Signature65};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -37,6 +37,18 @@ pub struct Caller {
     /// When the caller's token or session ends (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The caller's own signature of this request, when it was Kami-signed: what a
+    /// transaction carries so that anyone can check the user asked for it.
+    #[serde(skip)]
+    pub signed: Option<SignedProof>,
+}
+
+/// A request's signing bytes (its canonical JSON without `signature`) and the caller's
+/// personal_sign of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedProof {
+    pub request: Vec<u8>,
+    pub signature: Signature65,
 }
 
 impl Caller {
@@ -45,6 +57,7 @@ impl Caller {
             address: None,
             attributes: Vec::new(),
             expires_at: None,
+            signed: None,
         }
     }
 }

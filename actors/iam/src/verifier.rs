@@ -9,6 +9,8 @@ use cmesh_common::jwt::{self, Claims, JwtError};
 use cmesh_common::keys::{personal_digest, Secp256k1PublicKey as PublicKey, SignatureError};
 use cmesh_common::{Address, Signature65};
 
+use crate::messages::SignedProof;
+
 pub struct Verifier;
 
 impl Actor for Verifier {
@@ -55,20 +57,28 @@ impl Handler<RecoverSigner> for Verifier {
 /// Recovers the signer of a Kami request: personal_sign over the JCS of the request
 /// without its `signature` member (canonicalising is CPU work too, so it happens here).
 #[derive(Message)]
-#[rtype(result = "Result<Address, SignatureError>")]
+#[rtype(result = "Result<RecoveredRequest, SignatureError>")]
 pub struct RecoverRequestSigner {
     pub raw: serde_json::Value,
     pub signature: String,
 }
 
+/// Who signed a request, and the proof (kept for transactions it causes).
+pub struct RecoveredRequest {
+    pub signer: Address,
+    pub proof: SignedProof,
+}
+
 impl Handler<RecoverRequestSigner> for Verifier {
-    type Result = Result<Address, SignatureError>;
+    type Result = Result<RecoveredRequest, SignatureError>;
 
     fn handle(&mut self, msg: RecoverRequestSigner, _: &mut SyncContext<Self>) -> Self::Result {
         let signature: Signature65 = msg.signature.parse()?;
-        let bytes = cmesh_common::jcs::signing_bytes(&msg.raw);
-        signature
-            .recover_digest(personal_digest(&bytes))
-            .map(|(_, address)| address)
+        let request = cmesh_common::jcs::signing_bytes(&msg.raw);
+        let (_, signer) = signature.recover_digest(personal_digest(&request))?;
+        Ok(RecoveredRequest {
+            signer,
+            proof: SignedProof { request, signature },
+        })
     }
 }

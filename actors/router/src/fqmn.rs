@@ -47,9 +47,10 @@ pub enum Fqmn {
         method: String,
         args: Option<Value>,
     },
-    /// `A:<version-req>:<context>:<method>[:<args-json>]` — a state call pinned to an app
-    /// version requirement.
+    /// `A:` / `AW:<version-req>:<context>:<method>[:<args-json>]` — a state view / call
+    /// that runs only when the context's app version meets the requirement.
     Assembly {
+        write: bool,
         /// As written, trimmed (e.g. `~4.1.3`, `>=1.2, <2`).
         version_req: String,
         /// `0x` followed by lower-case hex digits (at least one).
@@ -112,11 +113,11 @@ pub enum FqmnError {
     TooLong { len: usize },
     #[error(
         "missing service prefix in `{input}`: expected `<SVC>:` at the start, \
-         where SVC is one of I, S, SW, R, RW, E, EW, A, C, CW, P (e.g. `I:whoami`)"
+         where SVC is one of I, S, SW, R, RW, E, EW, A, AW, C, CW, P (e.g. `I:whoami`)"
     )]
     MissingPrefix { input: String },
     #[error(
-        "unknown service prefix `{prefix}:` — expected one of I, S, SW, R, RW, E, EW, A, C, CW, P \
+        "unknown service prefix `{prefix}:` — expected one of I, S, SW, R, RW, E, EW, A, AW, C, CW, P \
          (or the seed spellings 0xS:, 0Sx:){hint}"
     )]
     UnknownPrefix { prefix: String, hint: String },
@@ -222,7 +223,10 @@ impl Svc {
     }
 
     fn has_write_form(self) -> bool {
-        matches!(self, Svc::State | Svc::Registrar | Svc::Events | Svc::Consensus)
+        matches!(
+            self,
+            Svc::State | Svc::Assembly | Svc::Registrar | Svc::Events | Svc::Consensus
+        )
     }
 
     fn name(self) -> &'static str {
@@ -272,7 +276,8 @@ fn canonical_prefix(svc: Svc, write: bool) -> &'static str {
         (Svc::Iam, _) => "I",
         (Svc::State, false) => "S",
         (Svc::State, true) => "SW",
-        (Svc::Assembly, _) => "A",
+        (Svc::Assembly, false) => "A",
+        (Svc::Assembly, true) => "AW",
         (Svc::Registrar, false) => "R",
         (Svc::Registrar, true) => "RW",
         (Svc::Events, false) => "E",
@@ -470,6 +475,7 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
             })?;
             let (method, rest) = next_segment(rest);
             Ok(Fqmn::Assembly {
+                write,
                 version_req,
                 context,
                 method: parse_method(method, USAGE_A)?,
@@ -688,6 +694,7 @@ impl fmt::Display for Fqmn {
                 context,
                 method,
                 args,
+                ..
             } => {
                 write!(f, "{prefix}:{version_req}:{context}:{method}")?;
                 write_args(f, args)
@@ -714,7 +721,7 @@ impl Fqmn {
         let (svc, write) = match self {
             Fqmn::Iam { .. } => (Svc::Iam, false),
             Fqmn::State { write, .. } => (Svc::State, *write),
-            Fqmn::Assembly { .. } => (Svc::Assembly, false),
+            Fqmn::Assembly { write, .. } => (Svc::Assembly, *write),
             Fqmn::Resolve { .. } => (Svc::Registrar, false),
             Fqmn::RegistrarCall { write, .. } => (Svc::Registrar, *write),
             Fqmn::Events { .. } => (Svc::Events, false),
@@ -858,6 +865,7 @@ mod tests {
         check(
             r#"0Ax:~4.1.3:0x03389f0e08b9f:hello_world:["Dexter"]"#,
             Fqmn::Assembly {
+                write: false,
                 version_req: "~4.1.3".into(),
                 context: "0x03389f0e08b9f".into(),
                 method: "hello_world".into(),
@@ -994,6 +1002,7 @@ mod tests {
         check(
             "A: >=1.2, <2 :0X0A:m:null",
             Fqmn::Assembly {
+                write: false,
                 version_req: ">=1.2, <2".into(),
                 context: "0x0a".into(),
                 method: "m".into(),
@@ -1094,7 +1103,7 @@ mod tests {
         assert!(serde_json::from_str::<Fqmn>(r#""X:y""#).is_err());
     }
 
-    const PREFIXES: &str = "expected one of I, S, SW, R, RW, E, EW, A, C, CW, P (or the seed spellings 0xS:, 0Sx:)";
+    const PREFIXES: &str = "expected one of I, S, SW, R, RW, E, EW, A, AW, C, CW, P (or the seed spellings 0xS:, 0Sx:)";
 
     #[test]
     fn errors() {
@@ -1103,7 +1112,7 @@ mod tests {
             (" \t\n", "empty FQMN: expected `<SVC>:<body>`, e.g. `I:whoami`".into()),
             (
                 "whoami",
-                "missing service prefix in `whoami`: expected `<SVC>:` at the start, where SVC is one of I, S, SW, R, RW, E, EW, A, C, CW, P (e.g. `I:whoami`)".into(),
+                "missing service prefix in `whoami`: expected `<SVC>:` at the start, where SVC is one of I, S, SW, R, RW, E, EW, A, AW, C, CW, P (e.g. `I:whoami`)".into(),
             ),
             (
                 "0xI",
@@ -1123,8 +1132,8 @@ mod tests {
                 format!("unknown service prefix `IW:` — {PREFIXES}; the IAM service has no write form, use `I:`"),
             ),
             (
-                "0AWx:^1:0xab:m",
-                format!("unknown service prefix `0AWx:` — {PREFIXES}; the assembly service has no write form, use `A:`"),
+                "PW:ping",
+                format!("unknown service prefix `PW:` — {PREFIXES}; the router service has no write form, use `P:`"),
             ),
             ("I:", "empty method: expected `I:<method>[:<args-json>]`".into()),
             ("P::1", "empty method: expected `P:<method>[:<args-json>]`".into()),

@@ -21,7 +21,7 @@ use crate::router::{Route, RouterActor};
 
 pub const QUEUE_GROUP: &str = "cmesh";
 /// Default cap on a request's payload; larger ones get 413.
-pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// The front-door endpoints, in the order `Micro` counts them.
 pub fn endpoint_specs(node: &Address) -> Vec<(EndpointSpec, Endpoint)> {

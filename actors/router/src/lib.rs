@@ -9,3 +9,4 @@ pub mod registrar;
 pub mod request;
 pub mod router;
 pub mod services;
+mod state;

@@ -61,11 +61,25 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
     let args = |a: &Option<Value>| a.clone().unwrap_or(Value::Null);
     Ok(match fqmn {
         Fqmn::Iam { method, args: a } => (format!("iam.{method}"), args(a)),
-        Fqmn::State { write, .. } => (
-            (if *write { "state.call" } else { "state.view" }).to_string(),
-            Value::Null,
+        Fqmn::State {
+            write,
+            context,
+            method,
+            args: a,
+        } => (
+            context_method(*write),
+            json!({ "context": context, "method": method, "args": args(a) }),
         ),
-        Fqmn::Assembly { .. } => ("assembly.call".to_string(), Value::Null),
+        Fqmn::Assembly {
+            write,
+            version_req,
+            context,
+            method,
+            args: a,
+        } => (
+            context_method(*write),
+            json!({ "context": context, "method": method, "args": args(a), "version": version_req }),
+        ),
         Fqmn::Resolve { name, .. } => ("registrar.resolve".to_string(), json!({ "name": name })),
         Fqmn::RegistrarCall { write, method, params } => {
             let is_write = matches!(method.as_str(), "register" | "transfer" | "release");
@@ -94,6 +108,11 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
         Fqmn::Consensus { .. } => ("consensus.call".to_string(), Value::Null),
         Fqmn::Router { method, args: a } => (format!("router.{method}"), args(a)),
     })
+}
+
+/// `ctx.call` for a write (a transaction), `ctx.view` for a read.
+fn context_method(write: bool) -> String {
+    (if write { "ctx.call" } else { "ctx.view" }).to_string()
 }
 
 fn admission_event(method: &str, caller: &Result<Caller, CmtpError>) -> Emit {

@@ -8,6 +8,7 @@ use cmesh_common::rpc::{INVALID_PARAMS, METHOD_NOT_FOUND};
 use cmesh_common::{Address, CmtpError, Status};
 use cmesh_events::{EmitApp, EventsActor, Recent};
 use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
+use cmesh_state::StateActor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,6 +24,7 @@ pub struct Services {
     pub iam: Addr<IamActor>,
     pub events: Addr<EventsActor>,
     pub registrar: RegistrarHandle,
+    pub state: Addr<StateActor>,
     /// For handing requests to other nodes.
     pub client: async_nats::Client,
 }
@@ -43,7 +45,7 @@ pub(crate) fn mailbox(service: &str) -> impl Fn(actix::MailboxError) -> CmtpErro
     move |e| CmtpError::unavailable(format!("the {service} service is unavailable: {e}"))
 }
 
-fn caller_address(caller: &Caller) -> Result<Address, CmtpError> {
+pub(crate) fn caller_address(caller: &Caller) -> Result<Address, CmtpError> {
     caller
         .address
         .ok_or_else(|| CmtpError::unauthorized("this method needs a logged-in caller"))
@@ -92,8 +94,7 @@ struct RecentParams {
     limit: Option<usize>,
 }
 
-const NOT_YET: &str =
-    "is not served yet: applications and contexts (S, SW, A) and consensus (C) arrive in later releases";
+const NOT_YET: &str = "is not served yet: consensus (C, CW) arrives in a later release";
 
 impl Services {
     /// Runs `method` for an admitted `caller`.
@@ -185,9 +186,10 @@ impl Services {
             "events.recent" => {
                 let p: RecentParams = params(method, params_value, "{topic, limit?}")?;
                 let limit = p.limit.unwrap_or(DEFAULT_RECENT);
+                let topic = self.context_topic(caller, p.topic).await?;
                 let events = self
                     .events
-                    .send(Recent { topic: p.topic, limit })
+                    .send(Recent { topic, limit })
                     .await
                     .map_err(mailbox("events"))?;
                 Ok(json!(events))
@@ -203,11 +205,11 @@ impl Services {
                     "peers": peers,
                 }))
             }
-            m if m.starts_with("state.") || m.starts_with("assembly.") || m.starts_with("consensus.") => {
-                Err(CmtpError::not_implemented(format!("`{m}` {NOT_YET}")))
-            }
+            m if m.starts_with("app.") || m.starts_with("ctx.") => self.call_state(caller, m, params_value).await,
+            m if m.starts_with("consensus.") => Err(CmtpError::not_implemented(format!("`{m}` {NOT_YET}"))),
             m => Err(CmtpError::not_found(format!(
-                "unknown method `{m}`; the node serves iam.*, registrar.*, events.* and router.* methods (see README)"
+                "unknown method `{m}`; the node serves iam.*, registrar.*, events.*, app.*, ctx.* and router.* \
+                 methods (see README)"
             ))
             .with_rpc_code(METHOD_NOT_FOUND)),
         }

@@ -81,12 +81,15 @@ fn fqmn() -> impl Strategy<Value = Fqmn> {
                 args,
             }
         }),
-        (version_req(), context(), method(), args()).prop_map(|(version_req, context, method, args)| Fqmn::Assembly {
-            version_req,
-            context,
-            method,
-            args,
-        }),
+        (any::<bool>(), version_req(), context(), method(), args()).prop_map(
+            |(write, version_req, context, method, args)| Fqmn::Assembly {
+                write,
+                version_req,
+                context,
+                method,
+                args,
+            },
+        ),
         (name(), args()).prop_map(|(name, args)| Fqmn::Resolve { name, args }),
         (any::<bool>(), method(), args())
             .prop_map(|(write, method, params)| { Fqmn::RegistrarCall { write, method, params } }),
@@ -343,6 +346,7 @@ impl Respell {
                 context,
                 method,
                 args,
+                ..
             } => format!(" {version_req} :{}:{method}{}", self.context(context), self.args(args)),
             Fqmn::Resolve { name, args } => format!("{}{}", self.name(name), self.args(args)),
             Fqmn::RegistrarCall { method, params, .. } => {

@@ -1,0 +1,259 @@
+//! The redb tables of `state.redb` and the records in them. One database holds every
+//! app and context, so a transaction, its effects on the key-value state, the new root
+//! and the context's new heads are committed in one write.
+
+use std::path::Path;
+
+use cmesh_common::Address;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StateError;
+use crate::ids::Id;
+use crate::roles::Role;
+
+/// App id (32) → the module's bytes.
+pub const APP_CODE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app_code");
+/// `name` NUL `version` → [`AppRecord`].
+pub const APP_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_versions");
+/// Context id (32) → [`ContextRecord`].
+pub const CONTEXTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contexts");
+/// Context id (32) ++ user address (20) → role byte.
+pub const ROLES: TableDefinition<&[u8], u8> = TableDefinition::new("roles");
+/// User address (20) ++ context id (32) → role byte: the contexts of a user.
+pub const MEMBERSHIPS: TableDefinition<&[u8], u8> = TableDefinition::new("memberships");
+/// Transaction id (32) → the encoded [`crate::tx::Transaction`].
+pub const TXS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("txs");
+/// Context id (32) ++ apply position (u64, big-endian, from 1) → transaction id.
+pub const TX_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_order");
+/// Context id (32) ++ key (32) → value: the contexts' key-value state.
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+/// A deployed version of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub app: Id,
+    pub name: String,
+    pub version: String,
+    pub methods: Vec<String>,
+    pub size: u64,
+    pub deployed_by: Address,
+    pub deployed_at_ms: u64,
+}
+
+/// A context as this node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextRecord {
+    pub id: Id,
+    pub app: Id,
+    pub name: String,
+    pub version: String,
+    pub created_by: Address,
+    pub created_at_ms: u64,
+    /// Transactions applied, the genesis included.
+    pub applied: u64,
+    pub heads: Vec<Id>,
+    pub root: Id,
+    /// Timestamp of the latest applied transaction.
+    pub last_time_ms: u64,
+}
+
+pub fn open(path: &Path) -> Result<Database, StateError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    for table in [APP_CODE, CONTEXTS, TXS, TX_ORDER, KV, crate::merkle::NODES] {
+        txn.open_table(table)?;
+    }
+    txn.open_table(APP_VERSIONS)?;
+    txn.open_table(ROLES)?;
+    txn.open_table(MEMBERSHIPS)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StateError> {
+    rmp_serde::to_vec_named(record).map_err(|e| StateError::Record(e.to_string()))
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StateError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StateError::Record(e.to_string()))
+}
+
+pub fn version_key(name: &str, version: &str) -> String {
+    format!("{name}\0{version}")
+}
+
+pub fn role_key(context: &Id, user: &Address) -> [u8; 52] {
+    let mut key = [0u8; 52];
+    key[..32].copy_from_slice(&context.0);
+    key[32..].copy_from_slice(&user.0);
+    key
+}
+
+pub fn membership_key(user: &Address, context: &Id) -> [u8; 52] {
+    let mut key = [0u8; 52];
+    key[..20].copy_from_slice(&user.0);
+    key[20..].copy_from_slice(&context.0);
+    key
+}
+
+pub fn order_key(context: &Id, position: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(&context.0);
+    key[32..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+pub fn kv_key(context: &Id, key: &[u8; 32]) -> [u8; 64] {
+    let mut full = [0u8; 64];
+    full[..32].copy_from_slice(&context.0);
+    full[32..].copy_from_slice(key);
+    full
+}
+
+pub fn context_record(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &Id,
+) -> Result<Option<ContextRecord>, StateError> {
+    match table.get(id.0.as_slice())? {
+        Some(bytes) => Ok(Some(decode(bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub fn role_of(
+    table: &impl ReadableTable<&'static [u8], u8>,
+    context: &Id,
+    user: &Address,
+) -> Result<Option<Role>, StateError> {
+    Ok(table
+        .get(role_key(context, user).as_slice())?
+        .and_then(|role| Role::from_byte(role.value())))
+}
+
+/// Finds the context that `text` names: `0x` and 64 hex digits, or a prefix of at least
+/// [`MIN_PREFIX_DIGITS`] digits that only one context starts with.
+pub fn resolve_context(table: &impl ReadableTable<&'static [u8], &'static [u8]>, text: &str) -> Result<Id, StateError> {
+    let digits = text
+        .strip_prefix("0x")
+        .filter(|d| d.len() <= 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            StateError::BadRequest(format!(
+                "`{}` is not a context id: expected 0x and 64 hex digits, or a unique prefix of at least {MIN_PREFIX_DIGITS}",
+                excerpt(text)
+            ))
+        })?
+        .to_ascii_lowercase();
+    if digits.len() < MIN_PREFIX_DIGITS {
+        return Err(StateError::BadRequest(format!(
+            "context prefix `0x{digits}` is too short: give at least {MIN_PREFIX_DIGITS} hex digits"
+        )));
+    }
+    let not_found = || StateError::NotFound(format!("no context `0x{digits}` on this node"));
+    if digits.len() == 64 {
+        let id: Id = format!("0x{digits}").parse().map_err(|_| not_found())?;
+        return match table.get(id.0.as_slice())? {
+            Some(_) => Ok(id),
+            None => Err(not_found()),
+        };
+    }
+    let whole_bytes = digits.len() / 2;
+    let mut start = [0u8; 32];
+    for (i, byte) in start.iter_mut().enumerate().take(whole_bytes) {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| not_found())?;
+    }
+    let odd_nibble = if digits.len() % 2 == 1 {
+        let nibble = u8::from_str_radix(&digits[digits.len() - 1..], 16).map_err(|_| not_found())?;
+        start[whole_bytes] = nibble << 4;
+        Some(nibble)
+    } else {
+        None
+    };
+    let mut found = Vec::with_capacity(2);
+    for entry in table.range(start.as_slice()..)? {
+        let (key, _) = entry?;
+        let key = key.value();
+        let matches =
+            key[..whole_bytes] == start[..whole_bytes] && odd_nibble.is_none_or(|n| key[whole_bytes] >> 4 == n);
+        if !matches || found.len() == 2 {
+            break;
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(key);
+        found.push(Id(id));
+    }
+    match found.as_slice() {
+        [] => Err(not_found()),
+        [id] => Ok(*id),
+        _ => Err(StateError::Conflict(format!(
+            "context prefix `0x{digits}` is ambiguous: give more digits"
+        ))),
+    }
+}
+
+/// Shortest context prefix accepted, in hex digits.
+pub const MIN_PREFIX_DIGITS: usize = 8;
+
+fn excerpt(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+/// The app `app` names: a 0x id, or an app name (with `version`, else its highest).
+pub fn find_app(
+    versions: &impl ReadableTable<&'static str, &'static [u8]>,
+    app: &str,
+    version: Option<&str>,
+) -> Result<AppRecord, StateError> {
+    let mut best: Option<(semver::Version, AppRecord)> = None;
+    let by_id: Option<Id> = app.parse().ok();
+    let wanted = version
+        .map(|v| {
+            v.parse::<semver::Version>()
+                .map_err(|e| StateError::BadRequest(format!("version `{v}` is not a semver version: {e}")))
+        })
+        .transpose()?;
+    let entries: Box<dyn Iterator<Item = _>> = if by_id.is_some() {
+        Box::new(versions.iter()?)
+    } else {
+        let start = format!("{app}\0");
+        let end = format!("{app}\u{1}");
+        Box::new(versions.range(start.as_str()..end.as_str())?)
+    };
+    for entry in entries {
+        let (_, bytes) = entry?;
+        let record: AppRecord = decode(bytes.value())?;
+        if by_id.is_some_and(|id| id != record.app) {
+            continue;
+        }
+        let Ok(v) = record.version.parse::<semver::Version>() else {
+            continue;
+        };
+        if wanted.as_ref().is_some_and(|w| *w != v) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(b, _)| v > *b) {
+            best = Some((v, record));
+        }
+    }
+    best.map(|(_, record)| record).ok_or_else(|| {
+        StateError::NotFound(match version {
+            Some(v) => format!("no app `{app}` version {v} on this node (see app.list)"),
+            None => format!("no app `{app}` on this node (see app.list)"),
+        })
+    })
+}
+
+/// Reads the whole database (for tests and the CLI): every context's record.
+pub fn all_contexts(db: &Database) -> Result<Vec<ContextRecord>, StateError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(CONTEXTS)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (_, bytes) = entry?;
+        out.push(decode(bytes.value())?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,253 @@
+//! The read path, and deploys: a small pool of threads (an actix `SyncArbiter`) that
+//! answer on their own redb read transactions, so views never wait for the executor's
+//! commits and compiling a module never stalls transactions.
+
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Handler, SyncContext};
+use cmesh_common::hash::keccak256;
+use cmesh_common::time::unix_millis;
+use cmesh_common::Address;
+use cmesh_events::{Emit, EventsActor};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde_json::json;
+
+use crate::error::StateError;
+use crate::executor::{check_role, check_version, load_code, output_value};
+use crate::ids::Id;
+use crate::messages::{
+    CallContext, CallReply, ContextInfo, ContextRoot, Deploy, ListApps, ListContexts, ResolveContext, RootReply,
+};
+use crate::reader::ContextReader;
+use crate::roles::Role;
+use crate::runtime::{Call, Runtime};
+use crate::store::{self, AppRecord, ContextRecord};
+
+/// Longest app name, in bytes.
+pub const MAX_APP_NAME: usize = 64;
+
+pub struct ViewWorker {
+    pub db: Arc<Database>,
+    pub runtime: Runtime,
+    pub events: Option<Addr<EventsActor>>,
+}
+
+impl Actor for ViewWorker {
+    type Context = SyncContext<Self>;
+}
+
+impl ViewWorker {
+    /// The record of the context `text` names, if `user` may read it.
+    fn readable(
+        contexts: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        roles: &impl ReadableTable<&'static [u8], u8>,
+        text: &str,
+        user: &Address,
+    ) -> Result<ContextRecord, StateError> {
+        let id = store::resolve_context(contexts, text)?;
+        check_role(store::role_of(roles, &id, user)?, Role::Reader, user, &id)?;
+        store::context_record(contexts, &id)?
+            .ok_or_else(|| StateError::NotFound(format!("no context {id} on this node")))
+    }
+}
+
+/// App names: lower-case letters, digits, `-` and `_`, starting with a letter or digit.
+fn check_app_name(name: &str) -> Result<(), StateError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_APP_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadRequest(format!(
+            "app name `{}` is invalid: use 1 to {MAX_APP_NAME} lower-case letters, digits, `-` or `_`",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+impl Handler<Deploy> for ViewWorker {
+    type Result = Result<AppRecord, StateError>;
+
+    fn handle(&mut self, msg: Deploy, _: &mut SyncContext<Self>) -> Self::Result {
+        check_app_name(&msg.name)?;
+        let version = semver::Version::parse(&msg.version)
+            .map_err(|e| StateError::BadRequest(format!("version `{}` is not semver (e.g. 1.2.3): {e}", msg.version)))?
+            .to_string();
+        let app = Id(keccak256(&msg.wasm));
+        let key = store::version_key(&msg.name, &version);
+        {
+            let txn = self.db.begin_read()?;
+            let versions = txn.open_table(store::APP_VERSIONS)?;
+            if let Some(record) = already_deployed(&versions, &key, &app)? {
+                return Ok(record);
+            }
+        }
+        let info = self.runtime.prepare(&app.0, &msg.wasm)?;
+        let record = AppRecord {
+            app,
+            name: msg.name,
+            version,
+            methods: info.methods,
+            size: msg.wasm.len() as u64,
+            deployed_by: msg.by,
+            deployed_at_ms: unix_millis(),
+        };
+        let txn = self.db.begin_write()?;
+        {
+            let mut versions = txn.open_table(store::APP_VERSIONS)?;
+            // Checked again: another deploy of the same version may have won meanwhile.
+            if let Some(record) = already_deployed(&versions, &key, &app)? {
+                return Ok(record);
+            }
+            versions.insert(key.as_str(), store::encode(&record)?.as_slice())?;
+            let mut code = txn.open_table(store::APP_CODE)?;
+            if code.get(app.0.as_slice())?.is_none() {
+                code.insert(app.0.as_slice(), msg.wasm.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        if let Some(events) = &self.events {
+            events.do_send(Emit::new(
+                "state",
+                "deployed",
+                Vec::new(),
+                json!({ "app": record.app, "name": record.name, "version": record.version, "caller": record.deployed_by }),
+            ));
+        }
+        Ok(record)
+    }
+}
+
+/// The record of `key` if it is deployed with this code; 409 if with other code.
+fn already_deployed(
+    versions: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    app: &Id,
+) -> Result<Option<AppRecord>, StateError> {
+    let Some(bytes) = versions.get(key)? else {
+        return Ok(None);
+    };
+    let record: AppRecord = store::decode(bytes.value())?;
+    if record.app == *app {
+        Ok(Some(record))
+    } else {
+        Err(StateError::Conflict(format!(
+            "{} {} is already deployed as app {}; deploy changed code under a new version",
+            record.name, record.version, record.app
+        )))
+    }
+}
+
+impl Handler<ListApps> for ViewWorker {
+    type Result = Result<Vec<AppRecord>, StateError>;
+
+    fn handle(&mut self, _: ListApps, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let versions = txn.open_table(store::APP_VERSIONS)?;
+        let mut apps = Vec::new();
+        for entry in versions.iter()? {
+            let (_, bytes) = entry?;
+            apps.push(store::decode::<AppRecord>(bytes.value())?);
+        }
+        Ok(apps)
+    }
+}
+
+impl Handler<ListContexts> for ViewWorker {
+    type Result = Result<Vec<ContextInfo>, StateError>;
+
+    fn handle(&mut self, msg: ListContexts, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let memberships = txn.open_table(store::MEMBERSHIPS)?;
+        let contexts = txn.open_table(store::CONTEXTS)?;
+        let start = store::membership_key(&msg.by, &Id([0; 32]));
+        let end = store::membership_key(&msg.by, &Id([0xff; 32]));
+        let mut out = Vec::new();
+        for entry in memberships.range(start.as_slice()..=end.as_slice())? {
+            let (key, role) = entry?;
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&key.value()[20..]);
+            let (Some(record), Some(role)) = (
+                store::context_record(&contexts, &Id(id))?,
+                Role::from_byte(role.value()),
+            ) else {
+                continue;
+            };
+            out.push(ContextInfo {
+                context: record.id,
+                app: record.app,
+                name: record.name,
+                version: record.version,
+                role,
+                applied: record.applied,
+                root: record.root,
+                tx: None,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Handler<CallContext> for ViewWorker {
+    type Result = Result<CallReply, StateError>;
+
+    fn handle(&mut self, msg: CallContext, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(store::CONTEXTS)?;
+        let roles = txn.open_table(store::ROLES)?;
+        let record = Self::readable(&contexts, &roles, &msg.context, &msg.by.address)?;
+        check_version(&record, msg.version_req.as_deref())?;
+        let kv = txn.open_table(store::KV)?;
+        let code = txn.open_table(store::APP_CODE)?;
+        let reader = ContextReader::new(&kv, record.id);
+        let load = || load_code(&code, &record.app);
+        let call = Call {
+            method: &msg.method,
+            input: &msg.args,
+            caller: msg.by.address.0,
+            context: record.id.0,
+            tx_id: None,
+            time_ms: record.last_time_ms,
+            gas_limit: None,
+        };
+        let outcome = self.runtime.call(&record.app.0, &load, call, &reader)?;
+        Ok(CallReply {
+            result: output_value(&outcome.output)?,
+            tx: None,
+            gas_used: outcome.gas_used,
+            logs: outcome.logs,
+        })
+    }
+}
+
+impl Handler<ContextRoot> for ViewWorker {
+    type Result = Result<RootReply, StateError>;
+
+    fn handle(&mut self, msg: ContextRoot, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(store::CONTEXTS)?;
+        let roles = txn.open_table(store::ROLES)?;
+        let record = Self::readable(&contexts, &roles, &msg.context, &msg.by)?;
+        Ok(RootReply {
+            context: record.id,
+            root: record.root,
+            heads: record.heads,
+            applied: record.applied,
+        })
+    }
+}
+
+impl Handler<ResolveContext> for ViewWorker {
+    type Result = Result<Id, StateError>;
+
+    fn handle(&mut self, msg: ResolveContext, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(store::CONTEXTS)?;
+        let roles = txn.open_table(store::ROLES)?;
+        Ok(Self::readable(&contexts, &roles, &msg.context, &msg.by)?.id)
+    }
+}

@@ -1,0 +1,174 @@
+//! `cmesh app …` and `cmesh ctx …`: deploy WASM apps, create contexts and call them.
+//! Each command is one JSON-RPC call (`app.*`, `ctx.*`) whose result is printed as JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Subcommand;
+use cmesh_common::Address;
+use serde_json::{json, Value};
+
+use crate::client::{MeshClient, Target};
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Deploy a WASM module built with the cmesh SDK (prints its app id)
+    Deploy {
+        /// The module, e.g. apps/greeter/greeter.wasm
+        wasm: PathBuf,
+        /// App name: lower-case letters, digits, `-`, `_`
+        #[arg(long)]
+        name: String,
+        /// Semver version, e.g. 1.0.0
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List deployed apps and their versions
+    Ls {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CtxCommand {
+    /// Create a context of an app; you become its admin
+    Create {
+        /// App name or 0x app id
+        app: String,
+        /// Exact app version [default: the highest deployed]
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the contexts you have a role in
+    Ls {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Call a method as a transaction (needs the writer role); prints {result, tx}
+    Call {
+        /// Context id, or a unique prefix of at least 8 hex digits
+        context: String,
+        method: String,
+        /// Args as JSON: an array for positional args (e.g. '["Dexter"]') or an object
+        args: Option<String>,
+        /// Run only if the app version meets this semver requirement (e.g. ~1.2)
+        #[arg(long = "requires")]
+        version_req: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Call a method as a read-only view (needs the reader role)
+    View {
+        context: String,
+        method: String,
+        args: Option<String>,
+        #[arg(long = "requires")]
+        version_req: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show a context's state root, heads and number of applied transactions
+    Root {
+        context: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give an address a role: reader, writer or admin (admins only)
+    Grant {
+        context: String,
+        address: Address,
+        role: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take every role from an address (admins only)
+    Revoke {
+        context: String,
+        address: Address,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn json_args(args: Option<String>) -> anyhow::Result<Value> {
+    match args {
+        Some(text) => serde_json::from_str(&text).with_context(|| format!("args must be JSON, got `{text}`")),
+        None => Ok(Value::Null),
+    }
+}
+
+async fn call(target: &Target, method: &str, params: Value) -> anyhow::Result<ExitCode> {
+    let client = MeshClient::connect(target).await?;
+    crate::print(&client.rpc(method, params).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AppCommand::Deploy {
+            wasm,
+            name,
+            version,
+            target,
+        } => {
+            let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let params = json!({ "name": name, "version": version, "wasm": encoded });
+            call(&target, "app.deploy", params).await
+        }
+        AppCommand::Ls { target } => call(&target, "app.list", Value::Null).await,
+    }
+}
+
+pub async fn ctx(command: CtxCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CtxCommand::Create { app, version, target } => {
+            call(&target, "ctx.create", json!({ "app": app, "version": version })).await
+        }
+        CtxCommand::Ls { target } => call(&target, "ctx.list", Value::Null).await,
+        CtxCommand::Call {
+            context,
+            method,
+            args,
+            version_req,
+            target,
+        } => {
+            let params =
+                json!({ "context": context, "method": method, "args": json_args(args)?, "version": version_req });
+            call(&target, "ctx.call", params).await
+        }
+        CtxCommand::View {
+            context,
+            method,
+            args,
+            version_req,
+            target,
+        } => {
+            let params =
+                json!({ "context": context, "method": method, "args": json_args(args)?, "version": version_req });
+            call(&target, "ctx.view", params).await
+        }
+        CtxCommand::Root { context, target } => call(&target, "ctx.root", json!({ "context": context })).await,
+        CtxCommand::Grant {
+            context,
+            address,
+            role,
+            target,
+        } => {
+            let params = json!({ "context": context, "address": address, "role": role });
+            call(&target, "ctx.grant", params).await
+        }
+        CtxCommand::Revoke {
+            context,
+            address,
+            target,
+        } => call(&target, "ctx.revoke", json!({ "context": context, "address": address })).await,
+    }
+}
