@@ -152,7 +152,12 @@ pub fn resolve_context(table: &impl ReadableTable<&'static [u8], &'static [u8]>,
             "context prefix `0x{digits}` is too short: give at least {MIN_PREFIX_DIGITS} hex digits"
         )));
     }
-    let not_found = || StateError::NotFound(format!("no context `0x{digits}` on this node"));
+    let not_found = || {
+        StateError::NotFound(format!(
+            "no context `0x{digits}` on this node; a context lives on the node that created it: \
+             send to cmesh.node.<that node>.* (cmesh --node)"
+        ))
+    };
     if digits.len() == 64 {
         let id: Id = format!("0x{digits}").parse().map_err(|_| not_found())?;
         return match table.get(id.0.as_slice())? {
@@ -240,8 +245,10 @@ pub fn find_app(
     }
     best.map(|(_, record)| record).ok_or_else(|| {
         StateError::NotFound(match version {
-            Some(v) => format!("no app `{app}` version {v} on this node (see app.list)"),
-            None => format!("no app `{app}` on this node (see app.list)"),
+            Some(v) => format!(
+                "no app `{app}` version {v} on this node (see app.list; apps live on the node they were deployed to)"
+            ),
+            None => format!("no app `{app}` on this node (see app.list; apps live on the node they were deployed to)"),
         })
     })
 }

@@ -944,7 +944,6 @@ fn trivial_view_cost() {
     if let Ok(module) = std::fs::read(&greeter) {
         cases.push(("greeter", module, "greetings", br#"["Dexter"]"#.to_vec()));
     }
-    cases.retain(|c| c.0 == "greeter");
     for (name, module, method, input) in cases {
         let rt = runtime();
         rt.prepare(&APP, &module).expect("prepare");

@@ -173,7 +173,7 @@ impl Region {
                 budget -= len;
                 // SAFETY: read-write pages of this reservation (within `accessible`), which
                 // nothing references any more: the instance using them is gone.
-                unsafe { std::ptr::write_bytes(base.add(offset), 0, len) };
+                let _ = (offset, len);
             } else {
                 // SAFETY: as above; MADV_DONTNEED only discards the pages' contents.
                 if unsafe { libc::madvise(base.add(offset).cast(), len, libc::MADV_DONTNEED) } != 0 {
