@@ -28,8 +28,13 @@ pub enum DeployError {
     BadExport { name: String, ty: String },
     #[error("the module does not export its linear memory as `memory`")]
     NoMemory,
-    #[error("the module declares {declared_mib} MiB of initial memory, over the limit of {limit_mib} MiB")]
-    MemoryTooLarge { declared_mib: u64, limit_mib: u64 },
+    /// Sizes in 64 KiB WebAssembly pages.
+    #[error(
+        "the module declares {declared_pages} pages ({} KiB) of initial memory, over the limit of {limit_pages} pages ({} KiB)",
+        .declared_pages * 64,
+        .limit_pages * 64
+    )]
+    MemoryTooLarge { declared_pages: u64, limit_pages: u64 },
     #[error("the module has a start function; apps must not run code at instantiation")]
     StartFunction,
     #[error("compilation failed: {0}")]

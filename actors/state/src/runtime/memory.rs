@@ -19,7 +19,8 @@ use wasmer::{MemoryType, Pages};
 
 /// Idle reservations kept; more are unmapped when returned.
 const MAX_IDLE: usize = 16;
-/// Touched pages a reservation keeps resident (zeroed) for its next instance.
+/// Touched pages a reservation keeps resident (zeroed) for its next instance; the idle
+/// pool holds at most `MAX_IDLE` times this.
 #[cfg(target_os = "linux")]
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
@@ -31,6 +32,20 @@ fn page_size() -> usize {
         size if size > 0 => size as usize,
         _ => 4096,
     })
+}
+
+/// Whether the system has swap now. Without it, a private anonymous page that is not
+/// resident was never written (or was dropped), so it reads as zeros; and swap cannot
+/// hold pages of ours it is not there to receive.
+#[cfg(target_os = "linux")]
+fn swap_configured() -> bool {
+    let mut info = std::mem::MaybeUninit::<libc::sysinfo>::zeroed();
+    // SAFETY: sysinfo only writes the struct it is given.
+    if unsafe { libc::sysinfo(info.as_mut_ptr()) } != 0 {
+        return true;
+    }
+    // SAFETY: zero-initialized (a valid value: integers and padding) and then filled in.
+    unsafe { info.assume_init() }.totalswap != 0
 }
 
 #[cfg(target_os = "linux")]
@@ -60,6 +75,9 @@ impl MemoryPool {
     /// Zeroes `region` and keeps it for reuse (or unmaps it if the pool is full or zeroing
     /// failed: memory that may hold an earlier instance's data is never handed out).
     fn give(&self, mut region: Region) {
+        if self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_IDLE {
+            return;
+        }
         if let Err(e) = region.zero() {
             tracing::warn!("cannot reset a linear memory: {e}");
             return;
@@ -142,9 +160,9 @@ impl Region {
     /// Pages the last instance touched are still resident: up to [`KEEP_RESIDENT_BYTES`]
     /// of them are overwritten with zeros and kept, so that the next instance touching
     /// the same addresses (a module's data, stack and first heap pages) takes no page
-    /// faults. Every other page is dropped with `MADV_DONTNEED`, after which private
-    /// anonymous pages read as zeros; that includes non-resident pages, which may be
-    /// swapped out with data in them.
+    /// faults. Every other resident page is dropped with `MADV_DONTNEED`, after which
+    /// private anonymous pages read as zeros. Non-resident pages are zero unless they were
+    /// swapped out, so they are dropped too when the system has swap.
     #[cfg(target_os = "linux")]
     fn zero(&mut self) -> std::io::Result<()> {
         if self.accessible == 0 {
@@ -160,6 +178,7 @@ impl Region {
         if unsafe { libc::mincore(base.cast(), self.accessible, self.residency.as_mut_ptr()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        let swap = swap_configured();
         let mut budget = KEEP_RESIDENT_BYTES;
         let mut start = 0;
         while start < pages {
@@ -173,8 +192,8 @@ impl Region {
                 budget -= len;
                 // SAFETY: read-write pages of this reservation (within `accessible`), which
                 // nothing references any more: the instance using them is gone.
-                let _ = (offset, len);
-            } else {
+                unsafe { std::ptr::write_bytes(base.add(offset), 0, len) };
+            } else if resident || swap {
                 // SAFETY: as above; MADV_DONTNEED only discards the pages' contents.
                 if unsafe { libc::madvise(base.add(offset).cast(), len, libc::MADV_DONTNEED) } != 0 {
                     return Err(std::io::Error::last_os_error());

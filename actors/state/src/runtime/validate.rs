@@ -122,8 +122,8 @@ pub(crate) fn validate(wasm: &[u8], limits: &Limits) -> Result<(), DeployError> 
                     let memory = memory.map_err(invalid)?;
                     if memory.initial > u64::from(limits.max_pages) {
                         return Err(DeployError::MemoryTooLarge {
-                            declared_mib: memory.initial / 16,
-                            limit_mib: u64::from(limits.max_pages) / 16,
+                            declared_pages: memory.initial,
+                            limit_pages: u64::from(limits.max_pages),
                         });
                     }
                 }

@@ -70,6 +70,12 @@
     (i32.store8 (i32.const 655367) (i32.const 0xab))
     (global.set $counter (i32.add (global.get $counter) (i32.const 1))))
 
+  ;; fills 4 MiB of grown memory: more than a pooled memory keeps resident
+  (func (export "scribble_big")
+    (drop (memory.grow (i32.const 63)))
+    (memory.fill (i32.const 0) (i32.const 0xab) (i32.const 4194304))
+    (global.set $counter (i32.const 9)))
+
   ;; output: memory.size:i32le, then after growing by 10 the bytes scribble marks, and the
   ;; counter global
   (func (export "peek")
