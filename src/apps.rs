@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use base64::Engine;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use cmesh_common::Address;
 use serde_json::{json, Value};
 
@@ -15,6 +15,7 @@ use crate::client::{MeshClient, Target};
 #[derive(Subcommand)]
 pub enum AppCommand {
     /// Deploy a WASM module built with the cmesh SDK (prints its app id)
+    #[command(disable_version_flag = true)]
     Deploy {
         /// The module, e.g. apps/greeter/greeter.wasm
         wasm: PathBuf,
@@ -37,6 +38,7 @@ pub enum AppCommand {
 #[derive(Subcommand)]
 pub enum CtxCommand {
     /// Create a context of an app; you become its admin
+    #[command(disable_version_flag = true)]
     Create {
         /// App name or 0x app id
         app: String,
@@ -52,28 +54,9 @@ pub enum CtxCommand {
         target: Target,
     },
     /// Call a method as a transaction (needs the writer role); prints {result, tx}
-    Call {
-        /// Context id, or a unique prefix of at least 8 hex digits
-        context: String,
-        method: String,
-        /// Args as JSON: an array for positional args (e.g. '["Dexter"]') or an object
-        args: Option<String>,
-        /// Run only if the app version meets this semver requirement (e.g. ~1.2)
-        #[arg(long = "requires")]
-        version_req: Option<String>,
-        #[command(flatten)]
-        target: Target,
-    },
+    Call(MethodCall),
     /// Call a method as a read-only view (needs the reader role)
-    View {
-        context: String,
-        method: String,
-        args: Option<String>,
-        #[arg(long = "requires")]
-        version_req: Option<String>,
-        #[command(flatten)]
-        target: Target,
-    },
+    View(MethodCall),
     /// Show a context's state root, heads and number of applied transactions
     Root {
         context: String,
@@ -95,6 +78,33 @@ pub enum CtxCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Args)]
+pub struct MethodCall {
+    /// Context id, or a unique prefix of at least 8 hex digits
+    context: String,
+    /// The app's method, e.g. hello_world
+    method: String,
+    /// Args as JSON: an array for positional args (e.g. '["Dexter"]') or an object
+    args: Option<String>,
+    /// Run only if the app version meets this semver requirement (e.g. ~1.2)
+    #[arg(long = "requires")]
+    version_req: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+impl MethodCall {
+    async fn send(self, method: &str) -> anyhow::Result<ExitCode> {
+        let params = json!({
+            "context": self.context,
+            "method": self.method,
+            "args": json_args(self.args)?,
+            "version": self.version_req,
+        });
+        call(&self.target, method, params).await
+    }
 }
 
 fn json_args(args: Option<String>) -> anyhow::Result<Value> {
@@ -133,28 +143,8 @@ pub async fn ctx(command: CtxCommand) -> anyhow::Result<ExitCode> {
             call(&target, "ctx.create", json!({ "app": app, "version": version })).await
         }
         CtxCommand::Ls { target } => call(&target, "ctx.list", Value::Null).await,
-        CtxCommand::Call {
-            context,
-            method,
-            args,
-            version_req,
-            target,
-        } => {
-            let params =
-                json!({ "context": context, "method": method, "args": json_args(args)?, "version": version_req });
-            call(&target, "ctx.call", params).await
-        }
-        CtxCommand::View {
-            context,
-            method,
-            args,
-            version_req,
-            target,
-        } => {
-            let params =
-                json!({ "context": context, "method": method, "args": json_args(args)?, "version": version_req });
-            call(&target, "ctx.view", params).await
-        }
+        CtxCommand::Call(call) => call.send("ctx.call").await,
+        CtxCommand::View(view) => view.send("ctx.view").await,
         CtxCommand::Root { context, target } => call(&target, "ctx.root", json!({ "context": context })).await,
         CtxCommand::Grant {
             context,

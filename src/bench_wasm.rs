@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use cmesh_common::hash::keccak256;
-use cmesh_state::runtime::{Call, Runtime, RuntimeConfig, StateReader, StorageError};
+use cmesh_state::runtime::{Call, MapState, Runtime, RuntimeConfig, StateReader, StorageError};
 use serde_json::json;
 
 /// The module measured: the greeter example app.
@@ -35,29 +35,6 @@ pub struct WasmArgs {
     pub json: bool,
 }
 
-/// Storage as a plain ordered map (both sides read the same one).
-struct MapReader(BTreeMap<[u8; 32], Vec<u8>>);
-
-impl StateReader for MapReader {
-    fn get(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.0.get(key).cloned())
-    }
-
-    fn range(
-        &self,
-        start: &[u8; 32],
-        end: Option<&[u8; 32]>,
-        limit: usize,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StorageError> {
-        let entries = self.0.range(*start..);
-        Ok(entries
-            .take_while(|(k, _)| end.is_none_or(|end| *k < end))
-            .take(limit)
-            .map(|(k, v)| (*k, v.clone()))
-            .collect())
-    }
-}
-
 fn count_key(name: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = name.as_bytes();
     if bytes.len() > 31 || bytes.contains(&0) {
@@ -70,7 +47,7 @@ fn count_key(name: &str) -> anyhow::Result<[u8; 32]> {
 }
 
 /// `greetings(name)` in native Rust: the same decoding, read and encoding as the app.
-fn native_greetings(input: &[u8], state: &MapReader) -> anyhow::Result<Vec<u8>> {
+fn native_greetings(input: &[u8], state: &MapState) -> anyhow::Result<Vec<u8>> {
     let (name,): (String,) = serde_json::from_slice(input)?;
     let count: u64 = match state.get(&count_key(&name)?)? {
         Some(bytes) => serde_json::from_slice(&bytes)?,
@@ -122,7 +99,7 @@ pub fn run(args: WasmArgs) -> anyhow::Result<ExitCode> {
 
     let mut map = BTreeMap::new();
     map.insert(count_key(NAME)?, b"42".to_vec());
-    let state = MapReader(map);
+    let state = MapState(map);
     let input = serde_json::to_vec(&json!([NAME]))?;
     let load = || Err(StorageError("the module is cached; nothing to load".into()));
     let mut gas_used = 0;
@@ -206,7 +183,7 @@ mod tests {
     fn the_native_function_reads_the_same_key_as_the_app() {
         let mut map = BTreeMap::new();
         map.insert(count_key("Dexter").expect("key"), b"7".to_vec());
-        let state = MapReader(map);
+        let state = MapState(map);
         assert_eq!(native_greetings(br#"["Dexter"]"#, &state).expect("call"), b"7");
         assert_eq!(native_greetings(br#"["Bob"]"#, &state).expect("call"), b"0");
         assert!(count_key(&"x".repeat(32)).is_err());

@@ -330,3 +330,15 @@ async fn name(command: NameCommand) -> anyhow::Result<ExitCode> {
 fn format_time(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // clap checks names, flags and conflicts of every subcommand only when it is
+        // parsed; this checks them all at once.
+        super::Cli::command().debug_assert();
+    }
+}

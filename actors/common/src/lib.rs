@@ -15,3 +15,21 @@ pub use address::Address;
 pub use cmtp::{CmtpError, Status};
 pub use hash::keccak256;
 pub use keys::{Signature65, SigningKey};
+
+/// `impl From<E> for $target` for every redb error type `E` (each converts into
+/// `redb::Error`), wrapping it in `$variant`, so `?` works on any redb call. The crate
+/// using it must depend on redb.
+#[macro_export]
+macro_rules! redb_errors_into {
+    ($target:ty, $variant:path) => {
+        $crate::redb_errors_into!(@each $target, $variant,
+            redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+    };
+    (@each $target:ty, $variant:path, $($ty:ty),*) => {$(
+        impl From<$ty> for $target {
+            fn from(err: $ty) -> Self {
+                $variant(err.into())
+            }
+        }
+    )*};
+}

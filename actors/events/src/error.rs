@@ -19,23 +19,7 @@ pub enum AuditError {
     Broken { seq: u64, problem: ChainProblem },
 }
 
-/// Lets `?` work on every redb error type, each of which converts into `redb::Error`.
-macro_rules! from_redb {
-    ($($ty:ty),*) => {$(
-        impl From<$ty> for AuditError {
-            fn from(err: $ty) -> Self {
-                AuditError::Store(err.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+cmesh_common::redb_errors_into!(AuditError, AuditError::Store);
 
 impl AuditError {
     /// The seq of the first broken entry, if the error is a broken chain.

@@ -36,24 +36,7 @@ pub enum StateError {
     Unavailable(String),
 }
 
-/// Lets `?` work on every redb error type, each of which converts into `redb::Error`.
-macro_rules! from_redb {
-    ($($ty:ty),*) => {$(
-        impl From<$ty> for StateError {
-            fn from(err: $ty) -> Self {
-                StateError::Store(err.into())
-            }
-        }
-    )*};
-}
-
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+cmesh_common::redb_errors_into!(StateError, StateError::Store);
 
 impl StateError {
     pub fn status(&self) -> Status {

@@ -52,23 +52,7 @@ pub enum MerkleError {
     },
 }
 
-/// Lets `?` work on every redb error type, each of which converts into `redb::Error`.
-macro_rules! from_redb {
-    ($($ty:ty),*) => {$(
-        impl From<$ty> for MerkleError {
-            fn from(err: $ty) -> Self {
-                MerkleError::Store(err.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+cmesh_common::redb_errors_into!(MerkleError, MerkleError::Store);
 
 /// Hash of a subtree holding the single pair (key, value): keccak256(0x00 ‖ key ‖ keccak256(value)).
 pub fn leaf_hash(key: &[u8; 32], value_hash: &[u8; 32]) -> [u8; 32] {

@@ -2,11 +2,10 @@
 //! checks them against docs/ABI.md) and every method called, with each mutation's write
 //! set applied to an ordered map between calls the way the executor applies it to redb.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use cmesh_common::hash::keccak256;
-use cmesh_state::runtime::{Call, CallError, Outcome, Runtime, RuntimeConfig, StateReader, StorageError};
+use cmesh_state::runtime::{Call, CallError, MapState, Outcome, Runtime, RuntimeConfig, StorageError};
 use serde_json::{json, Value};
 
 struct App {
@@ -14,30 +13,6 @@ struct App {
     id: [u8; 32],
     state: MapState,
     next_tx: u8,
-}
-
-#[derive(Default)]
-struct MapState(BTreeMap<[u8; 32], Vec<u8>>);
-
-impl StateReader for MapState {
-    fn get(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.0.get(key).cloned())
-    }
-
-    fn range(
-        &self,
-        start: &[u8; 32],
-        end: Option<&[u8; 32]>,
-        limit: usize,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StorageError> {
-        Ok(self
-            .0
-            .range(*start..)
-            .take_while(|(k, _)| end.is_none_or(|end| *k < end))
-            .take(limit)
-            .map(|(k, v)| (*k, v.clone()))
-            .collect())
-    }
 }
 
 const CALLER: [u8; 20] = [0xab; 20];
@@ -77,12 +52,7 @@ impl App {
         let load = || Err(StorageError("modules are prepared up front".into()));
         let outcome = self.runtime.call(&self.id, &load, call, &self.state)?;
         if write {
-            for (key, value) in &outcome.writes {
-                match value {
-                    Some(value) => self.state.0.insert(*key, value.clone()),
-                    None => self.state.0.remove(key),
-                };
-            }
+            self.state.apply(&outcome);
         } else {
             assert!(
                 outcome.writes.is_empty() && outcome.events.is_empty(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cmesh_common::Status;
 use cmesh_state::runtime::{
-    AppEvent, Call, CallError, DeployError, Entry, Outcome, Runtime, RuntimeConfig, StateReader, StorageError,
+    AppEvent, Call, CallError, DeployError, Entry, MapState, Outcome, Runtime, RuntimeConfig, StateReader, StorageError,
 };
 
 const APP: [u8; 32] = [7; 32];
@@ -19,37 +19,6 @@ fn wasm(name: &str) -> Vec<u8> {
         .join("tests/wat")
         .join(format!("{name}.wat"));
     wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The test's state: a map, as the state actor's redb table would be.
-#[derive(Default)]
-struct MapState(BTreeMap<[u8; 32], Vec<u8>>);
-
-impl StateReader for MapState {
-    fn get(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.0.get(key).cloned())
-    }
-
-    fn range(&self, start: &[u8; 32], end: Option<&[u8; 32]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
-        Ok(self
-            .0
-            .range(*start..)
-            .take_while(|(key, _)| end.is_none_or(|end| *key < end))
-            .take(limit)
-            .map(|(key, value)| (*key, value.clone()))
-            .collect())
-    }
-}
-
-impl MapState {
-    fn apply(&mut self, outcome: &Outcome) {
-        for (key, value) in &outcome.writes {
-            match value {
-                Some(value) => self.0.insert(*key, value.clone()),
-                None => self.0.remove(key),
-            };
-        }
-    }
 }
 
 struct FailingState;

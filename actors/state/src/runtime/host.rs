@@ -669,24 +669,8 @@ impl std::fmt::Display for Hex<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::MapState;
     use proptest::prelude::*;
-
-    struct Map(BTreeMap<[u8; 32], Vec<u8>>);
-
-    impl StateReader for Map {
-        fn get(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(self.0.get(key).cloned())
-        }
-        fn range(&self, start: &[u8; 32], end: Option<&[u8; 32]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
-            Ok(self
-                .0
-                .range(*start..)
-                .take_while(|(key, _)| end.is_none_or(|end| *key < end))
-                .take(limit)
-                .map(|(key, value)| (*key, value.clone()))
-                .collect())
-        }
-    }
 
     fn key(n: u8) -> [u8; 32] {
         [n; 32]
@@ -713,7 +697,7 @@ mod tests {
             end in proptest::option::of(any::<u8>()),
             limit in 0usize..300,
         ) {
-            let reader = Map(state.iter().map(|(n, v)| (key(*n), v.clone())).collect());
+            let reader = MapState(state.iter().map(|(n, v)| (key(*n), v.clone())).collect());
             let call = super::super::Call {
                 method: "m",
                 input: b"",

@@ -16,6 +16,7 @@ mod error;
 pub mod gas;
 mod host;
 mod instrument;
+mod map_state;
 #[cfg(unix)]
 mod memory;
 mod validate;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use wasmer::{Extern, FunctionEnv, Instance, Module, Store, TypedFunction, Value};
 
 pub use error::{CallError, DeployError, RuntimeError};
+pub use map_state::MapState;
 
 use cache::{DiskCache, MemoryCache, Prepared};
 use engine::EngineSettings;
