@@ -55,7 +55,7 @@ impl StateActor {
         }
         let runtime =
             Runtime::new(runtime_config).map_err(|e| StateError::Unavailable(format!("WASM runtime: {e}")))?;
-        let executor = Executor::new(db.clone(), runtime.clone(), key, events.clone());
+        let executor = Executor::new(db.clone(), runtime.clone(), key, events.clone())?;
         let counters = executor.counters();
         let jobs = executor.spawn()?;
         let views = SyncArbiter::start(config.view_threads.max(1), move || ViewWorker {

@@ -25,8 +25,9 @@ use crate::messages::{CallContext, CallReply, ContextInfo, CreateContext, Reques
 use crate::reader::ContextReader;
 use crate::roles::Role;
 use crate::runtime::{AppEvent, Call, Runtime, StorageError};
+use crate::signer::Signer;
 use crate::store::{self, ContextRecord};
-use crate::tx::{Op, TxBody, TX_FORMAT};
+use crate::tx::{Op, Transaction, TxBody, TX_FORMAT};
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
@@ -74,7 +75,6 @@ struct Tables<'t> {
     contexts: Table<'t, &'static [u8], &'static [u8]>,
     roles: Table<'t, &'static [u8], u8>,
     memberships: Table<'t, &'static [u8], u8>,
-    txs: Table<'t, &'static [u8], &'static [u8]>,
     order: Table<'t, &'static [u8], &'static [u8]>,
     kv: Table<'t, &'static [u8], &'static [u8]>,
     nodes: Table<'t, &'static [u8], &'static [u8]>,
@@ -88,7 +88,6 @@ impl<'t> Tables<'t> {
             contexts: txn.open_table(store::CONTEXTS)?,
             roles: txn.open_table(store::ROLES)?,
             memberships: txn.open_table(store::MEMBERSHIPS)?,
-            txs: txn.open_table(store::TXS)?,
             order: txn.open_table(store::TX_ORDER)?,
             kv: txn.open_table(store::KV)?,
             nodes: txn.open_table(merkle::NODES)?,
@@ -100,7 +99,10 @@ impl<'t> Tables<'t> {
 #[derive(Default)]
 struct Effects {
     events: Vec<Emit>,
-    transactions: u64,
+    /// Transactions made in this batch, waiting for their signatures.
+    unsigned: Vec<(Id, TxBody)>,
+    /// Transactions written (set once they are).
+    written: u64,
     rejected: u64,
 }
 
@@ -129,26 +131,31 @@ impl Counters {
 pub struct Executor {
     db: Arc<Database>,
     runtime: Runtime,
-    key: Arc<SigningKey>,
     node: Address,
     events: Option<Addr<EventsActor>>,
     /// Committed context records.
     contexts: HashMap<Id, ContextRecord>,
     counters: Arc<Counters>,
+    /// Signs transaction ids on its own thread while this one runs the next job.
+    signer: Signer,
 }
 
 impl Executor {
-    pub fn new(db: Arc<Database>, runtime: Runtime, key: Arc<SigningKey>, events: Option<Addr<EventsActor>>) -> Self {
-        let node = key.address();
-        Executor {
+    pub fn new(
+        db: Arc<Database>,
+        runtime: Runtime,
+        key: Arc<SigningKey>,
+        events: Option<Addr<EventsActor>>,
+    ) -> Result<Self, StateError> {
+        Ok(Executor {
             db,
             runtime,
-            key,
-            node,
+            node: key.address(),
             events,
             contexts: HashMap::new(),
             counters: Arc::default(),
-        }
+            signer: Signer::spawn(key)?,
+        })
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -189,9 +196,7 @@ impl Executor {
         match outcome {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .transactions
-                    .fetch_add(effects.transactions, Ordering::Relaxed);
+                self.counters.transactions.fetch_add(effects.written, Ordering::Relaxed);
                 self.counters.rejected.fetch_add(effects.rejected, Ordering::Relaxed);
                 self.contexts.extend(staged);
                 if let Some(events) = &self.events {
@@ -253,6 +258,22 @@ impl Executor {
         if let Some(Fatal(err)) = failed {
             return Err(*err);
         }
+        {
+            let mut contexts = txn.open_table(store::CONTEXTS)?;
+            for record in staged.values() {
+                contexts.insert(record.id.0.as_slice(), store::encode(record)?.as_slice())?;
+            }
+            let mut txs = txn.open_table(store::TXS)?;
+            let mut signatures = self.signer.collect(effects.unsigned.iter().map(|(id, _)| *id))?;
+            effects.written = effects.unsigned.len() as u64;
+            for (id, body) in effects.unsigned.drain(..) {
+                let signature = signatures.remove(&id).flatten().ok_or_else(|| {
+                    StateError::Unavailable(format!("the signer lost the signature of transaction {id}"))
+                })?;
+                let tx = Transaction { body, signature };
+                txs.insert(id.0.as_slice(), tx.encode()?.as_slice())?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }
@@ -271,27 +292,25 @@ impl Executor {
     }
 
     /// Writes a signed transaction and the context's new record.
+    /// Makes `body` the context's new head. The signature (on the signer thread) and the
+    /// rows of the transaction and the record are written at the end of the batch.
     fn append(
         &self,
         tables: &mut Tables,
         staged: &mut HashMap<Id, ContextRecord>,
         effects: &mut Effects,
         body: TxBody,
+        id: Id,
         mut record: ContextRecord,
     ) -> Result<(Id, ContextRecord), StateError> {
-        effects.transactions += 1;
-        let time_ms = body.time_ms;
-        let (tx, id) = body.sign(&self.key)?;
-        tables.txs.insert(id.0.as_slice(), tx.encode()?.as_slice())?;
+        self.signer.request(id)?;
+        record.last_time_ms = body.time_ms;
+        effects.unsigned.push((id, body));
         record.applied += 1;
         record.heads = vec![id];
-        record.last_time_ms = time_ms;
         tables
             .order
             .insert(store::order_key(&record.id, record.applied).as_slice(), id.0.as_slice())?;
-        tables
-            .contexts
-            .insert(record.id.0.as_slice(), store::encode(&record)?.as_slice())?;
         staged.insert(record.id, record.clone());
         Ok((id, record))
     }
@@ -340,7 +359,15 @@ impl Executor {
             version: app.version,
         };
         let body = self.body(&record, &msg.by, op);
-        let (tx, record) = self.append(tables, staged, effects, body, record).map_err(fatal)?;
+        let tx_id = body.id().map_err(|e| fatal(e.into()))?;
+        let (tx, record) = self
+            .append(tables, staged, effects, body, tx_id, record)
+            .map_err(fatal)?;
+        // Written now, not at the end of the batch: later jobs may name it by prefix.
+        tables
+            .contexts
+            .insert(id.0.as_slice(), store::encode(&record).map_err(fatal)?.as_slice())
+            .map_err(|e| fatal(e.into()))?;
         write_role(tables, &id, &msg.by.address, Some(Role::Admin)).map_err(fatal)?;
         effects.events.push(Emit::new(
             "state",
@@ -426,8 +453,9 @@ impl Executor {
                 .map_err(|e| fatal(e.into()))?;
             record.root = Id(root);
         }
-        let (tx, record) = self.append(tables, staged, effects, body, record).map_err(fatal)?;
-        debug_assert_eq!(tx, tx_id);
+        let (tx, record) = self
+            .append(tables, staged, effects, body, tx_id, record)
+            .map_err(fatal)?;
         effects.events.push(Emit::new(
             "state",
             "executed",
@@ -472,7 +500,10 @@ impl Executor {
             None => Op::Revoke { user: msg.user },
         };
         let body = self.body(&record, &msg.by, op);
-        let (tx, record) = self.append(tables, staged, effects, body, record).map_err(fatal)?;
+        let tx_id = body.id().map_err(|e| fatal(e.into()))?;
+        let (tx, record) = self
+            .append(tables, staged, effects, body, tx_id, record)
+            .map_err(fatal)?;
         write_role(tables, &record.id, &msg.user, msg.role).map_err(fatal)?;
         let kind = if msg.role.is_some() { "granted" } else { "revoked" };
         effects.events.push(Emit::new(

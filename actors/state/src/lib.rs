@@ -11,6 +11,7 @@ pub mod messages;
 mod reader;
 pub mod roles;
 pub mod runtime;
+mod signer;
 pub mod store;
 pub mod tx;
 mod views;
