@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use cmesh_common::Address;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
@@ -251,16 +251,4 @@ pub fn find_app(
             None => format!("no app `{app}` on this node (see app.list; apps live on the node they were deployed to)"),
         })
     })
-}
-
-/// Reads the whole database (for tests and the CLI): every context's record.
-pub fn all_contexts(db: &Database) -> Result<Vec<ContextRecord>, StateError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(CONTEXTS)?;
-    let mut out = Vec::new();
-    for entry in table.iter()? {
-        let (_, bytes) = entry?;
-        out.push(decode(bytes.value())?);
-    }
-    Ok(out)
 }
