@@ -107,6 +107,12 @@ impl MethodCall {
     }
 }
 
+/// The params of `app.deploy`: the module goes as base64.
+pub fn deploy_params(name: &str, version: &str, wasm: &[u8]) -> Value {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(wasm);
+    json!({ "name": name, "version": version, "wasm": encoded })
+}
+
 fn json_args(args: Option<String>) -> anyhow::Result<Value> {
     match args {
         Some(text) => serde_json::from_str(&text).with_context(|| format!("args must be JSON, got `{text}`")),
@@ -129,9 +135,7 @@ pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            let params = json!({ "name": name, "version": version, "wasm": encoded });
-            call(&target, "app.deploy", params).await
+            call(&target, "app.deploy", deploy_params(&name, &version, &bytes)).await
         }
         AppCommand::Ls { target } => call(&target, "app.list", Value::Null).await,
     }

@@ -319,10 +319,8 @@ async fn prepare(nats_url: &str, address: Address, workload: Workload) -> anyhow
     let payloads = match workload {
         Workload::Whoami => Payloads::Fixed(Bytes::from_static(FQMN.as_bytes())),
         Workload::KvSet => {
-            use base64::Engine;
-            let wasm = base64::engine::general_purpose::STANDARD.encode(KV_WASM);
             client
-                .rpc("app.deploy", json!({ "name": "kv", "version": "1.0.0", "wasm": wasm }))
+                .rpc("app.deploy", crate::apps::deploy_params("kv", "1.0.0", KV_WASM))
                 .await
                 .context("deploying the kv app")?;
             let created = client.rpc("ctx.create", json!({ "app": "kv" })).await?;

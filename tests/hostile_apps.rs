@@ -95,6 +95,26 @@ impl World<'_> {
     }
 }
 
+/// 16 concurrent writes, so that they share group commits: even ones set `k<i>` in the
+/// kv context, odd ones send `other`. Answers each write's index and reply.
+async fn interleaved_writes(
+    client: &Client,
+    node: Address,
+    token: Option<&str>,
+    kv: &str,
+    other: &str,
+) -> Vec<(usize, Reply)> {
+    let writes = (0..16).map(|i| {
+        let fqmn = if i % 2 == 0 {
+            format!(r#"SW:{kv}:set:["k{i}", {i}]"#)
+        } else {
+            other.to_string()
+        };
+        async move { (i, client.fqmn(node, &fqmn, token).await) }
+    });
+    futures::future::join_all(writes).await
+}
+
 async fn hostile_mesh() -> Mesh {
     Mesh::with(
         MeshOptions::new(1)
@@ -275,15 +295,7 @@ async fn a_module_that_traps_at_instantiation_fails_its_calls_only() {
     reply.assert_fqmn_error(422);
 
     // Concurrent writes: the failing ones are batched with good ones, which must commit.
-    let writes = (0..16).map(|i| {
-        let fqmn = if i % 2 == 0 {
-            format!(r#"SW:{kv}:set:["k{i}", {i}]"#)
-        } else {
-            format!("SW:{oob}:run")
-        };
-        async move { (i, client.fqmn(node, &fqmn, a).await) }
-    });
-    for (i, reply) in futures::future::join_all(writes).await {
+    for (i, reply) in interleaved_writes(client, node, a, &kv, &format!("SW:{oob}:run")).await {
         if i % 2 == 0 {
             assert_eq!(reply.status, 200, "kv write {i} next to a trapping app: {}", reply.body);
         } else {
@@ -442,15 +454,7 @@ async fn a_context_whose_module_no_longer_loads_fails_alone() {
         reply.body
     );
 
-    let writes = (0..16).map(|i| {
-        let fqmn = if i % 2 == 0 {
-            format!(r#"SW:{kv}:set:["k{i}", {i}]"#)
-        } else {
-            format!("SW:{hostile}:ok")
-        };
-        async move { (i, client.fqmn(node, &fqmn, a).await) }
-    });
-    for (i, reply) in futures::future::join_all(writes).await {
+    for (i, reply) in interleaved_writes(client, node, a, &kv, &format!("SW:{hostile}:ok")).await {
         if i % 2 == 0 {
             assert!(reply.status >= 500, "kv write {i}: {}", reply.body);
         } else {
