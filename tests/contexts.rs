@@ -271,6 +271,82 @@ async fn kv_and_board_publish_events_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_publish_on_a_context_topic_with_ew() {
+    let mesh = Mesh::start(1).await;
+    let node = mesh.node(0).address();
+    let client = &mesh.client;
+    let (alice, bob) = (new_key(), new_key());
+    let a_token = client.login(&alice, node).await;
+    let b_token = client.login(&bob, node).await;
+    let (a, b) = (Some(a_token.as_str()), Some(b_token.as_str()));
+    deploy(client, node, a, "kv", "1.0.0").await;
+    let kv = create(client, node, a, "kv").await;
+    let root_before = client.call(node, "ctx.root", json!({"context": kv}), a).await;
+    let mut kv_events = client.subscribe(&format!("cmesh.events.ctx.{kv}.>")).await;
+
+    // By a prefix of the id, like every context FQMN; the event carries its publisher.
+    let publish = format!(r#"EW:S:{}:note:{{"text":"hi: there"}}"#, &kv[..12]);
+    let envelope = client.fqmn_ok(node, &publish, a).await;
+    assert_eq!(envelope["kind"], json!(format!("{kv}.note")), "{envelope}");
+    let heard = next_message(&mut kv_events, "the published note").await;
+    assert_eq!(heard.subject.as_str(), format!("cmesh.events.ctx.{kv}.note"));
+    let heard: Value = serde_json::from_slice(&heard.payload).expect("event JSON");
+    assert_eq!(heard["data"], json!({"text": "hi: there"}), "{heard}");
+    assert_eq!(heard["caller"], json!(alice.address()), "{heard}");
+    let recent = client.fqmn_ok(node, &format!("E:S:{kv}:note"), a).await;
+    assert_eq!(recent.as_array().map(Vec::len), Some(1), "{recent}");
+    assert_eq!(recent[0]["id"], heard["id"], "{recent}");
+
+    // Publishing needs the writer role: none and reader are refused, writer is served.
+    client.fqmn(node, &publish, b).await.assert_fqmn_error(403);
+    grant(client, node, a, &kv, &bob, "reader").await;
+    client.fqmn_ok(node, &format!("E:S:{kv}"), b).await;
+    client.fqmn(node, &publish, b).await.assert_fqmn_error(403);
+    grant(client, node, a, &kv, &bob, "writer").await;
+    let by_bob = client.fqmn_ok(node, &publish, b).await;
+    assert_eq!(by_bob["caller"], json!(bob.address()), "{by_bob}");
+
+    // Unknown contexts, topics without an event and bad event names are refused.
+    client
+        .fqmn(node, "EW:S:0xdeadbeef:note:1", a)
+        .await
+        .assert_fqmn_error(404);
+    client
+        .rpc(
+            node,
+            "events.publish",
+            json!({"topic": format!("S:{kv}"), "data": 1}),
+            a,
+        )
+        .await
+        .assert_rpc_error(-32602, 400);
+    let bad_name = client
+        .rpc(
+            node,
+            "events.publish",
+            json!({"topic": format!("S:{kv}:a.b"), "data": 1}),
+            a,
+        )
+        .await;
+    assert_eq!(bad_name.rpc_status(), Some(422), "{}", bad_name.body);
+    client
+        .fqmn(node, &format!("EW:S:{kv}:a.b:1"), a)
+        .await
+        .assert_fqmn_error(400);
+
+    // Only the two accepted publications were kept, and they are not transactions: the
+    // state is untouched and only the two grants were applied.
+    let recent = client.fqmn_ok(node, &format!("E:S:{kv}"), a).await;
+    assert_eq!(recent.as_array().map(Vec::len), Some(2), "{recent}");
+    let root_after = client.call(node, "ctx.root", json!({"context": kv}), a).await;
+    assert_eq!(root_after["root"], root_before["root"]);
+    assert_eq!(
+        root_after["applied"],
+        json!(root_before["applied"].as_u64().map(|n| n + 2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_transactions_give_the_same_root_on_two_nodes() {
     // Two separate nodes (own stores, own keys, own context ids) run the same calls in
     // the same order: their roots agree, and differ from a different history.

@@ -22,12 +22,13 @@ use cmesh_common::{keccak256, Address};
 
 use crate::audit::{audit_subject, AuditEntry, AuditLog, AUDIT_FILE};
 use crate::envelope::{
-    check_subject_part, check_topics_for_service, event_id, parse_remote, EventEnvelope, APP_SERVICE, MAX_KIND_LEN,
-    MAX_SERVICE_LEN, REMOTE_SUBJECTS,
+    check_subject_part, check_topics_for_service, context_topics, event_id, is_context_event_name, parse_remote,
+    EventEnvelope, APP_SERVICE, CONTEXT_SERVICE, MAX_KIND_LEN, MAX_SERVICE_LEN, REMOTE_SUBJECTS,
 };
 use crate::error::EventsError;
 use crate::messages::{
-    AuditAppend, Emit, EmitApp, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit, Watch,
+    AuditAppend, Emit, EmitApp, EmitContext, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit,
+    Watch,
 };
 use crate::recent::RecentStore;
 
@@ -193,6 +194,40 @@ impl EventsActor {
             });
         }
         Ok((envelope, Bytes::from(payload)))
+    }
+
+    /// Publishes an event a caller asked for and answers once NATS has it (or why not).
+    fn emit_for_caller(
+        &mut self,
+        service: &str,
+        kind: &str,
+        topics: Vec<String>,
+        caller: Address,
+        data: serde_json::Value,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<EventEnvelope, EventsError>> {
+        let (envelope, payload) = match self.build(service, kind, topics, Some(caller), data) {
+            Ok(built) => built,
+            Err(err) => return Box::pin(async move { Err(err) }),
+        };
+        self.stats.emitted += 1;
+        self.record(envelope.clone());
+        let (done, published) = oneshot::channel();
+        let item = Outgoing {
+            subject: envelope.subject(),
+            payload,
+            done: Some(done),
+        };
+        self.publish(item, ctx);
+        Box::pin(async move {
+            match published.await {
+                Ok(Ok(())) => Ok(envelope),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(EventsError::Publish(
+                    "the events actor stopped before publishing".into(),
+                )),
+            }
+        })
     }
 
     /// Keeps an event for queries and tells watchers; false if it is a duplicate.
@@ -444,28 +479,25 @@ impl Handler<EmitApp> for EventsActor {
 
     fn handle(&mut self, msg: EmitApp, ctx: &mut Context<Self>) -> Self::Result {
         let topics = vec![msg.topic.clone()];
-        let (envelope, payload) = match self.build(APP_SERVICE, &msg.topic, topics, Some(msg.caller), msg.data) {
-            Ok(built) => built,
-            Err(err) => return Box::pin(async move { Err(err) }),
-        };
-        self.stats.emitted += 1;
-        self.record(envelope.clone());
-        let (done, published) = oneshot::channel();
-        let item = Outgoing {
-            subject: envelope.subject(),
-            payload,
-            done: Some(done),
-        };
-        self.publish(item, ctx);
-        Box::pin(async move {
-            match published.await {
-                Ok(Ok(())) => Ok(envelope),
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(EventsError::Publish(
-                    "the events actor stopped before publishing".into(),
-                )),
-            }
-        })
+        self.emit_for_caller(APP_SERVICE, &msg.topic, topics, msg.caller, msg.data, ctx)
+    }
+}
+
+impl Handler<EmitContext> for EventsActor {
+    type Result = ResponseFuture<Result<EventEnvelope, EventsError>>;
+
+    fn handle(&mut self, msg: EmitContext, ctx: &mut Context<Self>) -> Self::Result {
+        if !is_context_event_name(&msg.event) {
+            let err = EventsError::Invalid {
+                what: "event",
+                value: msg.event,
+                reason: "must be letters, digits, `_` or `-`",
+            };
+            return Box::pin(async move { Err(err) });
+        }
+        let kind = format!("{}.{}", msg.context, msg.event);
+        let topics = context_topics(&msg.context, &msg.event);
+        self.emit_for_caller(CONTEXT_SERVICE, &kind, topics, msg.caller, msg.data, ctx)
     }
 }
 

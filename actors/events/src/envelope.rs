@@ -13,6 +13,8 @@ pub const SUBJECT_PREFIX: &str = "cmesh.events";
 pub const APP_SERVICE: &str = "app";
 /// Service name of registrar events.
 pub const REGISTRAR_SERVICE: &str = "registrar";
+/// Service name of context events (`cmesh.events.ctx.<context>.<event>`).
+pub const CONTEXT_SERVICE: &str = "ctx";
 /// Topic keys of registrar events start with this (`R:<name>`, `R:<name>:<kind>`).
 pub const REGISTRAR_TOPIC_PREFIX: &str = "R:";
 /// The subjects this node listens on for other nodes' events.
@@ -70,6 +72,19 @@ pub fn registrar_topics(name: &str, kind: &str) -> Vec<String> {
         format!("{REGISTRAR_TOPIC_PREFIX}{name}"),
         format!("{REGISTRAR_TOPIC_PREFIX}{name}:{kind}"),
     ]
+}
+
+/// Topic keys of a context event: `S:<context>` and `S:<context>:<event>`.
+pub fn context_topics(context: &str, event: &str) -> Vec<String> {
+    vec![format!("S:{context}"), format!("S:{context}:{event}")]
+}
+
+/// Whether `event` is a context event name: `[A-Za-z0-9_-]+` (one subject token).
+pub fn is_context_event_name(event: &str) -> bool {
+    !event.is_empty()
+        && event
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Checks one part of a subject: dot-separated non-empty tokens without wildcards or

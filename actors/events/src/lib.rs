@@ -22,5 +22,6 @@ pub use audit::{audit_subject, verify_chain, AuditEntry, AuditRecord, VerifyRepo
 pub use envelope::EventEnvelope;
 pub use error::{AuditError, ChainProblem, EventsError};
 pub use messages::{
-    AuditAppend, Emit, EmitApp, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit, Watch,
+    AuditAppend, Emit, EmitApp, EmitContext, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit,
+    Watch,
 };

@@ -11,7 +11,7 @@ use futures::channel::mpsc;
 use cmesh_common::Address;
 
 use crate::audit::VerifyReport;
-use crate::envelope::{registrar_topics, EventEnvelope, REGISTRAR_SERVICE};
+use crate::envelope::{context_topics, registrar_topics, EventEnvelope, CONTEXT_SERVICE, REGISTRAR_SERVICE};
 use crate::error::EventsError;
 
 /// Publishes an event on `cmesh.events.<service>.<kind>` and keeps it under `topics`
@@ -47,6 +47,18 @@ impl Emit {
         let topics = registrar_topics(name, &kind);
         Emit::new(REGISTRAR_SERVICE, kind, topics, data)
     }
+
+    /// An event of context `context` (an app's, from a transaction), published on
+    /// `cmesh.events.ctx.<context>.<event>` and kept under `S:<context>` and
+    /// `S:<context>:<event>`.
+    pub fn context(context: &str, event: &str, data: serde_json::Value) -> Self {
+        Emit::new(
+            CONTEXT_SERVICE,
+            format!("{context}.{event}"),
+            context_topics(context, event),
+            data,
+        )
+    }
 }
 
 /// Publishes an application event on `cmesh.events.app.<topic>`, kept under `topic`,
@@ -55,6 +67,20 @@ impl Emit {
 #[rtype(result = "Result<EventEnvelope, EventsError>")]
 pub struct EmitApp {
     pub topic: String,
+    pub data: serde_json::Value,
+    pub caller: Address,
+}
+
+/// Publishes `event` on context `context`'s topic (`cmesh.events.ctx.<context>.<event>`),
+/// kept under `S:<context>` and `S:<context>:<event>`, on behalf of `caller` (`EW:S:`;
+/// the caller's write access is checked before). Events an app emits carry no caller, so
+/// subscribers can tell the two apart. Answers once the envelope is handed to NATS.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<EventEnvelope, EventsError>")]
+pub struct EmitContext {
+    /// The full context id, `0x` + 64 hex digits.
+    pub context: String,
+    pub event: String,
     pub data: serde_json::Value,
     pub caller: Address,
 }

@@ -74,12 +74,9 @@ pub enum Fqmn {
     },
     /// `E:<topic>` — subscribe to events.
     Events { topic: EventTopic },
-    /// `EW:<topic>:<payload-json>` — publish an application event.
-    Publish {
-        /// Application topic syntax: dot-separated tokens of `[A-Za-z0-9_-]`.
-        topic: String,
-        payload: Value,
-    },
+    /// `EW:<topic>:<payload-json>` — publish an application event, or
+    /// `EW:S:<context>:<event>:<payload-json>` — publish on a context's topic.
+    Publish { topic: PublishTopic, payload: Value },
     /// `C:` / `CW:<body>` — consensus (opaque text, not served yet).
     Consensus {
         write: bool,
@@ -102,6 +99,16 @@ pub enum EventTopic {
     /// `E:S:<context>[:<event>]` — events of a context. `context` is canonical
     /// (`0x` + lower-case hex), `event` is `[A-Za-z0-9_-]+` as written.
     Context { context: String, event: Option<String> },
+}
+
+/// Where an `EW:` FQMN publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishTopic {
+    /// `EW:chat.room1:<payload>` — an application topic (syntax as `EventTopic::App`).
+    App(String),
+    /// `EW:S:<context>:<event>:<payload>` — a context's event. `context` is canonical
+    /// (`0x` + lower-case hex), `event` is `[A-Za-z0-9_-]+` as written.
+    Context { context: String, event: String },
 }
 
 /// Why a string is not a valid FQMN. The messages are meant to be shown to clients.
@@ -172,8 +179,8 @@ pub enum FqmnError {
     NotSubscribable { prefix: String },
     #[error("invalid event kind `{kind}`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>`")]
     InvalidKind { kind: String },
-    #[error("invalid context event `{event}`: expected letters, digits, `_` or `-` in `E:S:<context>:<event>`")]
-    InvalidContextEvent { event: String },
+    #[error("invalid context event `{event}`: expected letters, digits, `_` or `-` in `{usage}`")]
+    InvalidContextEvent { event: String, usage: &'static str },
     #[error("empty {what} after the last `:` — give JSON or drop the trailing `:` (expected `{usage}`)")]
     EmptyJson { what: &'static str, usage: &'static str },
     #[error("{what} must be JSON: {error}")]
@@ -202,6 +209,7 @@ const USAGE_R_NAME: &str = "R:<name>[:<args-json>]";
 const USAGE_R: &str = "R:<method>[:<params-json>]";
 const USAGE_RW: &str = "RW:<method>[:<params-json>]";
 const USAGE_EW: &str = "EW:<topic>:<payload-json>";
+const USAGE_EW_CONTEXT: &str = "EW:S:<context>:<event>:<payload-json>";
 const USAGE_C: &str = "C:<body>";
 const USAGE_CW: &str = "CW:<body>";
 const USAGE_P: &str = "P:<method>[:<args-json>]";
@@ -503,13 +511,16 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
         }
         Svc::Events if write => {
             let (topic, rest) = next_segment(body);
+            if let (Some((Svc::State, false)), Some(rest)) = (parse_prefix(topic), rest) {
+                return parse_context_publish(rest);
+            }
             let topic = parse_app_topic(topic, "")?;
             let rest = rest.ok_or(FqmnError::Missing {
                 what: "payload after the topic",
                 usage: USAGE_EW,
             })?;
             Ok(Fqmn::Publish {
-                topic,
+                topic: PublishTopic::App(topic),
                 payload: parse_json(rest, "payload", USAGE_EW)?,
             })
         }
@@ -534,6 +545,40 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
                 args: parse_json_opt(rest, "args", USAGE_P)?,
             })
         }
+    }
+}
+
+/// The body of `EW:S:` after `S:`: `<context>:<event>:<payload-json>`.
+fn parse_context_publish(body: &str) -> Result<Fqmn, FqmnError> {
+    let (context, rest) = next_segment(body);
+    let context = parse_context(context, USAGE_EW_CONTEXT)?;
+    let missing_event = FqmnError::Missing {
+        what: "event after the context",
+        usage: USAGE_EW_CONTEXT,
+    };
+    let (event, rest) = next_segment(rest.ok_or(missing_event)?);
+    let event = parse_context_event(event, "event after the context", USAGE_EW_CONTEXT)?;
+    let rest = rest.ok_or(FqmnError::Missing {
+        what: "payload after the event",
+        usage: USAGE_EW_CONTEXT,
+    })?;
+    Ok(Fqmn::Publish {
+        topic: PublishTopic::Context { context, event },
+        payload: parse_json(rest, "payload", USAGE_EW_CONTEXT)?,
+    })
+}
+
+/// A context event name: `[A-Za-z0-9_-]+`, kept as written.
+fn parse_context_event(event: &str, what: &'static str, usage: &'static str) -> Result<String, FqmnError> {
+    if event.is_empty() {
+        Err(FqmnError::Missing { what, usage })
+    } else if cmesh_events::envelope::is_context_event_name(event) {
+        Ok(event.to_owned())
+    } else {
+        Err(FqmnError::InvalidContextEvent {
+            event: excerpt(event),
+            usage,
+        })
     }
 }
 
@@ -572,21 +617,7 @@ fn parse_event_topic(body: &str) -> Result<EventTopic, FqmnError> {
             let (context, event) = next_segment(rest);
             let context = parse_context(context, USAGE_E_CONTEXT)?;
             let event = event
-                .map(|event| {
-                    if event.is_empty() {
-                        Err(FqmnError::Missing {
-                            what: "context event after the last `:`",
-                            usage: USAGE_E_CONTEXT,
-                        })
-                    } else if event
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                    {
-                        Ok(event.to_owned())
-                    } else {
-                        Err(FqmnError::InvalidContextEvent { event: excerpt(event) })
-                    }
-                })
+                .map(|event| parse_context_event(event, "context event after the last `:`", USAGE_E_CONTEXT))
                 .transpose()?;
             Ok(EventTopic::Context { context, event })
         }
@@ -671,6 +702,15 @@ impl fmt::Display for EventTopic {
                     None => Ok(()),
                 }
             }
+        }
+    }
+}
+
+impl fmt::Display for PublishTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishTopic::App(topic) => f.write_str(topic),
+            PublishTopic::Context { context, event } => write!(f, "S:{context}:{event}"),
         }
     }
 }
@@ -941,7 +981,7 @@ mod tests {
         check(
             r#"0xEW:chat.room1:{"text":"hi: there"}"#,
             Fqmn::Publish {
-                topic: "chat.room1".into(),
+                topic: PublishTopic::App("chat.room1".into()),
                 payload: json!({"text": "hi: there"}),
             },
             r#"EW:chat.room1:{"text":"hi: there"}"#,
@@ -1048,6 +1088,17 @@ mod tests {
                 },
             },
             "E:S:0xab",
+        );
+        check(
+            r#"EW:0xS:0XAB:note-added:{"text":"a:b"}"#,
+            Fqmn::Publish {
+                topic: PublishTopic::Context {
+                    context: "0xab".into(),
+                    event: "note-added".into(),
+                },
+                payload: json!({"text": "a:b"}),
+            },
+            r#"EW:S:0xab:note-added:{"text":"a:b"}"#,
         );
         check(
             "CW:  propose block 7  ",
@@ -1243,7 +1294,7 @@ mod tests {
             ),
             (
                 "E:S:0xab:a.b",
-                "invalid context event `a.b`: expected letters, digits, `_` or `-` in `E:S:<context>:<event>`".into(),
+                "invalid context event `a.b`: expected letters, digits, `_` or `-` in `E:S:<context>[:<event>]`".into(),
             ),
             (
                 "E:S:0xab:",
@@ -1252,6 +1303,28 @@ mod tests {
             (
                 "EW:chat",
                 "missing payload after the topic: expected `EW:<topic>:<payload-json>`".into(),
+            ),
+            (
+                "EW:S:0xab",
+                "missing event after the context: expected `EW:S:<context>:<event>:<payload-json>`".into(),
+            ),
+            (
+                "EW:S:0xab:posted",
+                "missing payload after the event: expected `EW:S:<context>:<event>:<payload-json>`".into(),
+            ),
+            (
+                "EW:S:0xab::1",
+                "missing event after the context: expected `EW:S:<context>:<event>:<payload-json>`".into(),
+            ),
+            (
+                "EW:S:0xab:a.b:1",
+                "invalid context event `a.b`: expected letters, digits, `_` or `-` in \
+                 `EW:S:<context>:<event>:<payload-json>`"
+                    .into(),
+            ),
+            (
+                "EW:S:zz:posted:1",
+                "invalid context `zz`: expected hex digits, optionally prefixed by 0x (e.g. `0x03389f0e08b9f`)".into(),
             ),
             (
                 "EW:chat:",

@@ -104,7 +104,10 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
             };
             ("events.recent".to_string(), json!({ "topic": key }))
         }
-        Fqmn::Publish { topic, payload } => ("events.publish".to_string(), json!({ "topic": topic, "data": payload })),
+        Fqmn::Publish { topic, payload } => (
+            "events.publish".to_string(),
+            json!({ "topic": topic.to_string(), "data": payload }),
+        ),
         Fqmn::Consensus { .. } => ("consensus.call".to_string(), Value::Null),
         Fqmn::Router { method, args: a } => (format!("router.{method}"), args(a)),
     })

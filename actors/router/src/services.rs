@@ -6,9 +6,9 @@
 use actix::Addr;
 use cmesh_common::rpc::{INVALID_PARAMS, METHOD_NOT_FOUND};
 use cmesh_common::{Address, CmtpError, Status};
-use cmesh_events::{EmitApp, EventsActor, Recent};
+use cmesh_events::{EmitApp, EmitContext, EventsActor, Recent};
 use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
-use cmesh_state::StateActor;
+use cmesh_state::{Role, StateActor};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -170,15 +170,35 @@ impl Services {
             }
             "events.publish" => {
                 let p: PublishParams = params(method, params_value, "{topic, data}")?;
-                let request = EmitApp {
-                    topic: p.topic,
-                    data: p.data,
-                    caller: caller_address(caller)?,
+                let by = caller_address(caller)?;
+                let published = match p.topic.strip_prefix("S:") {
+                    Some(rest) => {
+                        let (context, event) = rest.split_once(':').ok_or_else(|| {
+                            CmtpError::bad_request(format!(
+                                "topic `{}` names no event: a context topic is S:<context>:<event>",
+                                p.topic
+                            ))
+                            .with_rpc_code(INVALID_PARAMS)
+                        })?;
+                        let context = self.resolve_context(caller, context, Role::Writer).await?;
+                        let request = EmitContext {
+                            context: context.to_string(),
+                            event: event.to_string(),
+                            data: p.data,
+                            caller: by,
+                        };
+                        self.events.send(request).await
+                    }
+                    None => {
+                        let request = EmitApp {
+                            topic: p.topic,
+                            data: p.data,
+                            caller: by,
+                        };
+                        self.events.send(request).await
+                    }
                 };
-                let envelope = self
-                    .events
-                    .send(request)
-                    .await
+                let envelope = published
                     .map_err(mailbox("events"))?
                     .map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
                 Ok(json!(envelope))

@@ -8,7 +8,7 @@ use cmesh_state::messages::{
     CallContext, ContextRoot, CreateContext, Deploy, ListApps, ListContexts, Requester, ResolveContext, SetRole,
 };
 use cmesh_state::tx::CallerProof;
-use cmesh_state::Role;
+use cmesh_state::{Id, Role};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -182,15 +182,22 @@ impl Services {
             Some((context, event)) => (context, Some(event)),
             None => (rest, None),
         };
-        let msg = ResolveContext {
-            by: caller_address(caller)?,
-            context: context.to_string(),
-        };
-        let id = self.state.send(msg).await.map_err(mailbox("state"))??;
+        let id = self.resolve_context(caller, context, Role::Reader).await?;
         Ok(match event {
             Some(event) => format!("S:{id}:{event}"),
             None => format!("S:{id}"),
         })
+    }
+
+    /// The full id of the context `context` (an id or a unique prefix) names, if the
+    /// caller holds at least `role` in it.
+    pub(crate) async fn resolve_context(&self, caller: &Caller, context: &str, role: Role) -> Result<Id, CmtpError> {
+        let msg = ResolveContext {
+            by: caller_address(caller)?,
+            context: context.to_string(),
+            role,
+        };
+        Ok(self.state.send(msg).await.map_err(mailbox("state"))??)
     }
 }
 

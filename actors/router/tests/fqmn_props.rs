@@ -2,7 +2,7 @@
 //!
 //! Run with `cargo test -p cmesh-router fqmn`.
 
-use cmesh_router::fqmn::{EventTopic, Fqmn};
+use cmesh_router::fqmn::{EventTopic, Fqmn, PublishTopic};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -69,6 +69,17 @@ fn event_topic() -> impl Strategy<Value = EventTopic> {
     ]
 }
 
+/// `EW:` topics. An app topic spelled like the state prefix (`S`, `0xS`, `0Sx`) would be
+/// read as `EW:S:<context>:…`, so it cannot be published to.
+fn publish_topic() -> impl Strategy<Value = PublishTopic> {
+    prop_oneof![
+        app_topic()
+            .prop_filter("not the state prefix", |t| !matches!(t.as_str(), "S" | "0xS" | "0Sx"))
+            .prop_map(PublishTopic::App),
+        (context(), "[-A-Za-z0-9_]{1,12}").prop_map(|(context, event)| PublishTopic::Context { context, event }),
+    ]
+}
+
 /// Canonical (parser-produced) ASTs of every variant.
 fn fqmn() -> impl Strategy<Value = Fqmn> {
     prop_oneof![
@@ -94,7 +105,7 @@ fn fqmn() -> impl Strategy<Value = Fqmn> {
         (any::<bool>(), method(), args())
             .prop_map(|(write, method, params)| { Fqmn::RegistrarCall { write, method, params } }),
         event_topic().prop_map(|topic| Fqmn::Events { topic }),
-        (app_topic(), json_value()).prop_map(|(topic, payload)| Fqmn::Publish { topic, payload }),
+        (publish_topic(), json_value()).prop_map(|(topic, payload)| Fqmn::Publish { topic, payload }),
         (any::<bool>(), consensus_body()).prop_map(|(write, body)| Fqmn::Consensus { write, body }),
         (method(), args()).prop_map(|(method, args)| Fqmn::Router { method, args }),
     ]

@@ -24,7 +24,7 @@ use crate::merkle;
 use crate::messages::{CallContext, CallReply, ContextInfo, CreateContext, Requester, RoleReply, SetRole, WriteStats};
 use crate::reader::ContextReader;
 use crate::roles::Role;
-use crate::runtime::{AppEvent, Call, Runtime, StorageError};
+use crate::runtime::{Call, Runtime, StorageError};
 use crate::signer::Signer;
 use crate::store::{self, ContextRecord};
 use crate::tx::{Op, Transaction, TxBody, TX_FORMAT};
@@ -463,9 +463,13 @@ impl Executor {
             json!({ "context": record.id, "tx": tx, "method": msg.method, "caller": msg.by.address,
                     "gas_used": outcome.gas_used, "writes": outcome.writes.len(), "root": record.root }),
         ));
-        effects
-            .events
-            .extend(outcome.events.into_iter().map(|e| app_event(&record.id, e)));
+        let context = record.id.to_string();
+        effects.events.extend(
+            outcome
+                .events
+                .into_iter()
+                .map(|event| Emit::context(&context, &event.name, event.data)),
+        );
         Ok(Ok(CallReply {
             result,
             tx: Some(tx),
@@ -632,13 +636,6 @@ pub fn load_code(table: &impl ReadableTable<&'static [u8], &'static [u8]>, app: 
         Ok(None) => Err(StorageError(format!("the code of app {app} is missing"))),
         Err(e) => Err(StorageError(e.to_string())),
     }
-}
-
-/// Publishes an app's event on `cmesh.events.ctx.<context>.<name>`, kept under
-/// `S:<context>` and `S:<context>:<name>`.
-pub fn app_event(context: &Id, event: AppEvent) -> Emit {
-    let topics = vec![format!("S:{context}"), format!("S:{context}:{}", event.name)];
-    Emit::new("ctx", format!("{context}.{}", event.name), topics, event.data)
 }
 
 fn write_role(tables: &mut Tables, context: &Id, user: &Address, role: Option<Role>) -> Result<(), StateError> {

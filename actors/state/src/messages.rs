@@ -92,12 +92,14 @@ pub struct ContextRoot {
     pub context: String,
 }
 
-/// The full id of the context `context` names, if `by` may read it (`E:S:` topics).
+/// The full id of the context `context` names, if `by` holds at least `role` in it
+/// (`E:S:` topics need a reader, `EW:S:` a writer).
 #[derive(Message)]
 #[rtype(result = "Result<Id, StateError>")]
 pub struct ResolveContext {
     pub by: Address,
     pub context: String,
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Serialize)]

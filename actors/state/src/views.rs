@@ -248,6 +248,8 @@ impl Handler<ResolveContext> for ViewWorker {
         let txn = self.db.begin_read()?;
         let contexts = txn.open_table(store::CONTEXTS)?;
         let roles = txn.open_table(store::ROLES)?;
-        Ok(Self::readable(&contexts, &roles, &msg.context, &msg.by)?.id)
+        let id = store::resolve_context(&contexts, &msg.context)?;
+        check_role(store::role_of(&roles, &id, &msg.by)?, msg.role, &msg.by, &id)?;
+        Ok(id)
     }
 }

@@ -562,6 +562,13 @@ fn register_read(mut env: Env<'_>, ptr: i32) -> HostResult<()> {
     write(&env.memory()?.view(&store), ptr, &env.register)
 }
 
+fn bad_event_name(name: &[u8]) -> HostError {
+    HostError::BadEvent(format!(
+        "event name {:?} is not [A-Za-z0-9_-]{{1,{EVENT_NAME_LIMIT}}}",
+        String::from_utf8_lossy(name)
+    ))
+}
+
 fn emit(mut env: Env<'_>, name_ptr: i32, name_len: i32, data_ptr: i32, data_len: i32) -> HostResult<()> {
     let (env, mut store) = env.data_and_store_mut();
     if env.is_view() {
@@ -585,19 +592,13 @@ fn emit(mut env: Env<'_>, name_ptr: i32, name_len: i32, data_ptr: i32, data_len:
     let view = env.memory()?.view(&store);
     let name = read_vec(&view, name_ptr, name_len)?;
     let data = read_vec(&view, data_ptr, data_len)?;
-    if !name
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
-    {
-        return Err(HostError::BadEvent(format!(
-            "event name {:?} is not [A-Za-z0-9_-]{{1,{EVENT_NAME_LIMIT}}}",
-            String::from_utf8_lossy(&name)
-        )));
-    }
+    let name = match String::from_utf8(name) {
+        Ok(name) if cmesh_events::envelope::is_context_event_name(&name) => name,
+        Ok(name) => return Err(bad_event_name(name.as_bytes())),
+        Err(e) => return Err(bad_event_name(e.as_bytes())),
+    };
     let data: serde_json::Value =
         serde_json::from_slice(&data).map_err(|e| HostError::BadEvent(format!("event data is not JSON: {e}")))?;
-    // The name was checked to be ASCII.
-    let name = String::from_utf8_lossy(&name).into_owned();
     env.events.push(AppEvent { name, data });
     Ok(())
 }
