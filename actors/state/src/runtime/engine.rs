@@ -32,7 +32,11 @@ pub(crate) const WASM_STACK_BYTES: usize = 8 << 20;
 
 /// Bump when anything that changes compiled code, and is not already in
 /// [`EngineSettings::fingerprint`], changes.
-const CODEGEN_VERSION: u32 = 1;
+const CODEGEN_VERSION: u32 = 2;
+
+/// The style of pooled memories: every access is checked against the memory's current
+/// length, so no guard pages are needed (see [`super::memory`]).
+pub(crate) const POOLED_MEMORY_STYLE: MemoryStyle = MemoryStyle::Dynamic { offset_guard_size: 0 };
 
 /// What engines are built from; shared by all modules of a runtime.
 #[derive(Clone)]
@@ -49,7 +53,7 @@ impl EngineSettings {
             target: Target::default(),
             max_pages: Pages(max_pages),
             #[cfg(unix)]
-            pool: Arc::default(),
+            pool: Arc::new(MemoryPool::new(Pages(max_pages))),
         }
     }
 
@@ -159,8 +163,14 @@ impl LimitingTunables {
 }
 
 impl Tunables for LimitingTunables {
+    /// Bounds-checked memories (see [`super::memory`]) on Unix, where they come from the
+    /// pool; wasmer's default elsewhere.
     fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
-        self.base.memory_style(memory)
+        if cfg!(unix) {
+            POOLED_MEMORY_STYLE
+        } else {
+            self.base.memory_style(memory)
+        }
     }
 
     fn table_style(&self, table: &TableType) -> TableStyle {
@@ -179,7 +189,7 @@ impl Tunables for LimitingTunables {
     ) -> Result<VMMemory, MemoryError> {
         let ty = self.memory_type(ty)?;
         #[cfg(unix)]
-        if matches!(style, MemoryStyle::Static) {
+        if *style == POOLED_MEMORY_STYLE {
             // SAFETY: the caller guarantees `vm_definition_location` is valid for the
             // memory's lifetime.
             let memory = unsafe { PooledMemory::new(&self.pool, ty, vm_definition_location)? };

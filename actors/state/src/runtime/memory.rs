@@ -1,15 +1,17 @@
-//! Linear memories taken from a pool of address-space reservations.
+//! Linear memories taken from a pool of reusable mappings.
 //!
-//! Every call instantiates its module afresh, and with wasmer's own memories that means
-//! reserving 8 GiB of address space, making the initial pages accessible, taking a page
-//! fault on every page touched and unmapping it all again: most of the cost of a small
-//! call. Here a reservation is reused: when an instance is dropped its pages are zeroed
-//! (see [`Region::zero`]) and the reservation goes back to the pool, so the next instance
-//! starts from memory indistinguishable from a fresh mapping.
+//! Every call instantiates its module afresh. With wasmer's own memories that means
+//! reserving 8 GiB of address space, taking a page fault on every page touched and
+//! unmapping it all again: most of the cost of a small call. Here a mapping is reused:
+//! when an instance is dropped the pages it used are zeroed (see [`Region::zero`]) and the
+//! mapping goes back to the pool, so the next instance starts from memory
+//! indistinguishable from a fresh one.
 //!
-//! The layout is wasmer's "static" one, which compiled code relies on for bounds checks:
-//! 4 GiB for the wasm32 address space plus a 4 GiB (+ 1 page) guard, all inaccessible
-//! except the memory's current pages.
+//! Memories use wasmer's "dynamic" style with no offset guard: compiled code checks every
+//! access against the memory's current length, so a mapping can stay read-write up to the
+//! node's memory limit. Growing a memory, or starting the next instance smaller, is then a
+//! change of that length, never an `mprotect` (which on a multi-threaded process also
+//! interrupts every other core to flush its TLB).
 
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -17,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use wasmer::sys::vm::{LinearMemory, MemoryError, MemoryStyle, VMMemoryDefinition};
 use wasmer::{MemoryType, Pages};
 
-/// Idle reservations kept; more are unmapped when returned.
+use super::engine::POOLED_MEMORY_STYLE;
+
+/// Idle mappings kept; more are unmapped when returned.
 const MAX_IDLE: usize = 16;
-/// Touched pages a reservation keeps resident (zeroed) for its next instance; the idle
+/// Touched pages a mapping keeps resident (zeroed) for its next instance; the idle
 /// pool holds at most `MAX_IDLE` times this.
 #[cfg(target_os = "linux")]
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
@@ -49,26 +53,32 @@ fn swap_configured() -> bool {
 }
 
 #[cfg(target_os = "linux")]
-const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANON | libc::MAP_NORESERVE;
+const MAP_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANON | libc::MAP_NORESERVE;
 #[cfg(not(target_os = "linux"))]
-const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANON;
+const MAP_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANON;
 
-fn reservation_bytes() -> usize {
-    MemoryStyle::static_bound().bytes().0 + MemoryStyle::static_offset_guard_size() as usize
-}
-
-/// Reservations not in use.
-#[derive(Debug, Default)]
+/// Mappings not in use, all of the same size.
+#[derive(Debug)]
 pub(crate) struct MemoryPool {
+    /// Bytes of every mapping: the largest memory an instance may have.
+    region_bytes: usize,
     idle: Mutex<Vec<Region>>,
 }
 
 impl MemoryPool {
+    /// A pool of mappings of `max_pages` wasm pages.
+    pub(crate) fn new(max_pages: Pages) -> Self {
+        MemoryPool {
+            region_bytes: max_pages.bytes().0,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
     fn take(&self) -> Result<Region, MemoryError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
             Some(region) => Ok(region),
-            None => Region::reserve(),
+            None => Region::map(self.region_bytes),
         }
     }
 
@@ -89,12 +99,13 @@ impl MemoryPool {
     }
 }
 
-/// One reservation of [`reservation_bytes`], of which the first `accessible` bytes are
-/// read-write and the rest inaccessible.
+/// One read-write mapping, of which the first `used` bytes may have been written since it
+/// was last zeroed (the rest is zero).
 #[derive(Debug)]
 struct Region {
     base: NonNull<u8>,
-    accessible: usize,
+    bytes: usize,
+    used: usize,
     /// `mincore` output, kept to avoid an allocation per reset.
     #[cfg(target_os = "linux")]
     residency: Vec<u8>,
@@ -104,58 +115,49 @@ struct Region {
 unsafe impl Send for Region {}
 
 impl Region {
-    fn reserve() -> Result<Region, MemoryError> {
+    fn map(bytes: usize) -> Result<Region, MemoryError> {
         // SAFETY: a new private anonymous mapping at an address the kernel picks; it
         // overlaps nothing that exists.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                reservation_bytes(),
-                libc::PROT_NONE,
-                RESERVE_FLAGS,
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                MAP_FLAGS,
                 -1,
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(MemoryError::Region(format!(
-                "cannot reserve memory: {}",
+                "cannot map {bytes} bytes of memory: {}",
                 std::io::Error::last_os_error()
             )));
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| MemoryError::Region("mmap returned null".into()))?;
         Ok(Region {
             base,
-            accessible: 0,
+            bytes,
+            used: 0,
             #[cfg(target_os = "linux")]
             residency: Vec::new(),
         })
     }
 
-    /// Makes exactly the first `bytes` (a multiple of the page size, at most 4 GiB)
-    /// accessible.
-    fn set_accessible(&mut self, bytes: usize) -> std::io::Result<()> {
-        let (start, len, protection) = match bytes.cmp(&self.accessible) {
-            std::cmp::Ordering::Equal => return Ok(()),
-            std::cmp::Ordering::Greater => (
-                self.accessible,
-                bytes - self.accessible,
-                libc::PROT_READ | libc::PROT_WRITE,
-            ),
-            std::cmp::Ordering::Less => (bytes, self.accessible - bytes, libc::PROT_NONE),
-        };
-        // SAFETY: `start..start + len` lies inside the reservation (both sizes are at most
-        // 4 GiB, the reservation is over 8 GiB) and Rust holds no reference into it: wasm
-        // code and wasmer's bounds-checked accessors only reach it through raw pointers.
-        let result = unsafe { libc::mprotect(self.base.as_ptr().add(start).cast(), len, protection) };
-        if result != 0 {
-            return Err(std::io::Error::last_os_error());
+    /// Notes that the first `bytes` may now be written (no system call: the mapping is
+    /// read-write throughout, and compiled code checks accesses against the length).
+    fn expose(&mut self, bytes: usize) -> Result<(), MemoryError> {
+        if bytes > self.bytes {
+            return Err(MemoryError::Region(format!(
+                "{bytes} bytes requested from a mapping of {}",
+                self.bytes
+            )));
         }
-        self.accessible = bytes;
+        self.used = self.used.max(bytes);
         Ok(())
     }
 
-    /// Zeroes the accessible bytes.
+    /// Zeroes the bytes used since the last reset.
     ///
     /// Pages the last instance touched are still resident: up to [`KEEP_RESIDENT_BYTES`]
     /// of them are overwritten with zeros and kept, so that the next instance touching
@@ -165,17 +167,17 @@ impl Region {
     /// swapped out, so they are dropped too when the system has swap.
     #[cfg(target_os = "linux")]
     fn zero(&mut self) -> std::io::Result<()> {
-        if self.accessible == 0 {
+        if self.used == 0 {
             return Ok(());
         }
         let page = page_size();
-        let pages = self.accessible / page;
+        let pages = self.used / page;
         self.residency.clear();
         self.residency.resize(pages, 0);
         let base = self.base.as_ptr();
-        // SAFETY: the range is mapped (inside the reservation) and `residency` holds one
+        // SAFETY: the range is mapped (inside the mapping) and `residency` holds one
         // byte per page of it.
-        if unsafe { libc::mincore(base.cast(), self.accessible, self.residency.as_mut_ptr()) } != 0 {
+        if unsafe { libc::mincore(base.cast(), self.used, self.residency.as_mut_ptr()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         let swap = swap_configured();
@@ -190,7 +192,7 @@ impl Region {
             let (offset, len) = (start * page, (end - start) * page);
             if resident && len <= budget {
                 budget -= len;
-                // SAFETY: read-write pages of this reservation (within `accessible`), which
+                // SAFETY: read-write pages of this mapping (within `used`), which
                 // nothing references any more: the instance using them is gone.
                 unsafe { std::ptr::write_bytes(base.add(offset), 0, len) };
             } else if resident || swap {
@@ -201,22 +203,23 @@ impl Region {
             }
             start = end;
         }
+        self.used = 0;
         Ok(())
     }
 
-    /// Zeroes the accessible bytes by mapping fresh pages over them (elsewhere
+    /// Zeroes the used bytes by mapping fresh pages over them (elsewhere
     /// MADV_DONTNEED does not guarantee zeros).
     #[cfg(not(target_os = "linux"))]
     fn zero(&mut self) -> std::io::Result<()> {
-        if self.accessible == 0 {
+        if self.used == 0 {
             return Ok(());
         }
-        // SAFETY: MAP_FIXED replaces only pages of our own reservation, which nothing
+        // SAFETY: MAP_FIXED replaces only pages of our own mapping, which nothing
         // references any more.
         let ptr = unsafe {
             libc::mmap(
                 self.base.as_ptr().cast(),
-                self.accessible,
+                self.used,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANON | libc::MAP_FIXED,
                 -1,
@@ -226,14 +229,15 @@ impl Region {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        self.used = 0;
         Ok(())
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the reservation this region owns.
-        let result = unsafe { libc::munmap(self.base.as_ptr().cast(), reservation_bytes()) };
+        // SAFETY: unmaps exactly the mapping this region owns.
+        let result = unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
         if result != 0 {
             tracing::warn!("cannot unmap a linear memory: {}", std::io::Error::last_os_error());
         }
@@ -278,9 +282,7 @@ impl PooledMemory {
         }
         let mut region = pool.take()?;
         let bytes = ty.minimum.bytes().0;
-        region
-            .set_accessible(bytes)
-            .map_err(|e| MemoryError::Region(e.to_string()))?;
+        region.expose(bytes)?;
         // SAFETY: the caller guarantees `definition` is valid for writes.
         unsafe {
             definition.as_ptr().write(VMMemoryDefinition {
@@ -311,7 +313,7 @@ impl LinearMemory for PooledMemory {
     }
 
     fn style(&self) -> MemoryStyle {
-        MemoryStyle::Static
+        POOLED_MEMORY_STYLE
     }
 
     fn grow(&mut self, delta: Pages) -> Result<Pages, MemoryError> {
@@ -328,9 +330,7 @@ impl LinearMemory for PooledMemory {
             return Err(refused);
         }
         let region = self.region.as_mut().ok_or(refused)?;
-        region
-            .set_accessible(new.bytes().0)
-            .map_err(|e| MemoryError::Region(e.to_string()))?;
+        region.expose(new.bytes().0)?;
         // SAFETY: valid for writes while the memory lives (see `new`).
         unsafe {
             (*self.definition.as_ptr()).current_length = new.bytes().0;
