@@ -1,4 +1,4 @@
-//! Sparse Merkle tree over a context's 32-byte keys: one 32-byte state root per context.
+//! Crit-bit Merkle tree over a context's 32-byte keys: one 32-byte state root per context.
 //!
 //! Why: nodes must agree on a context's state after applying the same transactions, and a
 //! client must be able to check one value (or its absence) without the whole state. The
@@ -6,50 +6,63 @@
 //! of writes — so two nodes compare states by comparing roots, and [`Proof`] shows one key
 //! against a root. The exact definition is in `docs/STATE_ROOT.md`.
 //!
-//! How: a binary tree over the 256 key bits where a subtree holding a single leaf hashes
-//! as that leaf whatever its depth. Only subtrees with two or more leaves are stored (in
-//! [`NODES`]); a subtree with fewer is read from the key-value table itself, so the tree
-//! costs about one entry per stored pair. An update touches only the nodes on its key's
-//! path above the point where the key parts from its neighbours in key order, so a write
-//! costs O(log n) table operations for random keys (at most 256 levels for any keys).
+//! How: a compressed binary (Patricia) tree in which only branching nodes exist, each
+//! labelled with its crit bit (the first bit where its keys differ). App keys share long
+//! prefixes, so a per-bit tree would walk and re-hash dozens of single-child levels per
+//! write; here a write reads, rewrites and re-hashes only the branching nodes on its key's
+//! path, about log2(n) of them. Each stored node holds its two children's hashes and
+//! labels, so a write never reads siblings and never scans the pair table.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use cmesh_common::hash::{keccak256, keccak256_parts, to_hex0x};
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-/// Hash of every subtree that holds two or more leaves, keyed by
-/// context(32) ++ depth(1) ++ the key prefix of that depth (32 bytes, bits past `depth` zeroed).
-pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("smt_nodes");
+/// The tree of every context. Per context: a root entry under the bare context id (32
+/// bytes; the one child at the top, absent for an empty tree), and one entry per branching
+/// node under context(32) ++ crit(1) ++ prefix(32: the node's keys' first `crit` bits, the
+/// rest zero) holding its two children. A child is [`CHILD_LEN`] bytes: kind (0 leaf,
+/// 1 node) ++ crit (0 for a leaf) ++ hash(32) ++ the leaf's key or the node's prefix (32).
+pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("merkle_nodes");
 
-/// Root of a context with no pairs (and the hash of any empty subtree).
+/// Root of a context with no pairs.
 pub const EMPTY_ROOT: [u8; 32] = [0; 32];
 
 const LEAF_TAG: u8 = 0x00;
 const NODE_TAG: u8 = 0x01;
-/// Number of key bits, the depth of a subtree that is a single key.
+/// Number of key bits.
 const KEY_BITS: usize = 256;
+/// Length of one encoded child, in a node entry or the root entry.
+const CHILD_LEN: usize = 66;
 
 /// What went wrong reading or updating a context's tree.
 #[derive(Debug, thiserror::Error)]
 pub enum MerkleError {
     #[error("state store: {0}")]
     Store(#[from] redb::Error),
-    /// A tree node entry does not hold a 32-byte hash.
-    #[error("corrupt tree node at depth {depth} in context {}: {len} bytes, not a 32-byte hash", to_hex0x(.context))]
-    CorruptNode { context: [u8; 32], depth: u8, len: usize },
-    /// A key in the context's key range is not context(32) ++ key(32).
-    #[error("corrupt state key in context {}: {len} bytes, not 64", to_hex0x(.context))]
-    CorruptKey { context: [u8; 32], len: usize },
-    /// A subtree holds two or more keys but its node entry is missing.
-    #[error("tree node missing at depth {depth} (prefix {}) in context {}", to_hex0x(.prefix), to_hex0x(.context))]
+    /// A node entry is not two well-formed children (right length, known kinds, child
+    /// nodes with a greater crit bit than their parent's).
+    #[error("corrupt tree node at crit {crit} (prefix {}) in context {}: {len} bytes, not two valid children", to_hex0x(.prefix), to_hex0x(.context))]
+    CorruptNode {
+        context: [u8; 32],
+        crit: u8,
+        prefix: [u8; 32],
+        len: usize,
+    },
+    /// The root entry is not one well-formed child.
+    #[error("corrupt tree root entry in context {}: {len} bytes, not one valid child", to_hex0x(.context))]
+    CorruptRoot { context: [u8; 32], len: usize },
+    /// A node's child is a branching node whose entry is missing.
+    #[error("tree node missing at crit {crit} (prefix {}) in context {}", to_hex0x(.prefix), to_hex0x(.context))]
     MissingNode {
         context: [u8; 32],
-        depth: u8,
+        crit: u8,
         prefix: [u8; 32],
     },
+    /// The tree and the pair table disagree on whether a key is present.
+    #[error("tree and pairs disagree on key {} in context {}", to_hex0x(.key), to_hex0x(.context))]
+    Inconsistent { context: [u8; 32], key: [u8; 32] },
 }
 
 cmesh_common::redb_errors_into!(MerkleError, MerkleError::Store);
@@ -59,9 +72,10 @@ pub fn leaf_hash(key: &[u8; 32], value_hash: &[u8; 32]) -> [u8; 32] {
     keccak256_parts(&[&[LEAF_TAG], key, value_hash])
 }
 
-/// Hash of a subtree holding two or more pairs: keccak256(0x01 ‖ left ‖ right).
-pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    keccak256_parts(&[&[NODE_TAG], left, right])
+/// Hash of a subtree holding two or more pairs whose keys first differ at bit `crit`:
+/// keccak256(0x01 ‖ crit ‖ left ‖ right), `left` holding the keys with bit `crit` = 0.
+pub fn node_hash(crit: u8, left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    keccak256_parts(&[&[NODE_TAG, crit], left, right])
 }
 
 /// Sets (`Some`) or removes (`None`) `key` in `kv` and updates the tree; returns the
@@ -82,55 +96,71 @@ pub fn set(
         None => kv.remove(full_key.as_slice())?.is_none(),
     };
     if unchanged {
-        return root(&*kv, &*nodes, context);
+        return root(&*nodes, context);
     }
-    let this = match value {
-        Some(value) => Subtree::Leaf {
-            key: *key,
-            value_hash: keccak256(value),
-        },
-        None => Subtree::Empty,
-    };
-    // Deeper than `split`, the key's path holds only this key (or nothing): no neighbour in
-    // key order shares more than `split` bits with it, and subtrees are key ranges.
-    let Some(split) = neighbours(&*kv, context, key)?
-        .iter()
-        .flatten()
-        .map(|other| common_prefix_bits(key, other))
-        .max()
-    else {
-        // No other key in the context: the root is this leaf, or empty. No node entries
-        // existed (at most one key before) and none are needed.
-        return Ok(this.hash());
-    };
-    let mut current = this;
-    for depth in (0..=split).rev() {
-        let sibling = subtree(&*kv, &*nodes, context, depth + 1, &flip_bit(key, depth))?;
-        current = if bit(key, depth) {
-            combine(sibling, current)
-        } else {
-            combine(current, sibling)
-        };
-        let node = node_key(context, depth, key);
-        match &current {
-            Subtree::Internal(hash) => {
-                nodes.insert(node.as_slice(), hash.as_slice())?;
-            }
-            Subtree::Empty | Subtree::Leaf { .. } => {
-                nodes.remove(node.as_slice())?;
+    let (mut path, end) = descend(&*nodes, context, key)?;
+    // The child that replaces `end` in its parent (or at the top).
+    let mut current = match (value, end) {
+        (Some(value), end) => {
+            let leaf = Child::Leaf {
+                key: *key,
+                hash: leaf_hash(key, &keccak256(value)),
+            };
+            match end {
+                None => leaf,
+                Some(Child::Leaf { key: found, .. }) if found == *key => leaf,
+                // `end` is a leaf of another key, or a node whose prefix the key leaves
+                // before its crit: both go under a new branching node where they part.
+                Some(other) => {
+                    let crit = common_prefix_bits(key, other.label()) as u8;
+                    let prefix = with_suffix(key, usize::from(crit), 0x00);
+                    let mut children = [other, other];
+                    children[usize::from(bit(key, crit))] = leaf;
+                    nodes.insert(
+                        node_key(context, crit, &prefix).as_slice(),
+                        encode_children(&children).as_slice(),
+                    )?;
+                    Child::node(crit, prefix, &children)
+                }
             }
         }
+        (None, Some(Child::Leaf { key: found, .. })) if found == *key => match path.pop() {
+            None => {
+                nodes.remove(context.as_slice())?;
+                return Ok(EMPTY_ROOT);
+            }
+            // The leaf's parent goes; its other child takes the parent's place.
+            Some(parent) => {
+                nodes.remove(node_key(context, parent.crit, &parent.prefix).as_slice())?;
+                parent.children[1 - parent.side]
+            }
+        },
+        (None, _) => {
+            return Err(MerkleError::Inconsistent {
+                context: *context,
+                key: *key,
+            })
+        }
+    };
+    for node in path.iter_mut().rev() {
+        node.children[node.side] = current;
+        nodes.insert(
+            node_key(context, node.crit, &node.prefix).as_slice(),
+            encode_children(&node.children).as_slice(),
+        )?;
+        current = Child::node(node.crit, node.prefix, &node.children);
     }
-    Ok(current.hash())
+    nodes.insert(context.as_slice(), current.encode().as_slice())?;
+    Ok(*current.hash())
 }
 
-/// The context's current root ([`EMPTY_ROOT`] if it has no pairs).
+/// The context's current root ([`EMPTY_ROOT`] if it has no pairs). The root entry holds
+/// it: the pair table is not read.
 pub fn root(
-    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
     nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
     context: &[u8; 32],
 ) -> Result<[u8; 32], MerkleError> {
-    Ok(subtree(kv, nodes, context, 0, &[0; 32])?.hash())
+    Ok(read_root(nodes, context)?.map_or(EMPTY_ROOT, |top| *top.hash()))
 }
 
 /// Proof of `key`'s value (or absence) against the context's current root.
@@ -140,78 +170,126 @@ pub fn prove(
     context: &[u8; 32],
     key: &[u8; 32],
 ) -> Result<Proof, MerkleError> {
-    let mut siblings = Vec::new();
-    let mut node = subtree(kv, nodes, context, 0, key)?;
-    loop {
-        let depth = siblings.len();
-        let end = match node {
-            // Never at depth 256: a single-key subtree is a leaf or empty.
-            Subtree::Internal(_) => {
-                siblings.push(subtree(kv, nodes, context, depth + 1, &flip_bit(key, depth))?.hash());
-                node = subtree(kv, nodes, context, depth + 1, key)?;
-                continue;
+    let (mut path, end) = descend(nodes, context, key)?;
+    let Some(mut end) = end else {
+        return Ok(Proof {
+            steps: Vec::new(),
+            end: None,
+        });
+    };
+    // If the key leaves the tree above a node, go on down that node's left side to some
+    // leaf: it shows that the key's position is inside the node, which it is not.
+    let (found, hash) = loop {
+        match end {
+            Child::Leaf { key, hash } => break (key, hash),
+            Child::Node { crit, prefix, .. } => {
+                let children = read_node(nodes, context, crit, &prefix)?;
+                end = children[0];
+                path.push(PathNode {
+                    crit,
+                    prefix,
+                    children,
+                    side: 0,
+                });
             }
-            Subtree::Empty => ProofEnd::Empty,
-            Subtree::Leaf { key: found, .. } if found == *key => ProofEnd::Leaf,
-            Subtree::Leaf { key, value_hash } => ProofEnd::OtherLeaf { key, value_hash },
-        };
-        return Ok(Proof { siblings, end });
+        }
+    };
+    let value = kv
+        .get(kv_key(context, &found).as_slice())?
+        .ok_or(MerkleError::Inconsistent {
+            context: *context,
+            key: found,
+        })?;
+    let value_hash = keccak256(value.value());
+    if leaf_hash(&found, &value_hash) != hash {
+        return Err(MerkleError::Inconsistent {
+            context: *context,
+            key: found,
+        });
     }
+    let steps = path
+        .iter()
+        .map(|node| Step {
+            crit: node.crit,
+            sibling: *node.children[1 - node.side].hash(),
+        })
+        .collect();
+    Ok(Proof {
+        steps,
+        end: Some(ProofLeaf { key: found, value_hash }),
+    })
 }
 
-/// Proof of one key's value or absence: the path from the root down to the first subtree
-/// on the key's path that holds at most one leaf.
+/// Proof of one key's value or absence: a root-to-leaf path of the tree, ending at the
+/// key's own leaf or, for an absent key, at a leaf of a subtree the key would have to be in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof {
-    /// Hashes of the siblings of the path's nodes, from the root down: `siblings[d]` is the
-    /// hash of the depth-`d+1` subtree whose prefix is the key's first `d` bits followed by
-    /// the opposite of the key's bit `d`. Every node above the end holds two or more leaves.
-    pub siblings: Vec<[u8; 32]>,
-    /// The subtree at depth `siblings.len()` on the key's path.
-    pub end: ProofEnd,
+    /// The branching nodes on the path, from the root down.
+    pub steps: Vec<Step>,
+    /// The leaf the path ends at; `None` only for an empty tree.
+    pub end: Option<ProofLeaf>,
 }
 
-/// What ends a proof's path.
+/// One branching node on a proof's path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProofEnd {
-    /// The key's own leaf: the key is present (its value is checked by [`Proof::verify`]).
-    Leaf,
-    /// A single leaf of another key sharing the path: the key is absent.
-    OtherLeaf { key: [u8; 32], value_hash: [u8; 32] },
-    /// Nothing: the key is absent.
-    Empty,
+pub struct Step {
+    /// The node's crit bit; the path goes to the side of the end leaf's bit `crit`.
+    pub crit: u8,
+    /// Hash of the node's other child.
+    pub sibling: [u8; 32],
+}
+
+/// The pair at the end of a proof's path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofLeaf {
+    pub key: [u8; 32],
+    pub value_hash: [u8; 32],
 }
 
 impl Proof {
     /// True if this proves that, under `root`, `key` holds `value` (`None`: is absent).
     pub fn verify(&self, root: &[u8; 32], key: &[u8; 32], value: Option<&[u8]>) -> bool {
-        let depth = self.siblings.len();
-        if depth > KEY_BITS {
+        let Some(end) = &self.end else {
+            return self.steps.is_empty() && *root == EMPTY_ROOT && value.is_none();
+        };
+        if !self.steps.windows(2).all(|pair| pair[0].crit < pair[1].crit) {
             return false;
         }
-        let mut hash = match (&self.end, value) {
-            (ProofEnd::Leaf, Some(value)) => leaf_hash(key, &keccak256(value)),
-            (ProofEnd::Empty, None) => EMPTY_ROOT,
-            // The other leaf must lie in the subtree the path reached, and not be the key.
-            (ProofEnd::OtherLeaf { key: other, value_hash }, None)
-                if other != key && common_prefix_bits(other, key) >= depth =>
-            {
-                leaf_hash(other, value_hash)
+        let claim_fits = match value {
+            Some(value) => end.key == *key && end.value_hash == keccak256(value),
+            // The key follows the path while it agrees with the end leaf, so it parts from
+            // it at the first node whose crit is at least `parted`. A node with a greater
+            // crit holds only keys agreeing with the leaf at bit `parted`, so not the key;
+            // at crit == `parted` the key would be in the sibling, which is not opened.
+            None => {
+                let parted = common_prefix_bits(key, &end.key);
+                end.key != *key
+                    && self
+                        .steps
+                        .iter()
+                        .find(|step| usize::from(step.crit) >= parted)
+                        .is_none_or(|step| usize::from(step.crit) > parted)
             }
-            _ => return false,
         };
-        for (depth, sibling) in self.siblings.iter().enumerate().rev() {
-            hash = if bit(key, depth) {
-                node_hash(sibling, &hash)
-            } else {
-                node_hash(&hash, sibling)
-            };
+        if !claim_fits {
+            return false;
         }
+        let hash = self
+            .steps
+            .iter()
+            .rev()
+            .fold(leaf_hash(&end.key, &end.value_hash), |hash, step| {
+                if bit(&end.key, step.crit) {
+                    node_hash(step.crit, &step.sibling, &hash)
+                } else {
+                    node_hash(step.crit, &hash, &step.sibling)
+                }
+            });
         hash == *root
     }
 }
 
-/// Removes every pair and node of `context` (used when a node leaves a context).
+/// Removes every pair and tree entry of `context` (used when a node leaves a context).
 pub fn clear(
     kv: &mut Table<'_, &'static [u8], &'static [u8]>,
     nodes: &mut Table<'_, &'static [u8], &'static [u8]>,
@@ -219,131 +297,189 @@ pub fn clear(
 ) -> Result<(), MerkleError> {
     let (low, high) = (kv_key(context, &[0; 32]), kv_key(context, &[0xff; 32]));
     kv.retain_in::<&[u8], _>(low.as_slice()..=high.as_slice(), |_, _| false)?;
-    let mut low = [0u8; 65];
-    low[..32].copy_from_slice(context);
+    // The root entry (the bare context id) sorts first, then the node entries.
     let mut high = [0xffu8; 65];
     high[..32].copy_from_slice(context);
-    nodes.retain_in::<&[u8], _>(low.as_slice()..=high.as_slice(), |_, _| false)?;
+    nodes.retain_in::<&[u8], _>(context.as_slice()..=high.as_slice(), |_, _| false)?;
     Ok(())
 }
 
 /// Reference: the root of a set of pairs computed from scratch (tests, and checking a store).
 pub fn root_of(pairs: &BTreeMap<[u8; 32], Vec<u8>>) -> [u8; 32] {
     let leaves: Vec<([u8; 32], [u8; 32])> = pairs.iter().map(|(key, value)| (*key, keccak256(value))).collect();
-    hash_of_sorted(&leaves, 0)
+    hash_of_sorted(&leaves)
 }
 
-/// Hash of the depth-`depth` subtree holding `leaves` (sorted, distinct, sharing `depth` bits).
-fn hash_of_sorted(leaves: &[([u8; 32], [u8; 32])], depth: usize) -> [u8; 32] {
+/// Hash of the subtree holding `leaves` (sorted by key, distinct).
+fn hash_of_sorted(leaves: &[([u8; 32], [u8; 32])]) -> [u8; 32] {
     match leaves {
         [] => EMPTY_ROOT,
         [(key, value_hash)] => leaf_hash(key, value_hash),
-        _ => {
-            // Two distinct keys differ in some bit, so here depth < 256.
-            let split = leaves.partition_point(|(key, _)| !bit(key, depth));
+        [(first, _), .., (last, _)] => {
+            // The keys in between share every bit the first and the last share.
+            let crit = common_prefix_bits(first, last) as u8;
+            let split = leaves.partition_point(|(key, _)| !bit(key, crit));
             node_hash(
-                &hash_of_sorted(&leaves[..split], depth + 1),
-                &hash_of_sorted(&leaves[split..], depth + 1),
+                crit,
+                &hash_of_sorted(&leaves[..split]),
+                &hash_of_sorted(&leaves[split..]),
             )
         }
     }
 }
 
-/// A subtree as far as hashing is concerned.
-enum Subtree {
-    Empty,
-    Leaf {
-        key: [u8; 32],
-        value_hash: [u8; 32],
-    },
-    /// Two or more leaves; the stored hash.
-    Internal([u8; 32]),
+/// A subtree as its parent (or the root entry) sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Child {
+    Leaf { key: [u8; 32], hash: [u8; 32] },
+    Node { crit: u8, prefix: [u8; 32], hash: [u8; 32] },
 }
 
-impl Subtree {
-    fn hash(&self) -> [u8; 32] {
+impl Child {
+    /// The branching node at `crit`/`prefix` over `children`.
+    fn node(crit: u8, prefix: [u8; 32], children: &[Child; 2]) -> Child {
+        Child::Node {
+            crit,
+            prefix,
+            hash: node_hash(crit, children[0].hash(), children[1].hash()),
+        }
+    }
+
+    fn hash(&self) -> &[u8; 32] {
         match self {
-            Subtree::Empty => EMPTY_ROOT,
-            Subtree::Leaf { key, value_hash } => leaf_hash(key, value_hash),
-            Subtree::Internal(hash) => *hash,
+            Child::Leaf { hash, .. } | Child::Node { hash, .. } => hash,
+        }
+    }
+
+    /// A leaf's key or a node's prefix: every key below agrees with it on the bits before
+    /// the node's crit (all bits for a leaf).
+    fn label(&self) -> &[u8; 32] {
+        match self {
+            Child::Leaf { key, .. } => key,
+            Child::Node { prefix, .. } => prefix,
+        }
+    }
+
+    fn encode(&self) -> [u8; CHILD_LEN] {
+        let mut out = [0u8; CHILD_LEN];
+        if let Child::Node { crit, .. } = self {
+            out[0] = 1;
+            out[1] = *crit;
+        }
+        out[2..34].copy_from_slice(self.hash());
+        out[34..].copy_from_slice(self.label());
+        out
+    }
+
+    /// The child encoded in `bytes` (exactly [`CHILD_LEN`] of them); `None` if malformed.
+    fn decode(bytes: &[u8]) -> Option<Child> {
+        let (head, rest) = bytes.split_first_chunk::<2>()?;
+        let (hash, label) = rest.split_first_chunk::<32>()?;
+        let label = <[u8; 32]>::try_from(label).ok()?;
+        match *head {
+            [0, 0] => Some(Child::Leaf {
+                key: label,
+                hash: *hash,
+            }),
+            [1, crit] => Some(Child::Node {
+                crit,
+                prefix: label,
+                hash: *hash,
+            }),
+            _ => None,
         }
     }
 }
 
-/// The parent of two sibling subtrees.
-fn combine(left: Subtree, right: Subtree) -> Subtree {
-    match (left, right) {
-        (Subtree::Empty, Subtree::Empty) => Subtree::Empty,
-        (Subtree::Empty, leaf @ Subtree::Leaf { .. }) | (leaf @ Subtree::Leaf { .. }, Subtree::Empty) => leaf,
-        (left, right) => Subtree::Internal(node_hash(&left.hash(), &right.hash())),
-    }
+fn encode_children(children: &[Child; 2]) -> [u8; 2 * CHILD_LEN] {
+    let mut out = [0u8; 2 * CHILD_LEN];
+    out[..CHILD_LEN].copy_from_slice(&children[0].encode());
+    out[CHILD_LEN..].copy_from_slice(&children[1].encode());
+    out
 }
 
-/// The depth-`depth` subtree containing `path` (only its first `depth` bits matter): its
-/// node entry if it has one, otherwise read from the pairs in its key range.
-fn subtree(
-    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+/// A branching node on a key's path, as read, and the side the path goes on.
+struct PathNode {
+    crit: u8,
+    prefix: [u8; 32],
+    children: [Child; 2],
+    side: usize,
+}
+
+/// The branching nodes on `key`'s path from the top, and where the path stops: at a leaf
+/// (the key's own or another's), at a node whose prefix the key leaves before its crit, or
+/// `None` for an empty tree.
+fn descend(
     nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
     context: &[u8; 32],
-    depth: usize,
-    path: &[u8; 32],
-) -> Result<Subtree, MerkleError> {
-    if depth < KEY_BITS {
-        if let Some(entry) = nodes.get(node_key(context, depth, path).as_slice())? {
-            let hash = <[u8; 32]>::try_from(entry.value()).map_err(|_| MerkleError::CorruptNode {
-                context: *context,
-                depth: depth as u8,
-                len: entry.value().len(),
-            })?;
-            return Ok(Subtree::Internal(hash));
-        }
-    }
-    let low = kv_key(context, &with_suffix(path, depth, 0x00));
-    let high = kv_key(context, &with_suffix(path, depth, 0xff));
-    let mut range = kv.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
-    let Some(first) = range.next() else {
-        return Ok(Subtree::Empty);
+    key: &[u8; 32],
+) -> Result<(Vec<PathNode>, Option<Child>), MerkleError> {
+    let mut path = Vec::new();
+    let Some(mut child) = read_root(nodes, context)? else {
+        return Ok((path, None));
     };
-    let (full_key, value) = first?;
-    let key = key_of(context, full_key.value())?;
-    match range.next() {
-        None => Ok(Subtree::Leaf {
-            key,
-            value_hash: keccak256(value.value()),
-        }),
-        Some(Err(err)) => Err(err.into()),
-        Some(Ok(_)) => Err(MerkleError::MissingNode {
-            context: *context,
-            depth: depth as u8,
-            prefix: with_suffix(path, depth, 0x00),
-        }),
+    while let Child::Node { crit, prefix, .. } = child {
+        if common_prefix_bits(key, &prefix) < usize::from(crit) {
+            break;
+        }
+        let children = read_node(nodes, context, crit, &prefix)?;
+        let side = usize::from(bit(key, crit));
+        child = children[side];
+        path.push(PathNode {
+            crit,
+            prefix,
+            children,
+            side,
+        });
     }
+    Ok((path, Some(child)))
 }
 
-/// The context's keys just before and just after `key` (excluding `key` itself).
-fn neighbours(
-    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+/// The child in the context's root entry; `None` for an empty tree.
+fn read_root(
+    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
     context: &[u8; 32],
-    key: &[u8; 32],
-) -> Result<[Option<[u8; 32]>; 2], MerkleError> {
-    let (low, this, high) = (
-        kv_key(context, &[0; 32]),
-        kv_key(context, key),
-        kv_key(context, &[0xff; 32]),
-    );
-    let before = kv
-        .range::<&[u8]>((Bound::Included(low.as_slice()), Bound::Excluded(this.as_slice())))?
-        .next_back()
-        .transpose()?
-        .map(|(full_key, _)| key_of(context, full_key.value()))
-        .transpose()?;
-    let after = kv
-        .range::<&[u8]>((Bound::Excluded(this.as_slice()), Bound::Included(high.as_slice())))?
-        .next()
-        .transpose()?
-        .map(|(full_key, _)| key_of(context, full_key.value()))
-        .transpose()?;
-    Ok([before, after])
+) -> Result<Option<Child>, MerkleError> {
+    let Some(entry) = nodes.get(context.as_slice())? else {
+        return Ok(None);
+    };
+    let bytes = entry.value();
+    Child::decode(bytes).map(Some).ok_or(MerkleError::CorruptRoot {
+        context: *context,
+        len: bytes.len(),
+    })
+}
+
+/// The two children of the branching node at `crit`/`prefix`. Child nodes must have a
+/// greater crit, so a damaged store cannot send a descent round in circles.
+fn read_node(
+    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    context: &[u8; 32],
+    crit: u8,
+    prefix: &[u8; 32],
+) -> Result<[Child; 2], MerkleError> {
+    let entry = nodes
+        .get(node_key(context, crit, prefix).as_slice())?
+        .ok_or(MerkleError::MissingNode {
+            context: *context,
+            crit,
+            prefix: *prefix,
+        })?;
+    let bytes = entry.value();
+    let valid = |child: &Child| match child {
+        Child::Leaf { .. } => true,
+        Child::Node { crit: below, .. } => *below > crit,
+    };
+    bytes
+        .split_at_checked(CHILD_LEN)
+        .and_then(|(left, right)| Some([Child::decode(left)?, Child::decode(right)?]))
+        .filter(|children| children.iter().all(valid))
+        .ok_or(MerkleError::CorruptNode {
+            context: *context,
+            crit,
+            prefix: *prefix,
+            len: bytes.len(),
+        })
 }
 
 fn kv_key(context: &[u8; 32], key: &[u8; 32]) -> [u8; 64] {
@@ -353,23 +489,12 @@ fn kv_key(context: &[u8; 32], key: &[u8; 32]) -> [u8; 64] {
     out
 }
 
-/// The key part of a stored context(32) ++ key(32).
-fn key_of(context: &[u8; 32], full_key: &[u8]) -> Result<[u8; 32], MerkleError> {
-    full_key
-        .get(32..)
-        .and_then(|key| <[u8; 32]>::try_from(key).ok())
-        .ok_or(MerkleError::CorruptKey {
-            context: *context,
-            len: full_key.len(),
-        })
-}
-
-/// context(32) ++ depth(1) ++ `path`'s first `depth` bits, zero-padded (32). `depth` < 256.
-fn node_key(context: &[u8; 32], depth: usize, path: &[u8; 32]) -> [u8; 65] {
+/// context(32) ++ crit(1) ++ prefix(32): a node entry's key.
+fn node_key(context: &[u8; 32], crit: u8, prefix: &[u8; 32]) -> [u8; 65] {
     let mut out = [0u8; 65];
     out[..32].copy_from_slice(context);
-    out[32] = depth as u8;
-    out[33..].copy_from_slice(&with_suffix(path, depth, 0x00));
+    out[32] = crit;
+    out[33..].copy_from_slice(prefix);
     out
 }
 
@@ -385,15 +510,10 @@ fn with_suffix(path: &[u8; 32], depth: usize, fill: u8) -> [u8; 32] {
     out
 }
 
-/// Bit `index` of `key`, bit 0 being the most significant bit of byte 0. `index` < 256.
-fn bit(key: &[u8; 32], index: usize) -> bool {
+/// Bit `index` of `key`, bit 0 being the most significant bit of byte 0.
+fn bit(key: &[u8; 32], index: u8) -> bool {
+    let index = usize::from(index);
     (key[index / 8] >> (7 - index % 8)) & 1 == 1
-}
-
-fn flip_bit(key: &[u8; 32], index: usize) -> [u8; 32] {
-    let mut out = *key;
-    out[index / 8] ^= 0x80 >> (index % 8);
-    out
 }
 
 /// Number of leading bits `a` and `b` share (256 if equal).
@@ -412,9 +532,9 @@ mod tests {
     fn bits_and_prefixes() {
         let mut key = [0u8; 32];
         key[0] = 0b1010_0000;
+        key[31] = 1;
         assert!(bit(&key, 0) && !bit(&key, 1) && bit(&key, 2));
-        assert_eq!(flip_bit(&key, 1)[0], 0b1110_0000);
-        assert_eq!(flip_bit(&key, 255)[31], 1);
+        assert!(bit(&key, 255) && !bit(&key, 254));
         let ones = [0xffu8; 32];
         assert_eq!(with_suffix(&ones, 0, 0), [0; 32]);
         assert_eq!(with_suffix(&ones, 256, 0), ones);
@@ -443,24 +563,83 @@ mod tests {
         let key = [7u8; 32];
         let one = BTreeMap::from([(key, b"v".to_vec())]);
         assert_eq!(root_of(&one), leaf_hash(&key, &keccak256(b"v")));
-        // Two keys split at bit 0: one internal node over two leaves.
+        // Two keys differing first at bit 0: one node over two leaves.
         let (left, right) = ([0u8; 32], [0xffu8; 32]);
         let two = BTreeMap::from([(left, b"a".to_vec()), (right, b"b".to_vec())]);
         assert_eq!(
             root_of(&two),
             node_hash(
+                0,
                 &leaf_hash(&left, &keccak256(b"a")),
                 &leaf_hash(&right, &keccak256(b"b"))
             )
         );
+        // Three keys: 00…, 00…01 (crit 255 between them) and 40… (crit 1 above them).
+        let (a, mut b, mut c) = ([0u8; 32], [0u8; 32], [0u8; 32]);
+        b[31] = 1;
+        c[0] = 0x40;
+        let three = BTreeMap::from([(a, vec![]), (b, vec![1]), (c, vec![2])]);
+        let low = node_hash(255, &leaf_hash(&a, &keccak256(&[])), &leaf_hash(&b, &keccak256(&[1])));
+        assert_eq!(root_of(&three), node_hash(1, &low, &leaf_hash(&c, &keccak256(&[2]))));
     }
 
     #[test]
-    fn proof_rejects_an_overlong_path() {
-        let proof = Proof {
-            siblings: vec![[0; 32]; 257],
-            end: ProofEnd::Empty,
+    fn children_encode_and_decode() {
+        let leaf = Child::Leaf {
+            key: [3; 32],
+            hash: [4; 32],
         };
-        assert!(!proof.verify(&EMPTY_ROOT, &[0; 32], None));
+        let node = Child::Node {
+            crit: 200,
+            prefix: [5; 32],
+            hash: [6; 32],
+        };
+        for child in [leaf, node] {
+            let bytes = child.encode();
+            assert_eq!(Child::decode(&bytes), Some(child));
+            assert_eq!(Child::decode(&bytes[..65]), None);
+        }
+        assert_eq!(leaf.encode()[..3], [0, 0, 4]);
+        assert_eq!(node.encode()[..3], [1, 200, 6]);
+        let mut bad = leaf.encode();
+        bad[1] = 7;
+        assert_eq!(Child::decode(&bad), None, "a leaf has no crit");
+        bad[0] = 2;
+        assert_eq!(Child::decode(&bad), None, "unknown kind");
+    }
+
+    #[test]
+    fn malformed_proofs_are_rejected() {
+        let leaf = ProofLeaf {
+            key: [0; 32],
+            value_hash: keccak256(b""),
+        };
+        let no_end = Proof {
+            steps: vec![Step {
+                crit: 0,
+                sibling: [0; 32],
+            }],
+            end: None,
+        };
+        assert!(!no_end.verify(&EMPTY_ROOT, &[0; 32], None));
+        let empty = Proof {
+            steps: vec![],
+            end: None,
+        };
+        assert!(empty.verify(&EMPTY_ROOT, &[0; 32], None));
+        assert!(!empty.verify(&EMPTY_ROOT, &[0; 32], Some(b"")));
+        assert!(!empty.verify(&[1; 32], &[0; 32], None));
+        // Crits must increase strictly, even where the hashes would match.
+        let step = Step {
+            crit: 9,
+            sibling: [1; 32],
+        };
+        let repeated = Proof {
+            steps: vec![step.clone(), step],
+            end: Some(leaf.clone()),
+        };
+        let top = node_hash(9, &leaf_hash(&leaf.key, &leaf.value_hash), &[1; 32]);
+        let root = node_hash(9, &top, &[1; 32]);
+        assert!(!repeated.verify(&root, &[0; 32], Some(b"")));
     }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use cmesh_common::Address;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
@@ -58,12 +58,23 @@ pub struct ContextRecord {
     pub last_time_ms: u64,
 }
 
+/// The table of the sparse Merkle tree of earlier versions (replaced by the crit-bit tree
+/// of `merkle.rs`, whose roots differ): a store holding it is refused, never misread.
+const FORMER_MERKLE_NODES: &str = "smt_nodes";
+
 pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let db = Database::create(path)?;
     let txn = db.begin_write()?;
+    if txn.list_tables()?.any(|table| table.name() == FORMER_MERKLE_NODES) {
+        return Err(StateError::Record(format!(
+            "{} holds state written by an earlier cmesh (its Merkle tree table `{FORMER_MERKLE_NODES}` \
+             is no longer read): move the file away to start this node with empty state",
+            path.display()
+        )));
+    }
     for table in [APP_CODE, CONTEXTS, TXS, TX_ORDER, KV, crate::merkle::NODES] {
         txn.open_table(table)?;
     }
@@ -251,4 +262,28 @@ pub fn find_app(
             None => format!("no app `{app}` on this node (see app.list; apps live on the node they were deployed to)"),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_with_the_former_merkle_table_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            let former: TableDefinition<&[u8], &[u8]> = TableDefinition::new(FORMER_MERKLE_NODES);
+            txn.open_table(former).expect("table");
+            txn.commit().expect("commit");
+        }
+        let err = open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("written by an earlier cmesh"), "{err}");
+        // A current store opens, and opens again.
+        let fresh = dir.path().join("fresh.redb");
+        drop(open(&fresh).expect("new store"));
+        open(&fresh).expect("reopened store");
+    }
 }

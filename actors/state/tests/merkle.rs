@@ -1,12 +1,12 @@
 //! The state tree against its definition: incremental roots equal roots computed from
-//! scratch, the node table holds exactly the internal nodes, and proofs verify only true
-//! claims. Real redb files in temp dirs.
+//! scratch, the node table holds exactly the branching nodes (and the root entry), and
+//! proofs verify only true claims. Real redb files in temp dirs.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use cmesh_common::hash::{keccak256, keccak256_parts, to_hex0x};
-use cmesh_state::merkle::{self, MerkleError, Proof, ProofEnd, EMPTY_ROOT, NODES};
+use cmesh_state::merkle::{self, MerkleError, Proof, ProofLeaf, Step, EMPTY_ROOT, NODES};
 use proptest::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use tempfile::TempDir;
@@ -16,6 +16,8 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 type Pairs = BTreeMap<[u8; 32], Vec<u8>>;
 type Bytes = &'static [u8];
+/// Node entries of one context: crit(1) ++ prefix(32) → the two encoded children.
+type NodeEntries = BTreeMap<Vec<u8>, Vec<u8>>;
 
 struct Store {
     _dir: TempDir,
@@ -34,63 +36,97 @@ fn spec_leaf(key: &[u8; 32], value: &[u8]) -> [u8; 32] {
     keccak256_parts(&[&[0x00], key, &keccak256(value)])
 }
 
-fn spec_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    keccak256_parts(&[&[0x01], left, right])
+fn spec_node(crit: usize, left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    keccak256_parts(&[&[0x01, crit as u8], left, right])
 }
 
 fn spec_bit(key: &[u8; 32], index: usize) -> bool {
     key[index / 8] & (0x80 >> (index % 8)) != 0
 }
 
-/// Root of `pairs`, and every internal node as (depth ++ zero-padded prefix) → hash.
-fn spec_tree(pairs: &Pairs) -> ([u8; 32], BTreeMap<Vec<u8>, [u8; 32]>) {
-    fn walk(
-        pairs: &[(&[u8; 32], &Vec<u8>)],
-        depth: usize,
-        prefix: [u8; 32],
-        out: &mut BTreeMap<Vec<u8>, [u8; 32]>,
-    ) -> [u8; 32] {
-        match pairs {
-            [] => [0; 32],
-            [(key, value)] => spec_leaf(key, value),
-            _ => {
-                let (left, right): (Vec<_>, Vec<_>) = pairs.iter().partition(|(key, _)| !spec_bit(key, depth));
-                let mut right_prefix = prefix;
-                right_prefix[depth / 8] |= 0x80 >> (depth % 8);
-                let hash = spec_node(
-                    &walk(&left, depth + 1, prefix, out),
-                    &walk(&right, depth + 1, right_prefix, out),
-                );
-                let mut node = vec![depth as u8];
-                node.extend_from_slice(&prefix);
-                out.insert(node, hash);
-                hash
-            }
-        }
+/// `key` with bit `index` flipped.
+fn flip(key: &[u8; 32], index: usize) -> [u8; 32] {
+    let mut out = *key;
+    out[index / 8] ^= 0x80 >> (index % 8);
+    out
+}
+
+/// The first bit where some of `keys` (two or more, distinct) differ.
+fn spec_crit(keys: &[&[u8; 32]]) -> usize {
+    (0..256)
+        .find(|&index| keys.iter().any(|key| spec_bit(key, index) != spec_bit(keys[0], index)))
+        .expect("distinct keys differ somewhere")
+}
+
+/// `key`'s first `bits` bits, the rest zero.
+fn spec_prefix(key: &[u8; 32], bits: usize) -> [u8; 32] {
+    let mut prefix = [0u8; 32];
+    for index in (0..bits).filter(|&index| spec_bit(key, index)) {
+        prefix[index / 8] |= 0x80 >> (index % 8);
     }
+    prefix
+}
+
+/// Hash and child encoding of the subtree holding `pairs` (one or more), adding its
+/// branching nodes' entries to `nodes`.
+fn spec_subtree(pairs: &[(&[u8; 32], &Vec<u8>)], nodes: &mut NodeEntries) -> ([u8; 32], Vec<u8>) {
+    if let [(key, value)] = pairs {
+        let hash = spec_leaf(key, value);
+        return (hash, [&[0, 0][..], &hash, &key[..]].concat());
+    }
+    let keys: Vec<&[u8; 32]> = pairs.iter().map(|(key, _)| *key).collect();
+    let crit = spec_crit(&keys);
+    let (left, right): (Vec<_>, Vec<_>) = pairs.iter().partition(|(key, _)| !spec_bit(key, crit));
+    let (left_hash, left_child) = spec_subtree(&left, nodes);
+    let (right_hash, right_child) = spec_subtree(&right, nodes);
+    let hash = spec_node(crit, &left_hash, &right_hash);
+    let prefix = spec_prefix(keys[0], crit);
+    nodes.insert(
+        [&[crit as u8][..], &prefix].concat(),
+        [left_child, right_child].concat(),
+    );
+    (hash, [&[1, crit as u8][..], &hash, &prefix].concat())
+}
+
+/// Root of `pairs`, the root entry (`None` when empty) and every node entry.
+fn spec_tree(pairs: &Pairs) -> ([u8; 32], Option<Vec<u8>>, NodeEntries) {
     let pairs: Vec<_> = pairs.iter().collect();
-    let mut nodes = BTreeMap::new();
-    let root = walk(&pairs, 0, [0; 32], &mut nodes);
-    (root, nodes)
+    let mut nodes = NodeEntries::new();
+    if pairs.is_empty() {
+        return ([0; 32], None, nodes);
+    }
+    let (root, top) = spec_subtree(&pairs, &mut nodes);
+    (root, Some(top), nodes)
 }
 
 // ---- reading the tables ----
 
-/// The context's NODES entries as (depth ++ prefix) → hash, checking the key layout.
-fn stored_nodes(nodes: &impl ReadableTable<Bytes, Bytes>, context: &[u8; 32]) -> BTreeMap<Vec<u8>, [u8; 32]> {
-    let mut low = context.to_vec();
-    low.extend([0u8; 33]);
+/// The context's NODES entries: its root entry, and its node entries as
+/// (crit ++ prefix) → value, checking the key layout.
+fn stored_tree(nodes: &impl ReadableTable<Bytes, Bytes>, context: &[u8; 32]) -> (Option<Vec<u8>>, NodeEntries) {
     let mut high = context.to_vec();
     high.extend([0xffu8; 33]);
-    let mut out = BTreeMap::new();
-    for entry in nodes.range::<&[u8]>(low.as_slice()..=high.as_slice()).expect("range") {
+    let mut top = None;
+    let mut out = NodeEntries::new();
+    for entry in nodes
+        .range::<&[u8]>(context.as_slice()..=high.as_slice())
+        .expect("range")
+    {
         let (key, value) = entry.expect("entry");
         let (key, value) = (key.value(), value.value());
-        assert_eq!(key.len(), 65, "node key layout is context ++ depth ++ prefix");
-        let hash: [u8; 32] = value.try_into().expect("node value is a 32-byte hash");
-        out.insert(key[32..].to_vec(), hash);
+        match key.len() {
+            32 => top = Some(value.to_vec()),
+            65 => {
+                out.insert(key[32..].to_vec(), value.to_vec());
+            }
+            len => panic!("tree entry key of {len} bytes: neither a root nor a node entry"),
+        }
     }
-    out
+    (top, out)
+}
+
+fn stored_nodes(nodes: &impl ReadableTable<Bytes, Bytes>, context: &[u8; 32]) -> NodeEntries {
+    stored_tree(nodes, context).1
 }
 
 /// Every entry of both tables whose context is not one of `skip`.
@@ -172,87 +208,82 @@ const BYSTANDERS: [[u8; 32]; 2] = [
 
 // ---- checking one context ----
 
-/// What the definition says about a set of pairs: its root, its internal nodes, its proofs.
+/// What the definition says about a set of pairs: its root, its stored entries, its proofs.
 struct Reference {
     pairs: Pairs,
     root: [u8; 32],
-    nodes: BTreeMap<Vec<u8>, [u8; 32]>,
+    top: Option<Vec<u8>>,
+    nodes: NodeEntries,
 }
 
 impl Reference {
     fn new(pairs: Pairs) -> Self {
-        let (root, nodes) = spec_tree(&pairs);
-        Reference { pairs, root, nodes }
+        let (root, top, nodes) = spec_tree(&pairs);
+        Reference {
+            pairs,
+            root,
+            top,
+            nodes,
+        }
     }
 
     fn get(&self, key: &[u8; 32]) -> Option<&[u8]> {
         self.pairs.get(key).map(Vec::as_slice)
     }
 
-    /// The pairs of the depth-`depth` subtree containing `path`.
-    fn subtree(&self, path: &[u8; 32], depth: usize) -> Vec<(&[u8; 32], &Vec<u8>)> {
-        let (mut low, mut high) = (*path, *path);
-        for index in depth..256 {
-            low[index / 8] &= !(0x80 >> (index % 8));
-            high[index / 8] |= 0x80 >> (index % 8);
-        }
-        self.pairs.range(low..=high).collect()
-    }
-
-    fn hash(&self, path: &[u8; 32], depth: usize) -> [u8; 32] {
-        match self.subtree(path, depth)[..] {
-            [] => [0; 32],
-            [(key, value)] => spec_leaf(key, value),
-            _ => self.nodes[&node_id(path, depth)],
-        }
-    }
-
-    /// The proof the definition gives for `key`: down the path while it holds two or more
-    /// pairs, then what holds at most one.
+    /// The proof the definition gives for `key`: down the side of the key's bit at each
+    /// branching node while the key agrees with the node's keys before its crit, down the
+    /// left side once it does not, to a leaf.
     fn proof(&self, key: &[u8; 32]) -> Proof {
-        let mut siblings = Vec::new();
-        loop {
-            let depth = siblings.len();
-            let end = match self.subtree(key, depth)[..] {
-                [] => ProofEnd::Empty,
-                [(found, _)] if found == key => ProofEnd::Leaf,
-                [(found, value)] => ProofEnd::OtherLeaf {
-                    key: *found,
-                    value_hash: keccak256(value),
-                },
-                _ => {
-                    let mut sibling = *key;
-                    sibling[depth / 8] ^= 0x80 >> (depth % 8);
-                    siblings.push(self.hash(&sibling, depth + 1));
-                    continue;
-                }
+        let mut pairs: Vec<_> = self.pairs.iter().collect();
+        if pairs.is_empty() {
+            return Proof {
+                steps: vec![],
+                end: None,
             };
-            return Proof { siblings, end };
+        }
+        let mut steps = Vec::new();
+        while pairs.len() > 1 {
+            let keys: Vec<&[u8; 32]> = pairs.iter().map(|(key, _)| *key).collect();
+            let crit = spec_crit(&keys);
+            let inside = spec_prefix(key, crit) == spec_prefix(keys[0], crit);
+            let side = inside && spec_bit(key, crit);
+            let (on, off): (Vec<_>, Vec<_>) = pairs.iter().partition(|(key, _)| spec_bit(key, crit) == side);
+            steps.push(Step {
+                crit: crit as u8,
+                sibling: spec_subtree(&off, &mut NodeEntries::new()).0,
+            });
+            pairs = on;
+        }
+        let (found, value) = pairs[0];
+        Proof {
+            steps,
+            end: Some(ProofLeaf {
+                key: *found,
+                value_hash: keccak256(value),
+            }),
         }
     }
 }
 
-/// depth ++ `path`'s first `depth` bits, zero-padded: a NODES key without its context.
-fn node_id(path: &[u8; 32], depth: usize) -> Vec<u8> {
-    let mut prefix = *path;
-    for index in depth..256 {
-        prefix[index / 8] &= !(0x80 >> (index % 8));
-    }
-    let mut id = vec![depth as u8];
-    id.extend_from_slice(&prefix);
-    id
-}
-
-/// Root, node table and pair count of `context` against the reference.
+/// Root, root entry, node entries and pair count of `context` against the reference.
 fn check_tree(
     kv: &impl ReadableTable<Bytes, Bytes>,
     nodes: &impl ReadableTable<Bytes, Bytes>,
     context: &[u8; 32],
     reference: &Reference,
 ) -> Result<(), TestCaseError> {
-    let root = merkle::root(kv, nodes, context).map_err(fail)?;
+    let root = merkle::root(nodes, context).map_err(fail)?;
     prop_assert_eq!(to_hex0x(&root), to_hex0x(&reference.root));
-    prop_assert_eq!(&stored_nodes(nodes, context), &reference.nodes);
+    let (top, stored) = stored_tree(nodes, context);
+    prop_assert_eq!(&top, &reference.top);
+    // Exactly the branching nodes: the same (crit, prefix) set, each with its children.
+    prop_assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        reference.nodes.keys().collect::<Vec<_>>()
+    );
+    prop_assert_eq!(&stored, &reference.nodes);
+    prop_assert_eq!(stored.len(), reference.pairs.len().saturating_sub(1));
     prop_assert_eq!(context_kv_len(kv, context), reference.pairs.len());
     Ok(())
 }
@@ -312,20 +343,19 @@ fn op() -> impl Strategy<Value = Op> {
         })
 }
 
-/// Cases to run: `PROPTEST_CASES` if set, else a number that keeps a debug run short (the
-/// pool's keys make paths 256 levels deep, and unoptimized keccak costs ~30 µs).
+/// Cases to run: `PROPTEST_CASES` if set, else a number that keeps a debug run short.
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|cases| cases.parse().ok())
-        .unwrap_or(24)
+        .unwrap_or(64)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// After every step: `set` returns the root of the model computed from scratch, each
-    /// context's stored root and node table are exactly the model's (so nothing stale
+    /// context's root entry and node entries are exactly the model's (so nothing stale
     /// stays after removals), the proofs of the touched key and of another key are the
     /// ones the definition gives, and the touched key's proof verifies. At the end,
     /// through a read transaction: the same for every key; then clearing one context
@@ -393,7 +423,7 @@ proptest! {
             merkle::clear(&mut kv, &mut nodes, &CONTEXTS[0]).map_err(fail)?;
             let empty = Reference::new(Pairs::new());
             check_tree(&kv, &nodes, &CONTEXTS[0], &empty)?;
-            prop_assert_eq!(merkle::root(&kv, &nodes, &CONTEXTS[0]).map_err(fail)?, EMPTY_ROOT);
+            prop_assert_eq!(merkle::root(&nodes, &CONTEXTS[0]).map_err(fail)?, EMPTY_ROOT);
             for key in &keys[..3] {
                 check_proof(&kv, &nodes, &CONTEXTS[0], &empty, key)?;
             }
@@ -406,8 +436,9 @@ proptest! {
 
 /// Proofs verify exactly the true claims: the right value (or absence) under the right
 /// root, and nothing else — not a wrong value, a wrong presence, a wrong root, a tampered
-/// path, nor a claim about another key that is false (an absence proof legitimately covers
-/// every key of its empty subtree, which are all absent).
+/// path, nor a claim about another key that is false. (A proof legitimately shows the
+/// absence of every key whose position is inside the leaf or node the path ends at or
+/// leaves: that is checked bit by bit below.)
 #[test]
 fn proofs_verify_only_true_claims() {
     let keys = pool();
@@ -422,33 +453,36 @@ fn proofs_verify_only_true_claims() {
     let txn = store.db.begin_write().expect("write txn");
     let mut kv = txn.open_table(KV).expect("kv");
     let mut nodes = txn.open_table(NODES).expect("nodes");
-    let mut ends = [0usize; 3];
+    // Proofs seen: of an empty tree, of a present key, of an absent key.
+    let mut kinds = [0usize; 3];
     for (index, pairs) in states.into_iter().enumerate() {
         let context = [0x70 + index as u8; 32];
         for (key, value) in &pairs {
             merkle::set(&mut kv, &mut nodes, &context, key, Some(value)).expect("set");
         }
         let reference = Reference::new(pairs);
-        let root = merkle::root(&kv, &nodes, &context).expect("root");
+        let root = merkle::root(&nodes, &context).expect("root");
         assert_eq!(root, reference.root);
         let mut wrong_root = root;
         wrong_root[31] ^= 1;
         for (position, key) in keys.iter().enumerate() {
             let proof = check_proof(&kv, &nodes, &context, &reference, key).expect("proof");
-            ends[match proof.end {
-                ProofEnd::Leaf => 0,
-                ProofEnd::OtherLeaf { .. } => 1,
-                ProofEnd::Empty => 2,
-            }] += 1;
             let truth = reference.get(key);
+            kinds[match (&proof.end, truth) {
+                (None, _) => 0,
+                (Some(_), Some(_)) => 1,
+                (Some(_), None) => 2,
+            }] += 1;
             assert!(proof.verify(&root, key, truth), "state {index}, key {position}");
             assert!(!proof.verify(&wrong_root, key, truth));
             assert!(!proof.verify(&root, key, false_claim(&reference, key).as_deref()));
             match truth {
                 Some(value) => {
+                    // A present key claimed absent, or with another value.
                     assert!(!proof.verify(&root, key, None));
                     assert!(!proof.verify(&root, key, Some(&value[1..])));
                 }
+                // An absent key claimed present.
                 None => assert!(!proof.verify(&root, key, Some(b"x"))),
             }
             for step in [1, 2, 7] {
@@ -461,34 +495,130 @@ fn proofs_verify_only_true_claims() {
                 ] {
                     if proof.verify(&root, other, claim) {
                         assert_eq!(claim, reference.get(other), "false claim verified");
-                        assert!(truth.is_none(), "a presence proof verified for another key");
                     }
                 }
             }
-            if let Some(first) = proof.siblings.first() {
-                let mut tampered = proof.clone();
-                tampered.siblings[0] = keccak256(first);
-                assert!(!tampered.verify(&root, key, truth));
-                let mut shorter = proof.clone();
-                shorter.siblings.pop();
-                assert!(!shorter.verify(&root, key, truth));
+            check_tampering(&proof, &root, key, truth);
+            let Some(end) = &proof.end else { continue };
+            // The absence of a key that parts from the end leaf at bit `b` is shown exactly
+            // when no step has crit `b`: then its position is inside the path's end or in a
+            // node the path goes through on the other side of a greater crit.
+            let crits: Vec<usize> = proof.steps.iter().map(|step| usize::from(step.crit)).collect();
+            for parted in 0..256 {
+                let near = flip(&end.key, parted);
+                let shown = proof.verify(&root, &near, None);
+                assert_eq!(shown, !crits.contains(&parted), "bit {parted} of {crits:?}");
+                if shown {
+                    assert_eq!(reference.get(&near), None);
+                }
             }
-            let mut longer = proof.clone();
-            longer.siblings.push([0; 32]);
-            assert!(!longer.verify(&root, key, truth));
-            if let ProofEnd::OtherLeaf { key: other, value_hash } = proof.end {
-                // The other leaf can't be passed off as the key itself, nor moved.
+            // The other leaf of an absence proof does not prove its own absence, and can't
+            // be passed off as the key.
+            if truth.is_none() {
+                assert!(!proof.verify(&root, &end.key, None));
                 let mut swapped = proof.clone();
-                swapped.end = ProofEnd::OtherLeaf { key: *key, value_hash };
+                swapped.end = Some(ProofLeaf {
+                    key: *key,
+                    value_hash: end.value_hash,
+                });
                 assert!(!swapped.verify(&root, key, None));
-                assert!(!proof.verify(&root, &other, None));
+                assert!(!swapped.verify(&root, key, Some(b"x")));
             }
         }
     }
     assert!(
-        ends.iter().all(|count| *count > 0),
-        "every kind of proof end was seen: {ends:?}"
+        kinds.iter().all(|count| *count > 0),
+        "every kind of proof was seen: {kinds:?}"
     );
+}
+
+/// Every change to a valid proof's path makes it fail for the same claim.
+fn check_tampering(proof: &Proof, root: &[u8; 32], key: &[u8; 32], truth: Option<&[u8]>) {
+    let mut longer = proof.clone();
+    longer.steps.push(Step {
+        crit: 255,
+        sibling: [0; 32],
+    });
+    assert!(!longer.verify(root, key, truth), "extra step");
+    if proof.end.is_some() {
+        let mut no_end = proof.clone();
+        no_end.end = None;
+        assert!(!no_end.verify(root, key, truth), "end dropped");
+    }
+    for index in 0..proof.steps.len() {
+        let mut flipped = proof.clone();
+        flipped.steps[index].sibling[0] ^= 1;
+        assert!(!flipped.verify(root, key, truth), "flipped sibling {index}");
+        for crit in [proof.steps[index].crit ^ 1, proof.steps[index].crit.wrapping_add(8)] {
+            let mut moved = proof.clone();
+            moved.steps[index].crit = crit;
+            assert!(
+                !moved.verify(root, key, truth),
+                "crit of step {index} changed to {crit}"
+            );
+        }
+        let mut shorter = proof.clone();
+        shorter.steps.remove(index);
+        assert!(!shorter.verify(root, key, truth), "step {index} dropped");
+        if index > 0 {
+            let mut swapped = proof.clone();
+            swapped.steps.swap(index - 1, index);
+            assert!(!swapped.verify(root, key, truth), "steps {index} and before swapped");
+        }
+    }
+    if proof.steps.len() > 2 {
+        let mut reversed = proof.clone();
+        reversed.steps.reverse();
+        assert!(!reversed.verify(root, key, truth), "steps reversed");
+    }
+    if let Some(end) = &proof.end {
+        let mut other_value = proof.clone();
+        other_value.end = Some(ProofLeaf {
+            key: end.key,
+            value_hash: keccak256(&end.value_hash),
+        });
+        assert!(!other_value.verify(root, key, truth), "end value hash changed");
+    }
+}
+
+/// The path's hashes depend only on the end leaf, so a proof's hashes also fit any key
+/// that parts from the leaf at a step's crit; that key would be in the unopened sibling,
+/// so such a proof shows nothing about it.
+#[test]
+fn a_proof_says_nothing_about_the_sibling_it_does_not_open() {
+    let store = store();
+    let txn = store.db.begin_write().expect("write txn");
+    let mut kv = txn.open_table(KV).expect("kv");
+    let mut nodes = txn.open_table(NODES).expect("nodes");
+    let context = [0x21; 32];
+    let (a, b) = ([0u8; 32], with_first_byte([0; 32], 0x80));
+    merkle::set(&mut kv, &mut nodes, &context, &a, Some(b"a")).expect("set");
+    let root = merkle::set(&mut kv, &mut nodes, &context, &b, Some(b"b")).expect("set");
+    let proof = merkle::prove(&kv, &nodes, &context, &a).expect("prove");
+    assert_eq!(
+        proof,
+        Proof {
+            steps: vec![Step {
+                crit: 0,
+                sibling: spec_leaf(&b, b"b")
+            }],
+            end: Some(ProofLeaf {
+                key: a,
+                value_hash: keccak256(b"a")
+            }),
+        }
+    );
+    assert!(proof.verify(&root, &a, Some(b"a")));
+    // `b` is present, and an absent `c0…` is in the same subtree: a's proof shows neither.
+    let c = with_first_byte([0; 32], 0xc0);
+    assert!(!proof.verify(&root, &b, None));
+    assert!(!proof.verify(&root, &c, None));
+    // `40…` parts from `a` at bit 1, below the only crit: its position holds a's leaf.
+    assert!(proof.verify(&root, &with_first_byte([0; 32], 0x40), None));
+    // c's own proof ends at b's leaf and shows its absence.
+    let proof = merkle::prove(&kv, &nodes, &context, &c).expect("prove");
+    assert_eq!(proof.end.as_ref().map(|end| end.key), Some(b));
+    assert!(proof.verify(&root, &c, None));
 }
 
 // ---- fixed cases ----
@@ -511,8 +641,12 @@ fn vector() -> Vec<([u8; 32], &'static [u8])> {
     ]
 }
 
-/// Checked against an independent implementation of the definition (Python, own Keccak).
-const VECTOR_ROOT: &str = "0x3be3a1e3e4dc44a25bfcaf3254f9c34bf5c821e4d87520681973c41a698771f0";
+/// Root of the vector's first two pairs. Both roots were also computed by an independent
+/// implementation of the definition (Python, own Keccak), and the two-pair one by hand:
+/// keccak256(01 ‖ ff ‖ keccak256(00 ‖ k1 ‖ keccak256("a")) ‖ keccak256(00 ‖ k2 ‖ keccak256("b"))).
+const VECTOR_TWO_ROOT: &str = "0x023ece283500e459da60888cf4960f2d9f64f7c69ad7090b94d1b3f9df3a6aba";
+/// Root of the whole vector.
+const VECTOR_ROOT: &str = "0xebd2ef0d2d585f8b0f6155d72ca7eb72687c9e580c58a994ff710c7e901487ed";
 
 #[test]
 fn fixed_vector() {
@@ -520,19 +654,21 @@ fn fixed_vector() {
     let [(k1, v1), (k2, v2), (k3, v3), (k4, v4)] = pairs[..] else {
         unreachable!()
     };
-    // k1 and k2 differ only in the last bit: the depth-255 node holds both, and each node
-    // from depth 254 up to 2 has it below on the left and nothing on the right; k4 splits
-    // off at bit 1 and k3 at bit 0.
-    let mut deep = spec_node(&spec_leaf(&k1, v1), &spec_leaf(&k2, v2));
-    for _depth in 2..255 {
-        deep = spec_node(&deep, &[0; 32]);
-    }
-    let left = spec_node(&deep, &spec_leaf(&k4, v4));
-    let expected = spec_node(&left, &spec_leaf(&k3, v3));
+    // k1 and k2 differ only in the last bit: one node at crit 255 holds both; k4 parts
+    // from them at bit 1 and k3 from all three at bit 0.
+    let two = keccak256_parts(&[
+        &[0x01, 0xff],
+        &keccak256_parts(&[&[0x00], &k1, &keccak256(v1)]),
+        &keccak256_parts(&[&[0x00], &k2, &keccak256(v2)]),
+    ]);
+    assert_eq!(to_hex0x(&two), VECTOR_TWO_ROOT);
+    let low = spec_node(1, &two, &spec_leaf(&k4, v4));
+    let expected = spec_node(0, &low, &spec_leaf(&k3, v3));
     assert_eq!(to_hex0x(&expected), VECTOR_ROOT);
 
     let model: Pairs = pairs.iter().map(|(key, value)| (*key, value.to_vec())).collect();
     assert_eq!(merkle::root_of(&model), expected);
+    assert_eq!(merkle::root_of(&model.clone().into_iter().take(2).collect()), two);
 
     let store = store();
     let txn = store.db.begin_write().expect("write txn");
@@ -540,18 +676,37 @@ fn fixed_vector() {
         let mut kv = txn.open_table(KV).expect("kv");
         let mut nodes = txn.open_table(NODES).expect("nodes");
         let context = [0xc0; 32];
-        let mut root = EMPTY_ROOT;
+        let mut roots = Vec::new();
         for (key, value) in &pairs {
-            root = merkle::set(&mut kv, &mut nodes, &context, key, Some(value)).expect("set");
+            roots.push(merkle::set(&mut kv, &mut nodes, &context, key, Some(value)).expect("set"));
         }
+        assert_eq!(to_hex0x(&roots[1]), VECTOR_TWO_ROOT);
+        let root = roots[3];
         assert_eq!(to_hex0x(&root), VECTOR_ROOT);
-        // 254 nodes on the deep path (depths 2..=255), plus depths 1 and 0.
-        assert_eq!(stored_nodes(&nodes, &context).len(), 256);
+        // Three branching nodes: crits 0, 1 and 255.
+        let stored = stored_nodes(&nodes, &context);
+        assert_eq!(stored.keys().map(|node| node[0]).collect::<Vec<_>>(), vec![0, 1, 255]);
         let proof = merkle::prove(&kv, &nodes, &context, &k2).expect("prove");
-        assert_eq!(proof.siblings.len(), 256);
+        assert_eq!(
+            proof.steps,
+            vec![
+                Step {
+                    crit: 0,
+                    sibling: spec_leaf(&k3, v3)
+                },
+                Step {
+                    crit: 1,
+                    sibling: spec_leaf(&k4, v4)
+                },
+                Step {
+                    crit: 255,
+                    sibling: spec_leaf(&k1, v1)
+                },
+            ]
+        );
         assert!(proof.verify(&root, &k2, Some(v2)));
         let proof = merkle::prove(&kv, &nodes, &context, &k3).expect("prove");
-        assert_eq!(proof.siblings, vec![left]);
+        assert_eq!(proof.steps, vec![Step { crit: 0, sibling: low }]);
         assert!(proof.verify(&root, &k3, Some(b"")));
     }
     txn.commit().expect("commit");
@@ -607,19 +762,16 @@ fn insertion_order_does_not_matter() {
                 merkle::set(&mut kv, &mut nodes, &context, key, None).expect("remove");
             }
         }
-        assert_eq!(
-            merkle::root(&kv, &nodes, &context).expect("root"),
-            expected,
-            "order {seed}"
-        );
-        trees.push(stored_nodes(&nodes, &context));
+        assert_eq!(merkle::root(&nodes, &context).expect("root"), expected, "order {seed}");
+        trees.push(stored_tree(&nodes, &context));
     }
     assert!(trees.windows(2).all(|pair| pair[0] == pair[1]));
-    assert_eq!(trees[0], spec_tree(&model).1);
+    let (_, top, nodes) = spec_tree(&model);
+    assert_eq!(trees[0], (top, nodes));
 }
 
 #[test]
-fn keys_differing_in_the_last_bit_make_a_full_depth_path() {
+fn keys_differing_in_the_last_bit_make_one_node() {
     let (a, b) = ([0x33; 32], with_last_byte([0x33; 32], 0x32));
     let store = store();
     let txn = store.db.begin_write().expect("write txn");
@@ -627,23 +779,26 @@ fn keys_differing_in_the_last_bit_make_a_full_depth_path() {
     let mut nodes = txn.open_table(NODES).expect("nodes");
     let context = [9; 32];
     merkle::set(&mut kv, &mut nodes, &context, &a, Some(b"a")).expect("set");
-    assert!(stored_nodes(&nodes, &context).is_empty(), "a single leaf needs no node");
+    let (top, stored) = stored_tree(&nodes, &context);
+    assert!(stored.is_empty(), "a single leaf needs no node");
+    assert_eq!(top, Some([&[0, 0][..], &spec_leaf(&a, b"a"), &a].concat()));
     let root = merkle::set(&mut kv, &mut nodes, &context, &b, Some(b"b")).expect("set");
+    assert_eq!(root, spec_node(255, &spec_leaf(&b, b"b"), &spec_leaf(&a, b"a")));
     let stored = stored_nodes(&nodes, &context);
-    assert_eq!(stored.len(), 256);
     assert_eq!(
-        stored.keys().map(|node| node[0]).collect::<Vec<_>>(),
-        (0..=255).collect::<Vec<u8>>()
+        stored.keys().cloned().collect::<Vec<_>>(),
+        vec![[&[255][..], &b].concat()]
     );
     for (key, value) in [(a, b"a"), (b, b"b")] {
         let proof = merkle::prove(&kv, &nodes, &context, &key).expect("prove");
-        assert_eq!(proof.siblings.len(), 256);
+        assert_eq!(proof.steps.len(), 1);
         assert!(proof.verify(&root, &key, Some(value)));
     }
-    let absent = with_last_byte([0x33; 32], 0x31);
+    // Parts from both at bit 248, above the node: the proof runs down the node's left side.
+    let absent = with_last_byte([0x33; 32], 0xb3);
     let proof = merkle::prove(&kv, &nodes, &context, &absent).expect("prove");
-    assert_eq!(proof.siblings.len(), 255);
-    assert_eq!(proof.end, ProofEnd::Empty);
+    assert_eq!(proof.steps.len(), 1);
+    assert_eq!(proof.end.as_ref().map(|end| end.key), Some(b));
     assert!(proof.verify(&root, &absent, None));
 
     let root = merkle::set(&mut kv, &mut nodes, &context, &a, None).expect("remove");
@@ -653,16 +808,54 @@ fn keys_differing_in_the_last_bit_make_a_full_depth_path() {
     assert_eq!(
         proof,
         Proof {
-            siblings: vec![],
-            end: ProofEnd::OtherLeaf {
+            steps: vec![],
+            end: Some(ProofLeaf {
                 key: b,
                 value_hash: keccak256(b"b")
-            }
+            })
         }
     );
     assert!(proof.verify(&root, &a, None));
     // The other leaf does not prove the absence of the key it holds.
     assert!(!proof.verify(&root, &b, None));
+}
+
+/// Keys sharing their first 248 bits with a present key (the old per-bit tree re-hashed
+/// ~249 levels for each) cost no more than others: one more branching node at crit 248,
+/// so a write's path is as short as a random key's plus one.
+#[test]
+fn keys_sharing_248_bits_stay_cheap() {
+    let originals: Vec<[u8; 32]> = (0u32..300).map(|i| keccak256(&i.to_le_bytes())).collect();
+    let twins: Vec<[u8; 32]> = originals.iter().map(|key| with_last_byte(*key, !key[31])).collect();
+    let store = store();
+    let txn = store.db.begin_write().expect("write txn");
+    let mut kv = txn.open_table(KV).expect("kv");
+    let mut nodes = txn.open_table(NODES).expect("nodes");
+    let context = [0x24; 32];
+    for key in &originals {
+        merkle::set(&mut kv, &mut nodes, &context, key, Some(b"o")).expect("set");
+    }
+    let before: Vec<usize> = originals
+        .iter()
+        .map(|key| merkle::prove(&kv, &nodes, &context, key).expect("prove").steps.len())
+        .collect();
+    for key in &twins {
+        merkle::set(&mut kv, &mut nodes, &context, key, Some(b"t")).expect("set");
+    }
+    assert_eq!(stored_nodes(&nodes, &context).len(), 2 * originals.len() - 1);
+    let root = merkle::root(&nodes, &context).expect("root");
+    for ((original, twin), depth) in originals.iter().zip(&twins).zip(&before) {
+        for (key, value) in [(original, b"o"), (twin, b"t")] {
+            let proof = merkle::prove(&kv, &nodes, &context, key).expect("prove");
+            assert_eq!(proof.steps.len(), depth + 1);
+            assert_eq!(proof.steps.last().map(|step| step.crit), Some(248));
+            assert!(proof.verify(&root, key, Some(value)));
+        }
+    }
+    assert!(
+        before.iter().all(|depth| *depth <= 32),
+        "random keys make short paths: {before:?}"
+    );
 }
 
 #[test]
@@ -676,16 +869,18 @@ fn removing_everything_leaves_no_nodes() {
     for key in &keys {
         merkle::set(&mut kv, &mut nodes, &context, key, Some(&key[..4])).expect("set");
     }
-    assert!(stored_nodes(&nodes, &context).len() >= keys.len() - 1);
+    let (top, stored) = stored_tree(&nodes, &context);
+    assert!(top.is_some());
+    assert_eq!(stored.len(), keys.len() - 1);
     let mut last = None;
     for key in scrambled(&keys, 7) {
         last = Some(merkle::set(&mut kv, &mut nodes, &context, &key, None).expect("remove"));
     }
     assert_eq!(last, Some(EMPTY_ROOT));
-    assert!(stored_nodes(&nodes, &context).is_empty());
+    assert_eq!(stored_tree(&nodes, &context), (None, NodeEntries::new()));
     assert_eq!(nodes.len().expect("len"), 0);
     assert_eq!(kv.len().expect("len"), 0);
-    assert_eq!(merkle::root(&kv, &nodes, &context).expect("root"), EMPTY_ROOT);
+    assert_eq!(merkle::root(&nodes, &context).expect("root"), EMPTY_ROOT);
 }
 
 #[test]
@@ -700,7 +895,7 @@ fn unchanged_writes_keep_the_root() {
     for key in &keys[..8] {
         root = merkle::set(&mut kv, &mut nodes, &context, key, Some(b"v")).expect("set");
     }
-    let before = stored_nodes(&nodes, &context);
+    let before = stored_tree(&nodes, &context);
     assert_eq!(
         merkle::set(&mut kv, &mut nodes, &context, &keys[3], Some(b"v")).expect("set"),
         root
@@ -709,12 +904,13 @@ fn unchanged_writes_keep_the_root() {
         merkle::set(&mut kv, &mut nodes, &context, &keys[9], None).expect("remove"),
         root
     );
-    assert_eq!(stored_nodes(&nodes, &context), before);
+    assert_eq!(stored_tree(&nodes, &context), before);
     // Empty state: removing is a no-op with the empty root.
     assert_eq!(
         merkle::set(&mut kv, &mut nodes, &[7; 32], &keys[0], None).expect("remove"),
         EMPTY_ROOT
     );
+    assert_eq!(stored_tree(&nodes, &[7; 32]), (None, NodeEntries::new()));
 }
 
 #[test]
@@ -748,43 +944,93 @@ fn a_damaged_store_is_an_error_not_a_panic() {
     let mut nodes = txn.open_table(NODES).expect("nodes");
     let context = [4; 32];
     let keys = pool();
+    // 00…00 and 00…01 under a node at crit 255, 5a…5a and 5a…5b under another, both under
+    // a node at crit 1 (0x00 = 0000…, 0x5a = 0101…).
     for key in &keys[..4] {
         merkle::set(&mut kv, &mut nodes, &context, key, Some(b"v")).expect("set");
     }
-    let node_key = |depth: u8| {
-        let mut key = context.to_vec();
-        key.push(depth);
-        key.extend([0u8; 32]);
-        key
-    };
+    let node_key = |crit: u8, prefix: [u8; 32]| [&context[..], &[crit], &prefix].concat();
+    let top = node_key(1, [0; 32]);
+    let low = node_key(255, [0; 32]);
+    let root = merkle::root(&nodes, &context).expect("root");
 
-    // keys[0] and keys[1] (all zeros, and zeros but the last bit) meet 255 levels deep;
-    // drop one of their nodes, which `set` of keys[5] reads as a sibling on its way up.
-    nodes.remove(node_key(2).as_slice()).expect("remove");
-    let err = merkle::set(&mut kv, &mut nodes, &context, &keys[5], Some(b"w")).expect_err("missing node");
-    assert!(matches!(err, MerkleError::MissingNode { depth: 2, .. }), "{err}");
-    assert!(merkle::prove(&kv, &nodes, &context, &keys[0]).is_err());
+    let saved = nodes
+        .remove(low.as_slice())
+        .expect("remove")
+        .expect("stored")
+        .value()
+        .to_vec();
+    let err = merkle::set(&mut kv, &mut nodes, &context, &keys[0], Some(b"w")).expect_err("missing node");
+    assert!(matches!(err, MerkleError::MissingNode { crit: 255, .. }), "{err}");
+    assert!(matches!(
+        merkle::prove(&kv, &nodes, &context, &keys[1]),
+        Err(MerkleError::MissingNode { crit: 255, .. })
+    ));
+    // The root comes from the root entry alone; the other side still proves.
+    assert_eq!(merkle::root(&nodes, &context).expect("root"), root);
+    let proof = merkle::prove(&kv, &nodes, &context, &keys[2]).expect("prove");
+    assert!(proof.verify(&root, &keys[2], Some(b"v")));
+    nodes.insert(low.as_slice(), saved.as_slice()).expect("insert");
+    kv.insert([&context[..], &keys[0]].concat().as_slice(), &b"v"[..])
+        .expect("insert");
 
-    nodes.insert(node_key(0).as_slice(), &[1u8, 2, 3][..]).expect("insert");
-    let err = merkle::root(&kv, &nodes, &context).expect_err("short node");
+    let saved = nodes
+        .get(top.as_slice())
+        .expect("get")
+        .expect("stored")
+        .value()
+        .to_vec();
+    nodes.insert(top.as_slice(), &[1u8, 2, 3][..]).expect("insert");
+    let err = merkle::set(&mut kv, &mut nodes, &context, &keys[2], Some(b"w")).expect_err("short node");
+    assert!(matches!(err, MerkleError::CorruptNode { crit: 1, len: 3, .. }), "{err}");
+    assert!(matches!(
+        merkle::prove(&kv, &nodes, &context, &keys[0]),
+        Err(MerkleError::CorruptNode { crit: 1, len: 3, .. })
+    ));
+    // An unknown kind of child, and a child node that points back at its parent.
+    let mut bad_kind = saved.clone();
+    bad_kind[0] = 7;
+    let mut cycle = saved.clone();
+    cycle[..2].copy_from_slice(&[1, 1]);
+    cycle[34..66].copy_from_slice(&[0; 32]);
+    for entry in [bad_kind, cycle, [saved.as_slice(), &[0]].concat()] {
+        nodes.insert(top.as_slice(), entry.as_slice()).expect("insert");
+        let err = merkle::prove(&kv, &nodes, &context, &keys[0]).expect_err("bad node");
+        assert!(matches!(err, MerkleError::CorruptNode { crit: 1, .. }), "{err}");
+    }
+    nodes.insert(top.as_slice(), saved.as_slice()).expect("insert");
+
+    nodes.insert(context.as_slice(), &[9u8; 65][..]).expect("insert");
+    let err = merkle::root(&nodes, &context).expect_err("short root entry");
+    assert!(matches!(err, MerkleError::CorruptRoot { len: 65, .. }), "{err}");
+    assert!(merkle::set(&mut kv, &mut nodes, &context, &keys[5], Some(b"v")).is_err());
+    assert!(merkle::prove(&kv, &nodes, &context, &keys[5]).is_err());
+
+    // The tree and the pairs out of step: a pair the tree does not have, a leaf whose pair
+    // is gone or holds another value.
+    let other = [3; 32];
+    let (a, b) = ([0x10; 32], [0x90; 32]);
+    merkle::set(&mut kv, &mut nodes, &other, &a, Some(b"a")).expect("set");
+    kv.insert([&other[..], &b].concat().as_slice(), &b"b"[..])
+        .expect("insert");
+    let err = merkle::set(&mut kv, &mut nodes, &other, &b, None).expect_err("not in the tree");
     assert!(
-        matches!(err, MerkleError::CorruptNode { depth: 0, len: 3, .. }),
+        matches!(err, MerkleError::Inconsistent { key, .. } if key == b),
         "{err}"
     );
-    assert!(merkle::prove(&kv, &nodes, &context, &keys[2]).is_err());
-
-    nodes.remove(node_key(0).as_slice()).expect("remove");
-    let err = merkle::root(&kv, &nodes, &context).expect_err("missing node");
-    assert!(matches!(err, MerkleError::MissingNode { depth: 0, .. }), "{err}");
-
-    // A key of the wrong length inside another context's key range.
-    let other = [3; 32];
-    let mut bad = other.to_vec();
-    bad.extend([0x77u8; 8]);
-    kv.insert(bad.as_slice(), &b"x"[..]).expect("insert");
-    let err = merkle::root(&kv, &nodes, &other).expect_err("bad key");
-    assert!(matches!(err, MerkleError::CorruptKey { len: 40, .. }), "{err}");
-    assert!(merkle::set(&mut kv, &mut nodes, &other, &[0xee; 32], Some(b"v")).is_err());
+    kv.insert([&other[..], &a].concat().as_slice(), &b"changed"[..])
+        .expect("insert");
+    let err = merkle::prove(&kv, &nodes, &other, &a).expect_err("other value");
+    assert!(
+        matches!(err, MerkleError::Inconsistent { key, .. } if key == a),
+        "{err}"
+    );
+    kv.remove([&other[..], &a].concat().as_slice()).expect("remove");
+    let err = merkle::prove(&kv, &nodes, &other, &b).expect_err("pair gone");
+    assert!(
+        matches!(err, MerkleError::Inconsistent { key, .. } if key == a),
+        "{err}"
+    );
 }
 
 /// Rough cost of the incremental update. Run in release:
@@ -831,14 +1077,14 @@ fn cost_of_ten_thousand_random_sets() {
     let (kv, nodes) = (read.open_table(KV).expect("kv"), read.open_table(NODES).expect("nodes"));
     for key in first.iter().take(1000) {
         let proof = merkle::prove(&kv, &nodes, &context, key).expect("prove");
-        assert!(proof.end == ProofEnd::Leaf);
+        assert!(proof.end.is_some_and(|end| end.key == *key));
     }
     println!("1,000 proofs in a context of 20,000: {:?}", start.elapsed());
     drop((kv, nodes, read));
 
     timed("10,000 random-key removes from a context of 20,000", &first, None);
-    // The costly case: keys sharing their first 248 bits with a present key, so each
-    // update re-hashes a path ~249 levels long.
+    // Keys sharing their first 248 bits with a present key: costly in a per-bit tree
+    // (~249 levels each), one level more than a random key here.
     let twins: Vec<[u8; 32]> = random_keys(N, 1000)
         .iter()
         .map(|key| with_last_byte(*key, !key[31]))
