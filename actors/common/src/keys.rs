@@ -9,7 +9,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
-use secp256k1::{Message, PublicKey, SecretKey};
+use secp256k1::ffi::CPtr;
+use secp256k1::{Message, PublicKey, Secp256k1, SecretKey, SignOnly};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::address::Address;
@@ -23,6 +24,8 @@ pub enum KeyError {
     Malformed { path: String },
     #[error("no entropy from the operating system: {0}")]
     Entropy(String),
+    #[error("libsecp256k1 refused to sign with this key")]
+    Signing,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -123,16 +126,82 @@ impl SigningKey {
     /// Recoverable signature of a 32-byte digest; v is 27 or 28 as wallets write it.
     pub fn sign_digest_recoverable(&self, digest: [u8; 32]) -> Signature65 {
         let signature = RecoverableSignature::sign_ecdsa_recoverable(Message::from_digest(digest), &self.secret);
-        let (recovery_id, compact) = signature.serialize_compact();
-        let mut out = [0u8; 65];
-        out[..64].copy_from_slice(&compact);
-        out[64] = 27 + u8::from(recovery_id);
-        Signature65(out)
+        Signature65::from_recoverable(&signature)
+    }
+
+    /// A signer for a stream of digests on one thread (see [`BulkSigner`]).
+    pub fn bulk_signer(&self) -> Result<BulkSigner, KeyError> {
+        BulkSigner::new(self.secret)
     }
 
     /// Plain 64-byte (r, s) signature of a digest, low-s, as JWS ES256K wants it.
     pub fn sign_digest_compact(&self, digest: [u8; 32]) -> [u8; 64] {
         self.secret.sign_ecdsa(Message::from_digest(digest)).serialize_compact()
+    }
+}
+
+/// Signs many digests with one key, on one thread, producing the same signatures as
+/// [`SigningKey::sign_digest_recoverable`] (RFC 6979 nonces) at about half the cost.
+///
+/// libsecp256k1 blinds its signing computations with a random value held in the context
+/// (a side-channel defence). secp256k1 0.33 re-blinds its shared context after *every*
+/// signature, which costs as much as the signature itself; a node signs every transaction
+/// id, so here a context of its own is blinded with fresh operating-system randomness
+/// when created and again every [`BulkSigner::REBLIND_EVERY`] signatures.
+pub struct BulkSigner {
+    context: Secp256k1<SignOnly>,
+    secret: SecretKey,
+    until_reblind: u32,
+}
+
+impl BulkSigner {
+    /// Signatures between two blindings of the context.
+    pub const REBLIND_EVERY: u32 = 256;
+
+    fn new(secret: SecretKey) -> Result<Self, KeyError> {
+        let mut signer = BulkSigner {
+            context: Secp256k1::signing_only(),
+            secret,
+            until_reblind: 0,
+        };
+        signer.reblind()?;
+        Ok(signer)
+    }
+
+    fn reblind(&mut self) -> Result<(), KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Entropy(e.to_string()))?;
+        self.context.seeded_randomize(&seed);
+        self.until_reblind = Self::REBLIND_EVERY;
+        Ok(())
+    }
+
+    /// Recoverable signature of a 32-byte digest; v is 27 or 28 as wallets write it.
+    pub fn sign(&mut self, digest: [u8; 32]) -> Result<Signature65, KeyError> {
+        if self.until_reblind == 0 {
+            self.reblind()?;
+        }
+        self.until_reblind -= 1;
+        let message = Message::from_digest(digest);
+        let mut signature = secp256k1::ffi::recovery::RecoverableSignature::new();
+        // SAFETY: every pointer is valid for the call: the context lives in `self`, the
+        // output is a local, the message and the secret key are 32-byte values of their
+        // types; a null nonce-data pointer is allowed with the RFC 6979 nonce function.
+        let signed = unsafe {
+            secp256k1::ffi::recovery::secp256k1_ecdsa_sign_recoverable(
+                self.context.ctx().as_ptr(),
+                &mut signature,
+                message.as_c_ptr(),
+                self.secret.as_c_ptr(),
+                secp256k1::ffi::secp256k1_nonce_function_rfc6979,
+                std::ptr::null(),
+            )
+        };
+        // libsecp256k1 fails only for an invalid secret key, which a `SecretKey` is not.
+        if signed != 1 {
+            return Err(KeyError::Signing);
+        }
+        Ok(Signature65::from_recoverable(&RecoverableSignature::from(signature)))
     }
 }
 
@@ -171,6 +240,14 @@ pub fn personal_digest(message: &[u8]) -> [u8; 32] {
 pub struct Signature65(pub [u8; 65]);
 
 impl Signature65 {
+    fn from_recoverable(signature: &RecoverableSignature) -> Self {
+        let (recovery_id, compact) = signature.serialize_compact();
+        let mut out = [0u8; 65];
+        out[..64].copy_from_slice(&compact);
+        out[64] = 27 + u8::from(recovery_id);
+        Signature65(out)
+    }
+
     /// The public key and address that signed `digest`. Rejects non-canonical (high-s)
     /// signatures so that one signed message has exactly one valid signature.
     pub fn recover_digest(&self, digest: [u8; 32]) -> Result<(PublicKey, Address), SignatureError> {
@@ -268,6 +345,20 @@ mod tests {
 
     fn test_key() -> SigningKey {
         SigningKey::from_bytes(crate::hash::from_hex0x::<32>(TEST_SECRET).expect("hex")).expect("valid key")
+    }
+
+    #[test]
+    fn the_bulk_signer_signs_exactly_like_the_key() {
+        let key = test_key();
+        let mut bulk = key.bulk_signer().expect("bulk signer");
+        // Past a re-blinding, too: blinding never changes a deterministic signature.
+        for n in 0..(BulkSigner::REBLIND_EVERY + 8) {
+            let digest = keccak256_parts(&[&n.to_be_bytes()]);
+            let signature = bulk.sign(digest).expect("sign");
+            assert_eq!(signature, key.sign_digest_recoverable(digest), "digest {n}");
+            let (_, address) = signature.recover_digest(digest).expect("recovers");
+            assert_eq!(address, key.address());
+        }
     }
 
     #[test]
