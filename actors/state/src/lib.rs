@@ -8,6 +8,7 @@ mod executor;
 pub mod ids;
 pub mod merkle;
 pub mod messages;
+pub mod node_cache;
 mod reader;
 pub mod roles;
 pub mod runtime;

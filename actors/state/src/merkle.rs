@@ -12,6 +12,10 @@
 //! write; here a write reads, rewrites and re-hashes only the branching nodes on its key's
 //! path, about log2(n) of them. Each stored node holds its two children's hashes and
 //! labels, so a write never reads siblings and never scans the pair table.
+//!
+//! [`set`] and [`clear`] reach the node entries through [`NodeStore`], so they run on the
+//! redb table directly or through the state executor's cache of it
+//! ([`NodeCache`](crate::node_cache::NodeCache)); the tree algorithm is the same.
 
 use std::collections::BTreeMap;
 
@@ -78,12 +82,104 @@ pub fn node_hash(crit: u8, left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     keccak256_parts(&[&[NODE_TAG, crit], left, right])
 }
 
+/// The key of a [`NODES`] entry, inline (a cache holds many): a context's root entry (the
+/// bare context id) or one of its node entries (context ++ crit ++ prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryKey {
+    len: u8,
+    bytes: [u8; 65],
+}
+
+impl EntryKey {
+    fn root(context: &[u8; 32]) -> Self {
+        let mut bytes = [0u8; 65];
+        bytes[..32].copy_from_slice(context);
+        EntryKey { len: 32, bytes }
+    }
+
+    fn node(context: &[u8; 32], crit: u8, prefix: &[u8; 32]) -> Self {
+        let mut bytes = [0u8; 65];
+        bytes[..32].copy_from_slice(context);
+        bytes[32] = crit;
+        bytes[33..].copy_from_slice(prefix);
+        EntryKey { len: 65, bytes }
+    }
+
+    /// The key as stored in [`NODES`].
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Read access to the [`NODES`] entries. Reads take `&mut self` because a cache in front
+/// of the table remembers what it read.
+pub trait NodeSource {
+    /// `read` applied to the entry under `key` (`None` if there is none).
+    fn read_entry<R>(&mut self, key: &EntryKey, read: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, MerkleError>;
+}
+
+/// Read and write access to the [`NODES`] entries: the redb table itself, or a cache in
+/// front of it.
+pub trait NodeStore: NodeSource {
+    fn insert_entry(&mut self, key: &EntryKey, value: &[u8]) -> Result<(), MerkleError>;
+    /// Removes the entry under `key`, if there is one.
+    fn remove_entry(&mut self, key: &EntryKey) -> Result<(), MerkleError>;
+    /// Removes every entry whose key starts with `context`: the context's root entry and
+    /// all its node entries.
+    fn remove_context(&mut self, context: &[u8; 32]) -> Result<(), MerkleError>;
+}
+
+impl NodeSource for Table<'_, &'static [u8], &'static [u8]> {
+    fn read_entry<R>(&mut self, key: &EntryKey, read: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, MerkleError> {
+        read_table_entry(self, key, read)
+    }
+}
+
+impl NodeStore for Table<'_, &'static [u8], &'static [u8]> {
+    fn insert_entry(&mut self, key: &EntryKey, value: &[u8]) -> Result<(), MerkleError> {
+        self.insert(key.as_slice(), value)?;
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, key: &EntryKey) -> Result<(), MerkleError> {
+        self.remove(key.as_slice())?;
+        Ok(())
+    }
+
+    fn remove_context(&mut self, context: &[u8; 32]) -> Result<(), MerkleError> {
+        // The root entry (the bare context id) sorts first, then the node entries.
+        let mut high = [0xffu8; 65];
+        high[..32].copy_from_slice(context);
+        self.retain_in::<&[u8], _>(context.as_slice()..=high.as_slice(), |_, _| false)?;
+        Ok(())
+    }
+}
+
+/// A table behind a shared reference ([`root`] and [`prove`] only read) as a [`NodeSource`].
+struct ReadOnly<'a, T>(&'a T);
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> NodeSource for ReadOnly<'_, T> {
+    fn read_entry<R>(&mut self, key: &EntryKey, read: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, MerkleError> {
+        read_table_entry(self.0, key, read)
+    }
+}
+
+fn read_table_entry<R>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &EntryKey,
+    read: impl FnOnce(Option<&[u8]>) -> R,
+) -> Result<R, MerkleError> {
+    let entry = table.get(key.as_slice())?;
+    Ok(read(entry.as_ref().map(|entry| entry.value())))
+}
+
 /// Sets (`Some`) or removes (`None`) `key` in `kv` and updates the tree; returns the
 /// context's new root. Writing the value a key already has, or removing an absent key,
-/// changes nothing. On an error the tables may be half updated: abort the transaction.
+/// changes nothing. On an error the tables may be half updated: abort the transaction
+/// (and drop a cache the tree was updated through).
 pub fn set(
     kv: &mut Table<'_, &'static [u8], &'static [u8]>,
-    nodes: &mut Table<'_, &'static [u8], &'static [u8]>,
+    nodes: &mut impl NodeStore,
     context: &[u8; 32],
     key: &[u8; 32],
     value: Option<&[u8]>,
@@ -96,9 +192,9 @@ pub fn set(
         None => kv.remove(full_key.as_slice())?.is_none(),
     };
     if unchanged {
-        return root(&*nodes, context);
+        return root_in(nodes, context);
     }
-    let (mut path, end) = descend(&*nodes, context, key)?;
+    let (mut path, end) = descend(nodes, context, key)?;
     // The child that replaces `end` in its parent (or at the top).
     let mut current = match (value, end) {
         (Some(value), end) => {
@@ -116,8 +212,8 @@ pub fn set(
                     let prefix = with_suffix(key, usize::from(crit), 0x00);
                     let mut children = [other, other];
                     children[usize::from(bit(key, crit))] = leaf;
-                    nodes.insert(
-                        node_key(context, crit, &prefix).as_slice(),
+                    nodes.insert_entry(
+                        &EntryKey::node(context, crit, &prefix),
                         encode_children(&children).as_slice(),
                     )?;
                     Child::node(crit, prefix, &children)
@@ -126,12 +222,12 @@ pub fn set(
         }
         (None, Some(Child::Leaf { key: found, .. })) if found == *key => match path.pop() {
             None => {
-                nodes.remove(context.as_slice())?;
+                nodes.remove_entry(&EntryKey::root(context))?;
                 return Ok(EMPTY_ROOT);
             }
             // The leaf's parent goes; its other child takes the parent's place.
             Some(parent) => {
-                nodes.remove(node_key(context, parent.crit, &parent.prefix).as_slice())?;
+                nodes.remove_entry(&EntryKey::node(context, parent.crit, &parent.prefix))?;
                 parent.children[1 - parent.side]
             }
         },
@@ -144,13 +240,13 @@ pub fn set(
     };
     for node in path.iter_mut().rev() {
         node.children[node.side] = current;
-        nodes.insert(
-            node_key(context, node.crit, &node.prefix).as_slice(),
+        nodes.insert_entry(
+            &EntryKey::node(context, node.crit, &node.prefix),
             encode_children(&node.children).as_slice(),
         )?;
         current = Child::node(node.crit, node.prefix, &node.children);
     }
-    nodes.insert(context.as_slice(), current.encode().as_slice())?;
+    nodes.insert_entry(&EntryKey::root(context), current.encode().as_slice())?;
     Ok(*current.hash())
 }
 
@@ -160,6 +256,10 @@ pub fn root(
     nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
     context: &[u8; 32],
 ) -> Result<[u8; 32], MerkleError> {
+    root_in(&mut ReadOnly(nodes), context)
+}
+
+fn root_in(nodes: &mut impl NodeSource, context: &[u8; 32]) -> Result<[u8; 32], MerkleError> {
     Ok(read_root(nodes, context)?.map_or(EMPTY_ROOT, |top| *top.hash()))
 }
 
@@ -170,7 +270,8 @@ pub fn prove(
     context: &[u8; 32],
     key: &[u8; 32],
 ) -> Result<Proof, MerkleError> {
-    let (mut path, end) = descend(nodes, context, key)?;
+    let mut nodes = ReadOnly(nodes);
+    let (mut path, end) = descend(&mut nodes, context, key)?;
     let Some(mut end) = end else {
         return Ok(Proof {
             steps: Vec::new(),
@@ -183,7 +284,7 @@ pub fn prove(
         match end {
             Child::Leaf { key, hash } => break (key, hash),
             Child::Node { crit, prefix, .. } => {
-                let children = read_node(nodes, context, crit, &prefix)?;
+                let children = read_node(&mut nodes, context, crit, &prefix)?;
                 end = children[0];
                 path.push(PathNode {
                     crit,
@@ -290,18 +391,15 @@ impl Proof {
 }
 
 /// Removes every pair and tree entry of `context` (used when a node leaves a context).
+/// Through a cache, its cached entries of the context go too.
 pub fn clear(
     kv: &mut Table<'_, &'static [u8], &'static [u8]>,
-    nodes: &mut Table<'_, &'static [u8], &'static [u8]>,
+    nodes: &mut impl NodeStore,
     context: &[u8; 32],
 ) -> Result<(), MerkleError> {
     let (low, high) = (kv_key(context, &[0; 32]), kv_key(context, &[0xff; 32]));
     kv.retain_in::<&[u8], _>(low.as_slice()..=high.as_slice(), |_, _| false)?;
-    // The root entry (the bare context id) sorts first, then the node entries.
-    let mut high = [0xffu8; 65];
-    high[..32].copy_from_slice(context);
-    nodes.retain_in::<&[u8], _>(context.as_slice()..=high.as_slice(), |_, _| false)?;
-    Ok(())
+    nodes.remove_context(context)
 }
 
 /// Reference: the root of a set of pairs computed from scratch (tests, and checking a store).
@@ -410,7 +508,7 @@ struct PathNode {
 /// (the key's own or another's), at a node whose prefix the key leaves before its crit, or
 /// `None` for an empty tree.
 fn descend(
-    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    nodes: &mut impl NodeSource,
     context: &[u8; 32],
     key: &[u8; 32],
 ) -> Result<(Vec<PathNode>, Option<Child>), MerkleError> {
@@ -436,65 +534,54 @@ fn descend(
 }
 
 /// The child in the context's root entry; `None` for an empty tree.
-fn read_root(
-    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    context: &[u8; 32],
-) -> Result<Option<Child>, MerkleError> {
-    let Some(entry) = nodes.get(context.as_slice())? else {
-        return Ok(None);
-    };
-    let bytes = entry.value();
-    Child::decode(bytes).map(Some).ok_or(MerkleError::CorruptRoot {
-        context: *context,
-        len: bytes.len(),
-    })
+fn read_root(nodes: &mut impl NodeSource, context: &[u8; 32]) -> Result<Option<Child>, MerkleError> {
+    nodes.read_entry(&EntryKey::root(context), |entry| {
+        entry
+            .map(|bytes| {
+                Child::decode(bytes).ok_or(MerkleError::CorruptRoot {
+                    context: *context,
+                    len: bytes.len(),
+                })
+            })
+            .transpose()
+    })?
 }
 
 /// The two children of the branching node at `crit`/`prefix`. Child nodes must have a
 /// greater crit, so a damaged store cannot send a descent round in circles.
 fn read_node(
-    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    nodes: &mut impl NodeSource,
     context: &[u8; 32],
     crit: u8,
     prefix: &[u8; 32],
 ) -> Result<[Child; 2], MerkleError> {
-    let entry = nodes
-        .get(node_key(context, crit, prefix).as_slice())?
-        .ok_or(MerkleError::MissingNode {
-            context: *context,
-            crit,
-            prefix: *prefix,
-        })?;
-    let bytes = entry.value();
     let valid = |child: &Child| match child {
         Child::Leaf { .. } => true,
         Child::Node { crit: below, .. } => *below > crit,
     };
-    bytes
-        .split_at_checked(CHILD_LEN)
-        .and_then(|(left, right)| Some([Child::decode(left)?, Child::decode(right)?]))
-        .filter(|children| children.iter().all(valid))
-        .ok_or(MerkleError::CorruptNode {
+    nodes.read_entry(&EntryKey::node(context, crit, prefix), |entry| {
+        let bytes = entry.ok_or(MerkleError::MissingNode {
             context: *context,
             crit,
             prefix: *prefix,
-            len: bytes.len(),
-        })
+        })?;
+        bytes
+            .split_at_checked(CHILD_LEN)
+            .and_then(|(left, right)| Some([Child::decode(left)?, Child::decode(right)?]))
+            .filter(|children| children.iter().all(valid))
+            .ok_or(MerkleError::CorruptNode {
+                context: *context,
+                crit,
+                prefix: *prefix,
+                len: bytes.len(),
+            })
+    })?
 }
 
 fn kv_key(context: &[u8; 32], key: &[u8; 32]) -> [u8; 64] {
     let mut out = [0u8; 64];
     out[..32].copy_from_slice(context);
     out[32..].copy_from_slice(key);
-    out
-}
-
-/// context(32) ++ crit(1) ++ prefix(32): a node entry's key.
-fn node_key(context: &[u8; 32], crit: u8, prefix: &[u8; 32]) -> [u8; 65] {
-    let mut out = [0u8; 65];
-    out[..32].copy_from_slice(context);
-    out[32] = crit;
-    out[33..].copy_from_slice(prefix);
     out
 }
 

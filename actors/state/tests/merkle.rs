@@ -3,10 +3,11 @@
 //! proofs verify only true claims. Real redb files in temp dirs.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cmesh_common::hash::{keccak256, keccak256_parts, to_hex0x};
-use cmesh_state::merkle::{self, MerkleError, Proof, ProofLeaf, Step, EMPTY_ROOT, NODES};
+use cmesh_state::merkle::{self, MerkleError, NodeStore, Proof, ProofLeaf, Step, EMPTY_ROOT, NODES};
+use cmesh_state::node_cache::NodeCache;
 use proptest::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use tempfile::TempDir;
@@ -431,6 +432,177 @@ proptest! {
             prop_assert_eq!(&foreign_entries(&kv, &nodes, &CONTEXTS), &foreign_before);
         }
         txn.commit().expect("commit");
+    }
+}
+
+/// One step of a run through the node cache.
+#[derive(Debug, Clone)]
+enum Action {
+    Set {
+        context: usize,
+        key: usize,
+        value: Option<Vec<u8>>,
+    },
+    Clear {
+        context: usize,
+    },
+    /// Writes the cache's changes to the table in the middle of a transaction.
+    Flush,
+    /// Flushes and commits; the next transaction keeps the cache.
+    Commit,
+    /// Aborts the transaction (perhaps after flushes) and drops the cache.
+    Abort,
+}
+
+/// The pool, and keys spread out at random: trees deep enough for paths to share nodes.
+fn wide_pool() -> Vec<[u8; 32]> {
+    let mut keys = pool();
+    keys.extend((100u32..120).map(|i| keccak256(&i.to_le_bytes())));
+    keys
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let value = prop_oneof![
+        Just(Vec::new()),
+        Just(b"same".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..6),
+    ];
+    let set = (
+        0..CONTEXTS.len(),
+        0..wide_pool().len(),
+        proptest::option::weighted(0.7, value),
+    )
+        .prop_map(|(context, key, value)| Action::Set { context, key, value });
+    prop_oneof![
+        40 => set,
+        1 => (0..CONTEXTS.len()).prop_map(|context| Action::Clear { context }),
+        4 => Just(Action::Flush),
+        4 => Just(Action::Commit),
+        2 => Just(Action::Abort),
+    ]
+}
+
+/// Pairs of the [`BYSTANDERS`] contexts, at the edges of the key space.
+fn write_bystanders(kv: &mut Table<Bytes, Bytes>, nodes: &mut impl NodeStore) -> Result<(), MerkleError> {
+    let keys = wide_pool();
+    for (index, context) in BYSTANDERS.iter().enumerate() {
+        for key in [[0; 32], [0xff; 32], keys[10], keys[20]] {
+            merkle::set(kv, nodes, context, &key, Some(&[index as u8]))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every entry of the pair and node tables, as committed.
+fn committed_entries(db: &Database) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let read = db.begin_read().expect("read txn");
+    let mut out = Vec::new();
+    for table in [KV, NODES] {
+        let table = read.open_table(table).expect("table");
+        for entry in table.iter().expect("iter") {
+            let (key, value) = entry.expect("entry");
+            out.push((key.value().to_vec(), value.value().to_vec()));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// The same sets, removes and clears, applied to one store directly and to another
+    /// through a node cache kept across transactions (flushed at random points, trimmed to
+    /// a small limit, dropped when a transaction is aborted): every set returns the same
+    /// root, the definition's, and after each commit both stores hold byte-identical
+    /// tables, the tree being the definition's.
+    #[test]
+    fn the_node_cache_changes_nothing(actions in proptest::collection::vec(action(), 1..120), limit in 0usize..48) {
+        let keys = wide_pool();
+        let (direct, cached) = (store(), store());
+        let mut cache = NodeCache::new(limit);
+
+        // Bystander contexts, next to the ones under test, which clears must leave alone.
+        let txn = direct.db.begin_write().expect("write txn");
+        {
+            let mut kv = txn.open_table(KV).expect("kv");
+            let mut nodes = txn.open_table(NODES).expect("nodes");
+            write_bystanders(&mut kv, &mut nodes).map_err(fail)?;
+        }
+        txn.commit().expect("commit");
+        let txn = cached.db.begin_write().expect("write txn");
+        {
+            let mut kv = txn.open_table(KV).expect("kv");
+            let mut nodes = cache.over(txn.open_table(NODES).expect("nodes"));
+            write_bystanders(&mut kv, &mut nodes).map_err(fail)?;
+            nodes.flush().map_err(fail)?;
+        }
+        txn.commit().expect("commit");
+        prop_assert_eq!(committed_entries(&direct.db), committed_entries(&cached.db));
+
+        // The pairs of each context as of the last commit, and as of now.
+        let mut committed = [Pairs::new(), Pairs::new()];
+        let mut models = committed.clone();
+        let mut actions = actions.into_iter().peekable();
+        while actions.peek().is_some() {
+            let (direct_txn, cached_txn) = (
+                direct.db.begin_write().expect("write txn"),
+                cached.db.begin_write().expect("write txn"),
+            );
+            cache.trim();
+            let commit = {
+                let mut direct_kv = direct_txn.open_table(KV).expect("kv");
+                let mut direct_nodes = direct_txn.open_table(NODES).expect("nodes");
+                let mut cached_kv = cached_txn.open_table(KV).expect("kv");
+                let mut cached_nodes = cache.over(cached_txn.open_table(NODES).expect("nodes"));
+                let commit = loop {
+                    match actions.next() {
+                        None | Some(Action::Commit) => break true,
+                        Some(Action::Abort) => break false,
+                        Some(Action::Flush) => cached_nodes.flush().map_err(fail)?,
+                        Some(Action::Clear { context }) => {
+                            merkle::clear(&mut direct_kv, &mut direct_nodes, &CONTEXTS[context]).map_err(fail)?;
+                            merkle::clear(&mut cached_kv, &mut cached_nodes, &CONTEXTS[context]).map_err(fail)?;
+                            models[context].clear();
+                        }
+                        Some(Action::Set { context, key, value }) => {
+                            let (context_id, key_bytes) = (&CONTEXTS[context], &keys[key]);
+                            let direct_root =
+                                merkle::set(&mut direct_kv, &mut direct_nodes, context_id, key_bytes, value.as_deref())
+                                    .map_err(fail)?;
+                            let cached_root =
+                                merkle::set(&mut cached_kv, &mut cached_nodes, context_id, key_bytes, value.as_deref())
+                                    .map_err(fail)?;
+                            match value {
+                                Some(value) => models[context].insert(*key_bytes, value),
+                                None => models[context].remove(key_bytes),
+                            };
+                            prop_assert_eq!(to_hex0x(&cached_root), to_hex0x(&direct_root));
+                            prop_assert_eq!(to_hex0x(&cached_root), to_hex0x(&merkle::root_of(&models[context])));
+                        }
+                    }
+                };
+                if commit {
+                    cached_nodes.flush().map_err(fail)?;
+                }
+                commit
+            };
+            if commit {
+                direct_txn.commit().expect("commit");
+                cached_txn.commit().expect("commit");
+                committed = models.clone();
+            } else {
+                direct_txn.abort().expect("abort");
+                cached_txn.abort().expect("abort");
+                cache = NodeCache::new(limit);
+                models = committed.clone();
+            }
+            prop_assert_eq!(committed_entries(&direct.db), committed_entries(&cached.db));
+            let read = cached.db.begin_read().expect("read txn");
+            let (kv, nodes) = (read.open_table(KV).expect("kv"), read.open_table(NODES).expect("nodes"));
+            for (context, pairs) in CONTEXTS.iter().zip(&committed) {
+                check_tree(&kv, &nodes, context, &Reference::new(pairs.clone()))?;
+            }
+        }
     }
 }
 
@@ -1033,42 +1205,79 @@ fn a_damaged_store_is_an_error_not_a_panic() {
     );
 }
 
-/// Rough cost of the incremental update. Run in release:
+/// Rough cost of the incremental update: on the tables directly, then through a node
+/// cache flushed every 64 sets, then in transactions of 64 sets each committed like an
+/// executor batch. Run in release:
 /// `cargo test --release -p cmesh-state --test merkle -- --ignored --nocapture cost`
 #[test]
 #[ignore = "a measurement, not a check; run in release"]
 fn cost_of_ten_thousand_random_sets() {
-    const N: u32 = 10_000;
+    println!("directly on the tables:");
+    measure_cost(None);
+    println!("through a node cache, flushed every 64 sets:");
+    measure_cost(Some(64));
+    println!("a committed transaction per 64 sets, as the executor's batches:");
+    measure_batches(false);
+    measure_batches(true);
+}
+
+const COST_SETS: u32 = 10_000;
+
+fn random_keys(from: u32, count: u32) -> Vec<[u8; 32]> {
+    (from..from + count).map(|i| keccak256(&i.to_le_bytes())).collect()
+}
+
+fn set_all(
+    kv: &mut Table<Bytes, Bytes>,
+    nodes: &mut impl NodeStore,
+    context: &[u8; 32],
+    keys: &[[u8; 32]],
+    value: Option<&[u8]>,
+) {
+    for key in keys {
+        merkle::set(kv, nodes, context, key, value).expect("set");
+    }
+}
+
+/// Times sets, proofs and removes in a fresh store, each phase in one transaction; with
+/// `Some(batch)`, the sets go through one node cache, kept across the transactions and
+/// flushed every `batch` sets.
+fn measure_cost(batch: Option<usize>) {
     let store = store();
     let context = [0xab; 32];
-    let random_keys = |from: u32, count: u32| -> Vec<[u8; 32]> {
-        (from..from + count).map(|i| keccak256(&i.to_le_bytes())).collect()
-    };
     let value = [0x5c; 64];
-    let timed = |what: &str, keys: &[[u8; 32]], value: Option<&[u8]>| {
+    let mut cache = NodeCache::new(200_000);
+    let mut timed = |what: &str, keys: &[[u8; 32]], value: Option<&[u8]>| {
         let start = Instant::now();
         let txn = store.db.begin_write().expect("write txn");
         {
             let mut kv = txn.open_table(KV).expect("kv");
             let mut nodes = txn.open_table(NODES).expect("nodes");
-            for key in keys {
-                merkle::set(&mut kv, &mut nodes, &context, key, value).expect("set");
+            match batch {
+                None => set_all(&mut kv, &mut nodes, &context, keys, value),
+                Some(batch) => {
+                    let mut nodes = cache.over(nodes);
+                    for batch in keys.chunks(batch) {
+                        set_all(&mut kv, &mut nodes, &context, batch, value);
+                        nodes.flush().expect("flush");
+                    }
+                }
             }
         }
         let writes = start.elapsed();
         txn.commit().expect("commit");
         println!(
-            "{what}: {writes:?} ({:.1} µs each), commit {:?}",
+            "  {what}: {writes:?} ({:.1} µs each), commit {:?}",
             writes.as_secs_f64() * 1e6 / keys.len() as f64,
             start.elapsed() - writes
         );
     };
 
-    let first = random_keys(0, N);
+    let first = random_keys(0, COST_SETS);
     timed("10,000 random-key sets into an empty context", &first, Some(&value));
     timed(
         "10,000 random-key sets into a context of 10,000",
-        &random_keys(N, N),
+        &random_keys(COST_SETS, COST_SETS),
         Some(&value),
     );
 
@@ -1079,13 +1288,13 @@ fn cost_of_ten_thousand_random_sets() {
         let proof = merkle::prove(&kv, &nodes, &context, key).expect("prove");
         assert!(proof.end.is_some_and(|end| end.key == *key));
     }
-    println!("1,000 proofs in a context of 20,000: {:?}", start.elapsed());
+    println!("  1,000 proofs in a context of 20,000: {:?}", start.elapsed());
     drop((kv, nodes, read));
 
     timed("10,000 random-key removes from a context of 20,000", &first, None);
     // Keys sharing their first 248 bits with a present key: costly in a per-bit tree
     // (~249 levels each), one level more than a random key here.
-    let twins: Vec<[u8; 32]> = random_keys(N, 1000)
+    let twins: Vec<[u8; 32]> = random_keys(COST_SETS, 1000)
         .iter()
         .map(|key| with_last_byte(*key, !key[31]))
         .collect();
@@ -1094,4 +1303,43 @@ fn cost_of_ten_thousand_random_sets() {
         &twins,
         Some(&value),
     );
+}
+
+/// Sets 3 × 10,000 random keys into a fresh context in transactions of 64 sets, each
+/// committed (durably) like an executor batch, directly or through one node cache kept
+/// across them. The writes are timed apart from the commits.
+fn measure_batches(cached: bool) {
+    let store = store();
+    let context = [0xab; 32];
+    let value = [0x5c; 64];
+    let mut cache = NodeCache::new(200_000);
+    for round in 0..3 {
+        let (mut writes, mut commits) = (Duration::ZERO, Duration::ZERO);
+        for batch in random_keys(round * COST_SETS, COST_SETS).chunks(64) {
+            let start = Instant::now();
+            let txn = store.db.begin_write().expect("write txn");
+            {
+                let mut kv = txn.open_table(KV).expect("kv");
+                let mut nodes = txn.open_table(NODES).expect("nodes");
+                if cached {
+                    cache.trim();
+                    let mut nodes = cache.over(nodes);
+                    set_all(&mut kv, &mut nodes, &context, batch, Some(&value));
+                    nodes.flush().expect("flush");
+                } else {
+                    set_all(&mut kv, &mut nodes, &context, batch, Some(&value));
+                }
+            }
+            let written = start.elapsed();
+            txn.commit().expect("commit");
+            writes += written;
+            commits += start.elapsed() - written;
+        }
+        println!(
+            "  {}: 10,000 sets into a context of {}: writes {writes:?} ({:.1} µs each), commits {commits:?}",
+            if cached { "through the cache" } else { "directly" },
+            round * COST_SETS,
+            writes.as_secs_f64() * 1e6 / f64::from(COST_SETS),
+        );
+    }
 }
