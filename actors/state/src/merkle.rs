@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 /// The tree of every context. Per context: a root entry under the bare context id (32
 /// bytes; the one child at the top, absent for an empty tree), and one entry per branching
 /// node under context(32) ++ crit(1) ++ prefix(32: the node's keys' first `crit` bits, the
-/// rest zero) holding its two children. A child is [`CHILD_LEN`] bytes: kind (0 leaf,
+/// rest zero) holding its two children. A child is 66 bytes: kind (0 leaf,
 /// 1 node) ++ crit (0 for a leaf) ++ hash(32) ++ the leaf's key or the node's prefix (32).
 pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("merkle_nodes");
 
