@@ -578,11 +578,9 @@ fn read_node(
     })?
 }
 
+/// The pair table's key of `key` in `context` (the layout is the store's).
 fn kv_key(context: &[u8; 32], key: &[u8; 32]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    out[..32].copy_from_slice(context);
-    out[32..].copy_from_slice(key);
-    out
+    crate::store::kv_key(&crate::ids::Id(*context), key)
 }
 
 /// `path`'s first `depth` bits followed by bits all 0 (`fill` = 0x00) or all 1 (0xff).
