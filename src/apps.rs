@@ -78,6 +78,23 @@ pub enum CtxCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Make a node a member of a context, or change its seats (admins only)
+    Invite {
+        context: String,
+        /// The node's address, as its startup line `cmesh node <address> ready` prints it
+        member: Address,
+        /// Seats the member holds [default: 1]
+        #[arg(long, default_value_t = 1)]
+        seats: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List a context's member nodes and their seats
+    Members {
+        context: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -164,5 +181,15 @@ pub async fn ctx(command: CtxCommand) -> anyhow::Result<ExitCode> {
             address,
             target,
         } => call(&target, "ctx.revoke", json!({ "context": context, "address": address })).await,
+        CtxCommand::Invite {
+            context,
+            member,
+            seats,
+            target,
+        } => {
+            let params = json!({ "context": context, "member": member, "seats": seats });
+            call(&target, "ctx.invite", params).await
+        }
+        CtxCommand::Members { context, target } => call(&target, "ctx.members", json!({ "context": context })).await,
     }
 }

@@ -389,3 +389,95 @@ async fn next_json(sub: &mut async_nats::Subscriber) -> Value {
     let message = next_message(sub, "an event").await;
     serde_json::from_slice(&message.payload).expect("event JSON")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_invite_nodes_and_members_are_listed() {
+    let mesh = Mesh::start(1).await;
+    let node = mesh.node(0).address();
+    let client = &mesh.client;
+    let alice = new_key();
+    let bob = new_key();
+    let alice_token = client.login(&alice, node).await;
+    let bob_token = client.login(&bob, node).await;
+    let (a, b) = (Some(alice_token.as_str()), Some(bob_token.as_str()));
+    deploy(client, node, a, "kv", "1.0.0").await;
+    let created = client.call(node, "ctx.create", json!({"app": "kv"}), a).await;
+    let context = created["context"].as_str().expect("context").to_string();
+    assert_eq!(
+        created["tx"],
+        json!(context),
+        "a context's id is its genesis transaction's"
+    );
+
+    let members = client.call(node, "ctx.members", json!({"context": context}), a).await;
+    assert_eq!(
+        members["members"],
+        json!([{"member": node.to_string(), "seats": 1}]),
+        "the creating node is the first member"
+    );
+
+    let other = new_key().address();
+    let invited = client
+        .call(
+            node,
+            "ctx.invite",
+            json!({"context": &context[..12], "member": other, "seats": 2}),
+            a,
+        )
+        .await;
+    assert_eq!(invited["member"], json!(other.to_string()));
+    assert_eq!(invited["seats"], json!(2));
+    let invitation = invited["tx"].as_str().expect("tx").to_string();
+    let root = client.call(node, "ctx.root", json!({"context": context}), a).await;
+    assert_eq!(
+        root["heads"],
+        json!([invitation]),
+        "the invitation is a transaction of the DAG"
+    );
+    assert_eq!(root["applied"], json!(2));
+    let members = client.call(node, "ctx.members", json!({"context": context}), a).await;
+    let listed: BTreeSet<(String, u64)> = members["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["member"].as_str().unwrap_or_default().to_string(),
+                m["seats"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(listed, BTreeSet::from([(node.to_string(), 1), (other.to_string(), 2)]));
+
+    // Only admins invite; seats are bounded; the member must be an address.
+    client
+        .call(
+            node,
+            "ctx.grant",
+            json!({"context": context, "address": bob.address(), "role": "writer"}),
+            a,
+        )
+        .await;
+    let reply = client
+        .rpc(node, "ctx.invite", json!({"context": context, "member": other}), b)
+        .await;
+    assert_eq!(reply.rpc_status(), Some(403), "{}", reply.body);
+    for (params, status) in [
+        (json!({"context": context, "member": other, "seats": 0}), 400),
+        (json!({"context": context, "member": other, "seats": 1001}), 400),
+        (json!({"context": context, "member": "0x12"}), 400),
+        (
+            json!({"context": format!("0x{}", "ab".repeat(32)), "member": other}),
+            404,
+        ),
+    ] {
+        let reply = client.rpc(node, "ctx.invite", params.clone(), a).await;
+        assert_eq!(reply.rpc_status(), Some(status), "{params}: {}", reply.body);
+    }
+    let root_after = client.call(node, "ctx.root", json!({"context": context}), a).await;
+    assert_eq!(
+        root_after["applied"],
+        json!(3),
+        "the grant is the only transaction since: refused invitations add nothing: {root_after}"
+    );
+}

@@ -5,7 +5,8 @@ use base64::Engine;
 use cmesh_common::{Address, CmtpError};
 use cmesh_iam::Caller;
 use cmesh_state::messages::{
-    CallContext, ContextRoot, CreateContext, Deploy, ListApps, ListContexts, Requester, ResolveContext, SetRole,
+    CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, Invite, ListApps, ListContexts, Requester,
+    ResolveContext, SetRole,
 };
 use cmesh_state::tx::CallerProof;
 use cmesh_state::{Id, Role};
@@ -56,6 +57,20 @@ struct GrantParams {
 struct RevokeParams {
     context: String,
     address: Address,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteParams {
+    context: String,
+    /// The node's address.
+    member: Address,
+    #[serde(default = "one_seat")]
+    seats: u32,
+}
+
+fn one_seat() -> u32 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -164,9 +179,27 @@ impl Services {
                 };
                 to_json(state.send(msg).await.map_err(unavailable)??)
             }
+            "ctx.invite" => {
+                let p: InviteParams = params(method, params_value, "{context, member: node address, seats?}")?;
+                let msg = Invite {
+                    by: requester(caller)?,
+                    context: p.context,
+                    member: p.member,
+                    seats: p.seats,
+                };
+                to_json(state.send(msg).await.map_err(unavailable)??)
+            }
+            "ctx.members" => {
+                let p: ContextParams = params(method, params_value, "{context}")?;
+                let msg = ContextMembers {
+                    by: caller_address(caller)?,
+                    context: p.context,
+                };
+                to_json(state.send(msg).await.map_err(unavailable)??)
+            }
             m => Err(CmtpError::not_found(format!(
                 "unknown method `{m}`; apps: app.deploy, app.list; contexts: ctx.create, ctx.list, ctx.call, \
-                 ctx.view, ctx.grant, ctx.revoke, ctx.root"
+                 ctx.view, ctx.grant, ctx.revoke, ctx.root, ctx.invite, ctx.members"
             ))
             .with_rpc_code(cmesh_common::rpc::METHOD_NOT_FOUND)),
         }

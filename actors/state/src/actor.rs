@@ -13,8 +13,9 @@ use crate::error::StateError;
 use crate::executor::{Counters, Executor, Job, JobQueue};
 use crate::ids::Id;
 use crate::messages::{
-    CallContext, CallReply, ContextInfo, ContextRoot, CreateContext, Deploy, ListApps, ListContexts, ResolveContext,
-    RoleReply, RootReply, SetRole, Stats,
+    CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions,
+    GetSyncState, Invite, ListApps, ListContexts, MemberReply, MembersReply, MissingTransactions, Receive,
+    ReceiveReport, ResolveContext, RoleReply, RootReply, SetRole, Stats, SyncPage, SyncState,
 };
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{self, AppRecord};
@@ -123,6 +124,10 @@ view_messages!(
     ListContexts => Vec<ContextInfo>,
     ContextRoot => RootReply,
     ResolveContext => Id,
+    ContextMembers => MembersReply,
+    FetchTransactions => Vec<Vec<u8>>,
+    GetSyncState => SyncState,
+    MissingTransactions => SyncPage,
 );
 
 impl Handler<CreateContext> for StateActor {
@@ -154,6 +159,22 @@ impl Handler<SetRole> for StateActor {
 
     fn handle(&mut self, msg: SetRole, _: &mut Context<Self>) -> Self::Result {
         self.submit(|answer| Job::SetRole(msg, answer))
+    }
+}
+
+impl Handler<Invite> for StateActor {
+    type Result = ResponseFuture<Result<MemberReply, StateError>>;
+
+    fn handle(&mut self, msg: Invite, _: &mut Context<Self>) -> Self::Result {
+        self.submit(|answer| Job::Invite(msg, answer))
+    }
+}
+
+impl Handler<Receive> for StateActor {
+    type Result = ResponseFuture<Result<ReceiveReport, StateError>>;
+
+    fn handle(&mut self, msg: Receive, _: &mut Context<Self>) -> Self::Result {
+        self.submit(|answer| Job::Receive(msg, answer))
     }
 }
 

@@ -5,8 +5,13 @@
 //! the caller got wrong leaves nothing behind; a storage failure aborts the whole batch.
 //! The tree's node entries go through a [`NodeCache`] kept across batches, so a batch
 //! writes each node it changed once, and the hot top of each tree is not read from redb.
+//!
+//! This node's own transactions sort after everything it holds (their parents are its
+//! heads), so they are applied as they are made. Received ones are added to the DAG and
+//! the context is settled at once: rolled back to where the earliest of them sorts and
+//! applied forward from there (`replay.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -16,21 +21,25 @@ use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey};
 use cmesh_events::{Emit, EventsActor};
 use futures::channel::oneshot;
-use redb::{Database, ReadableTable, Table, WriteTransaction};
+use redb::{Database, ReadableTable};
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::dag::{self, Added, MemberCache, OrderKey};
 use crate::error::StateError;
 use crate::ids::Id;
-use crate::merkle;
-use crate::messages::{CallContext, CallReply, ContextInfo, CreateContext, Requester, RoleReply, SetRole, WriteStats};
-use crate::node_cache::{CachedNodes, NodeCache};
-use crate::reader::ContextReader;
+use crate::messages::{
+    CallContext, CallReply, ContextInfo, CreateContext, Invite, MemberReply, Receive, ReceiveReport, Requester,
+    RoleReply, SetRole, WriteStats,
+};
+use crate::node_cache::NodeCache;
+use crate::replay::{self, Effect};
 use crate::roles::Role;
-use crate::runtime::{Call, Runtime, StorageError};
+use crate::runtime::{Runtime, StorageError};
 use crate::signer::Signer;
 use crate::store::{self, ContextRecord};
-use crate::tx::{Op, Transaction, TxBody, TX_FORMAT};
+use crate::tables::Tables;
+use crate::tx::{Limits, Op, Transaction, TxBody, MAX_SEATS, TX_FORMAT};
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
@@ -42,6 +51,9 @@ pub const QUEUE_DEPTH: usize = 8192;
 /// written once), so a larger cache buys little. Checked when a batch starts: above it,
 /// the clean entries are dropped.
 const CACHED_NODES: usize = 50_000;
+/// Invalid transaction ids remembered, so that their descendants are refused at once
+/// rather than waiting for a parent that will never be added.
+const REMEMBERED_INVALID: usize = 65_536;
 
 type Answer<T> = oneshot::Sender<Result<T, StateError>>;
 
@@ -49,6 +61,8 @@ pub enum Job {
     Create(CreateContext, Answer<ContextInfo>),
     Call(CallContext, Answer<CallReply>),
     SetRole(SetRole, Answer<RoleReply>),
+    Invite(Invite, Answer<MemberReply>),
+    Receive(Receive, Answer<ReceiveReport>),
 }
 
 /// A job's answer, held until its batch is durable.
@@ -56,6 +70,8 @@ enum Done {
     Create(Answer<ContextInfo>, Result<ContextInfo, StateError>),
     Call(Answer<CallReply>, Result<CallReply, StateError>),
     SetRole(Answer<RoleReply>, Result<RoleReply, StateError>),
+    Invite(Answer<MemberReply>, Result<MemberReply, StateError>),
+    Receive(Answer<ReceiveReport>, Result<ReceiveReport, StateError>),
 }
 
 impl Done {
@@ -65,6 +81,8 @@ impl Done {
             Done::Create(tx, r) => tx.send(r).map_err(drop),
             Done::Call(tx, r) => tx.send(r).map_err(drop),
             Done::SetRole(tx, r) => tx.send(r).map_err(drop),
+            Done::Invite(tx, r) => tx.send(r).map_err(drop),
+            Done::Receive(tx, r) => tx.send(r).map_err(drop),
         };
     }
 
@@ -73,35 +91,9 @@ impl Done {
             Done::Create(tx, _) => Done::Create(tx, not_committed(message)),
             Done::Call(tx, _) => Done::Call(tx, not_committed(message)),
             Done::SetRole(tx, _) => Done::SetRole(tx, not_committed(message)),
+            Done::Invite(tx, _) => Done::Invite(tx, not_committed(message)),
+            Done::Receive(tx, _) => Done::Receive(tx, not_committed(message)),
         }
-    }
-}
-
-/// The tables a batch writes, opened once per batch. The tree's node table is reached only
-/// through the executor's cache, which must see every change to it.
-struct Tables<'t> {
-    app_code: Table<'t, &'static [u8], &'static [u8]>,
-    versions: Table<'t, &'static str, &'static [u8]>,
-    contexts: Table<'t, &'static [u8], &'static [u8]>,
-    roles: Table<'t, &'static [u8], u8>,
-    memberships: Table<'t, &'static [u8], u8>,
-    order: Table<'t, &'static [u8], &'static [u8]>,
-    kv: Table<'t, &'static [u8], &'static [u8]>,
-    nodes: CachedNodes<'t, 't>,
-}
-
-impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction, nodes: &'t mut NodeCache) -> Result<Self, StateError> {
-        Ok(Tables {
-            app_code: txn.open_table(store::APP_CODE)?,
-            versions: txn.open_table(store::APP_VERSIONS)?,
-            contexts: txn.open_table(store::CONTEXTS)?,
-            roles: txn.open_table(store::ROLES)?,
-            memberships: txn.open_table(store::MEMBERSHIPS)?,
-            order: txn.open_table(store::TX_ORDER)?,
-            kv: txn.open_table(store::KV)?,
-            nodes: nodes.over(txn.open_table(merkle::NODES)?),
-        })
     }
 }
 
@@ -110,7 +102,7 @@ impl<'t> Tables<'t> {
 struct Effects {
     events: Vec<Emit>,
     /// Transactions made in this batch, waiting for their signatures.
-    unsigned: Vec<(Id, TxBody)>,
+    unsigned: HashMap<Id, TxBody>,
     /// Transactions written (set once they are).
     written: u64,
     rejected: u64,
@@ -150,6 +142,8 @@ pub struct Executor {
     signer: Signer,
     /// Tree node entries as committed (this thread is the only writer of the node table).
     nodes: NodeCache,
+    members: MemberCache,
+    invalid: HashSet<Id>,
 }
 
 impl Executor {
@@ -168,6 +162,8 @@ impl Executor {
             counters: Arc::default(),
             signer: Signer::spawn(key)?,
             nodes: NodeCache::new(CACHED_NODES),
+            members: MemberCache::default(),
+            invalid: HashSet::new(),
         })
     }
 
@@ -266,6 +262,12 @@ impl Executor {
                     Job::SetRole(msg, answer) => self
                         .set_role(&mut tables, staged, effects, msg)
                         .into_done(|r| Done::SetRole(answer, r)),
+                    Job::Invite(msg, answer) => self
+                        .invite(&mut tables, staged, effects, msg)
+                        .into_done(|r| Done::Invite(answer, r)),
+                    Job::Receive(msg, answer) => self
+                        .receive(&mut tables, staged, effects, msg)
+                        .into_done(|r| Done::Receive(answer, r)),
                 };
                 let (answer, failure) = result;
                 done.push(answer);
@@ -275,21 +277,19 @@ impl Executor {
                 return Err(*err);
             }
             tables.nodes.flush()?;
-        }
-        {
-            let mut contexts = txn.open_table(store::CONTEXTS)?;
             for record in staged.values() {
-                contexts.insert(record.id.0.as_slice(), store::encode(record)?.as_slice())?;
+                tables
+                    .contexts
+                    .insert(record.id.0.as_slice(), store::encode(record)?.as_slice())?;
             }
-            let mut txs = txn.open_table(store::TXS)?;
-            let mut signatures = self.signer.collect(effects.unsigned.iter().map(|(id, _)| *id))?;
-            effects.written = effects.unsigned.len() as u64;
-            for (id, body) in effects.unsigned.drain(..) {
+            let mut signatures = self.signer.collect(effects.unsigned.keys().copied())?;
+            effects.written += effects.unsigned.len() as u64;
+            for (id, body) in effects.unsigned.drain() {
                 let signature = signatures.remove(&id).flatten().ok_or_else(|| {
                     StateError::Unavailable(format!("the signer lost the signature of transaction {id}"))
                 })?;
                 let tx = Transaction { body, signature };
-                txs.insert(id.0.as_slice(), tx.encode()?.as_slice())?;
+                tables.txs.insert(id.0.as_slice(), tx.encode()?.as_slice())?;
             }
         }
         txn.commit()?;
@@ -302,53 +302,65 @@ impl Executor {
         tables: &Tables,
         staged: &HashMap<Id, ContextRecord>,
         id: &Id,
-    ) -> Result<ContextRecord, StateError> {
+    ) -> Result<Option<ContextRecord>, StateError> {
         if let Some(record) = staged.get(id).or_else(|| self.contexts.get(id)) {
-            return Ok(record.clone());
+            return Ok(Some(record.clone()));
         }
-        store::context_record(&tables.contexts, id)?
-            .ok_or_else(|| StateError::NotFound(format!("no context {id} on this node")))
+        store::context_record(&tables.contexts, id)
     }
 
-    /// Writes a signed transaction and the context's new record.
-    /// Makes `body` the context's new head. The signature (on the signer thread) and the
-    /// rows of the transaction and the record are written at the end of the batch.
-    fn append(
-        &self,
+    /// Makes this node's next transaction of `record` with `op`, applies it and adds it to
+    /// the DAG (its signature and row come at the end of the batch). The inner error says
+    /// why nothing was made.
+    fn author(
+        &mut self,
         tables: &mut Tables,
         staged: &mut HashMap<Id, ContextRecord>,
         effects: &mut Effects,
-        body: TxBody,
-        id: Id,
         mut record: ContextRecord,
-    ) -> Result<(Id, ContextRecord), StateError> {
-        self.signer.request(id)?;
-        record.last_time_ms = body.time_ms;
-        effects.unsigned.push((id, body));
-        record.applied += 1;
-        record.heads = vec![id];
-        tables
-            .order
-            .insert(store::order_key(&record.id, record.applied).as_slice(), id.0.as_slice())?;
-        staged.insert(record.id, record.clone());
-        Ok((id, record))
-    }
-
-    fn body(&self, record: &ContextRecord, by: &Requester, op: Op) -> TxBody {
-        TxBody {
+        by: &Requester,
+        op: Op,
+    ) -> Step<(Id, ContextRecord, Effect)> {
+        let members = dag::current_members(&tables.changes, &mut self.members, &record).map_err(fatal)?;
+        if !members.contains_key(&self.node) {
+            return Ok(Err(StateError::Conflict(format!(
+                "this node ({}) is not a member of context {}: send the request to a member (ctx.members)",
+                self.node, record.id
+            ))));
+        }
+        let body = TxBody {
             format: TX_FORMAT,
             context: record.id,
             author: self.node,
+            seq: record.seq_of(&self.node) + 1,
             parents: record.heads.clone(),
             time_ms: unix_millis().max(record.last_time_ms),
             caller: by.address,
             caller_proof: by.proof.clone(),
             op,
+        };
+        let id = body.id().map_err(|e| fatal(e.into()))?;
+        let (effect, undo) = replay::apply(&self.runtime, tables, &mut record, &body, id).map_err(fatal)?;
+        let effect = match effect {
+            Ok(effect) => effect,
+            Err(err) => return Ok(Err(err)),
+        };
+        match dag::add(tables, &mut self.members, &mut record, &body, id).map_err(fatal)? {
+            Added::New(key) => replay::mark_applied(tables, &mut record, key, &undo).map_err(fatal)?,
+            other => {
+                return Err(fatal(StateError::Record(format!(
+                    "this node's own transaction {id} was not added to the DAG: {other:?}"
+                ))))
+            }
         }
+        self.signer.request(id).map_err(fatal)?;
+        effects.unsigned.insert(id, body);
+        staged.insert(record.id, record.clone());
+        Ok(Ok((id, record, effect)))
     }
 
     fn create(
-        &self,
+        &mut self,
         tables: &mut Tables,
         staged: &mut HashMap<Id, ContextRecord>,
         effects: &mut Effects,
@@ -358,42 +370,49 @@ impl Executor {
             Ok(app) => app,
             Err(err) => return Ok(Err(err)),
         };
-        let id = Id::random().map_err(|e| fatal(StateError::Unavailable(format!("no randomness: {e}"))))?;
-        let now = unix_millis();
-        let record = ContextRecord {
-            id,
-            app: app.app,
-            name: app.name.clone(),
-            version: app.version.clone(),
-            created_by: msg.by.address,
-            created_at_ms: now,
-            applied: 0,
-            heads: Vec::new(),
-            root: Id(merkle::EMPTY_ROOT),
-            last_time_ms: now,
+        let salt = Id::random().map_err(|e| fatal(StateError::Unavailable(format!("no randomness: {e}"))))?;
+        let config = self.runtime.config();
+        let body = TxBody {
+            format: TX_FORMAT,
+            context: Id::ZERO,
+            author: self.node,
+            seq: 1,
+            parents: Vec::new(),
+            time_ms: unix_millis(),
+            caller: msg.by.address,
+            caller_proof: msg.by.proof.clone(),
+            op: Op::Create {
+                app: app.app,
+                name: app.name,
+                version: app.version,
+                salt,
+                limits: Limits {
+                    gas: config.gas_limit,
+                    memory_bytes: config.memory_limit_bytes,
+                },
+            },
         };
-        let op = Op::Create {
-            app: app.app,
-            name: app.name,
-            version: app.version,
-        };
-        let body = self.body(&record, &msg.by, op);
-        let tx_id = body.id().map_err(|e| fatal(e.into()))?;
-        let (tx, record) = self
-            .append(tables, staged, effects, body, tx_id, record)
-            .map_err(fatal)?;
+        let id = body.id().map_err(|e| fatal(e.into()))?;
+        let mut record = dag::add_genesis(tables, &body, id)
+            .map_err(fatal)?
+            .ok_or_else(|| fatal(StateError::Record(format!("context {id} exists already"))))?;
+        let (effect, undo) = replay::apply(&self.runtime, tables, &mut record, &body, id).map_err(fatal)?;
+        effect.map_err(fatal)?;
+        replay::mark_applied(tables, &mut record, OrderKey { height: 1, id }, &undo).map_err(fatal)?;
+        self.signer.request(id).map_err(fatal)?;
+        effects.unsigned.insert(id, body);
         // Written now, not at the end of the batch: later jobs may name it by prefix.
         tables
             .contexts
             .insert(id.0.as_slice(), store::encode(&record).map_err(fatal)?.as_slice())
             .map_err(|e| fatal(e.into()))?;
-        write_role(tables, &id, &msg.by.address, Some(Role::Admin)).map_err(fatal)?;
+        staged.insert(id, record.clone());
         effects.events.push(Emit::new(
             "state",
             "created",
             Vec::new(),
             json!({ "context": id, "app": record.app, "name": record.name, "version": record.version,
-                    "tx": tx, "caller": msg.by.address }),
+                    "tx": id, "caller": msg.by.address }),
         ));
         Ok(Ok(ContextInfo {
             context: id,
@@ -403,12 +422,12 @@ impl Executor {
             role: Role::Admin,
             applied: record.applied,
             root: record.root,
-            tx: Some(tx),
+            tx: Some(id),
         }))
     }
 
     fn call(
-        &self,
+        &mut self,
         tables: &mut Tables,
         staged: &mut HashMap<Id, ContextRecord>,
         effects: &mut Effects,
@@ -421,36 +440,13 @@ impl Executor {
         if let Err(err) = check_version(&record, msg.version_req.as_deref()) {
             return Ok(Err(err));
         }
+        let context = record.id;
         let op = Op::Call {
             method: msg.method.clone(),
             args: msg.args,
         };
-        let body = self.body(&record, &msg.by, op);
-        let tx_id = body.id().map_err(|e| fatal(e.into()))?;
-        let args: &[u8] = match &body.op {
-            Op::Call { args, .. } => args,
-            _ => &[],
-        };
-        let outcome = {
-            let reader = ContextReader::new(&tables.kv, record.id);
-            let code = &tables.app_code;
-            let load = || load_code(code, &record.app);
-            let call = Call {
-                method: &msg.method,
-                input: args,
-                caller: msg.by.address.0,
-                context: record.id.0,
-                tx_id: Some(tx_id.0),
-                time_ms: body.time_ms,
-                gas_limit: None,
-            };
-            self.runtime.call(&record.app.0, &load, call, &reader)
-        };
-        let outcome = match outcome
-            .map_err(StateError::from)
-            .and_then(|o| Ok((output_value(&o.output)?, o)))
-        {
-            Ok(outcome) => outcome,
+        let (tx, record, effect) = match self.author(tables, staged, effects, record, &msg.by, op)? {
+            Ok(made) => made,
             // A failed call wrote nothing, so it never aborts the batch, even when the
             // node is at fault (a stored module that no longer loads): only this job fails.
             Err(err) => {
@@ -459,46 +455,47 @@ impl Executor {
                     "state",
                     "rejected",
                     Vec::new(),
-                    json!({ "context": record.id, "method": msg.method, "caller": msg.by.address,
+                    json!({ "context": context, "method": msg.method, "caller": msg.by.address,
                             "status": err.status().0, "error": err.to_string() }),
                 ));
                 return Ok(Err(err));
             }
         };
-        let (result, outcome) = outcome;
-        let mut record = record;
-        for (key, value) in &outcome.writes {
-            let root = merkle::set(&mut tables.kv, &mut tables.nodes, &record.id.0, key, value.as_deref())
-                .map_err(|e| fatal(e.into()))?;
-            record.root = Id(root);
-        }
-        let (tx, record) = self
-            .append(tables, staged, effects, body, tx_id, record)
-            .map_err(fatal)?;
+        let Effect::Call {
+            result,
+            gas_used,
+            logs,
+            events,
+            writes,
+        } = effect
+        else {
+            return Err(fatal(StateError::Record(format!(
+                "transaction {tx} was a call and had no call effect"
+            ))));
+        };
         effects.events.push(Emit::new(
             "state",
             "executed",
             Vec::new(),
             json!({ "context": record.id, "tx": tx, "method": msg.method, "caller": msg.by.address,
-                    "gas_used": outcome.gas_used, "writes": outcome.writes.len(), "root": record.root }),
+                    "gas_used": gas_used, "writes": writes, "root": record.root }),
         ));
         let context = record.id.to_string();
         effects.events.extend(
-            outcome
-                .events
+            events
                 .into_iter()
                 .map(|event| Emit::context(&context, &event.name, event.data)),
         );
         Ok(Ok(CallReply {
             result,
             tx: Some(tx),
-            gas_used: outcome.gas_used,
-            logs: outcome.logs,
+            gas_used,
+            logs,
         }))
     }
 
     fn set_role(
-        &self,
+        &mut self,
         tables: &mut Tables,
         staged: &mut HashMap<Id, ContextRecord>,
         effects: &mut Effects,
@@ -508,26 +505,14 @@ impl Executor {
             Ok(record) => record,
             Err(err) => return Ok(Err(err)),
         };
-        let current = store::role_of(&tables.roles, &record.id, &msg.user).map_err(fatal)?;
-        if current == Some(Role::Admin) && msg.role != Some(Role::Admin) {
-            let admins = count_admins(&tables.roles, &record.id).map_err(fatal)?;
-            if admins <= 1 {
-                return Ok(Err(StateError::Conflict(format!(
-                    "{} is the last admin of context {}: grant admin to someone else first",
-                    msg.user, record.id
-                ))));
-            }
-        }
         let op = match msg.role {
             Some(role) => Op::Grant { user: msg.user, role },
             None => Op::Revoke { user: msg.user },
         };
-        let body = self.body(&record, &msg.by, op);
-        let tx_id = body.id().map_err(|e| fatal(e.into()))?;
-        let (tx, record) = self
-            .append(tables, staged, effects, body, tx_id, record)
-            .map_err(fatal)?;
-        write_role(tables, &record.id, &msg.user, msg.role).map_err(fatal)?;
+        let (tx, record, _) = match self.author(tables, staged, effects, record, &msg.by, op)? {
+            Ok(made) => made,
+            Err(err) => return Ok(Err(err)),
+        };
         let kind = if msg.role.is_some() { "granted" } else { "revoked" };
         effects.events.push(Emit::new(
             "state",
@@ -543,6 +528,226 @@ impl Executor {
         }))
     }
 
+    fn invite(
+        &mut self,
+        tables: &mut Tables,
+        staged: &mut HashMap<Id, ContextRecord>,
+        effects: &mut Effects,
+        msg: Invite,
+    ) -> Step<MemberReply> {
+        if msg.seats == 0 || msg.seats > MAX_SEATS {
+            return Ok(Err(StateError::BadRequest(format!(
+                "seats must be 1 to {MAX_SEATS}, not {}",
+                msg.seats
+            ))));
+        }
+        let record = match self.admitted(tables, staged, &msg.context, &msg.by.address, Role::Admin) {
+            Ok(record) => record,
+            Err(err) => return Ok(Err(err)),
+        };
+        let op = Op::Invite {
+            member: msg.member,
+            seats: msg.seats,
+        };
+        let (tx, record, _) = match self.author(tables, staged, effects, record, &msg.by, op)? {
+            Ok(made) => made,
+            Err(err) => return Ok(Err(err)),
+        };
+        effects.events.push(Emit::new(
+            "state",
+            "invited",
+            Vec::new(),
+            json!({ "context": record.id, "tx": tx, "member": msg.member, "seats": msg.seats,
+                    "caller": msg.by.address }),
+        ));
+        Ok(Ok(MemberReply {
+            context: record.id,
+            member: msg.member,
+            seats: msg.seats,
+            tx,
+        }))
+    }
+
+    /// Adds received transactions to the DAG (each once its parents are held, whatever
+    /// order they came in) and settles every context they touched.
+    fn receive(
+        &mut self,
+        tables: &mut Tables,
+        staged: &mut HashMap<Id, ContextRecord>,
+        effects: &mut Effects,
+        msg: Receive,
+    ) -> Step<ReceiveReport> {
+        let mut report = ReceiveReport::default();
+        let mut earliest: HashMap<Id, OrderKey> = HashMap::new();
+        let mut waiting: Vec<(crate::tx::VerifiedTx, Vec<Id>)> =
+            msg.txs.into_iter().map(|tx| (tx, Vec::new())).collect();
+        loop {
+            let mut progress = false;
+            let mut still = Vec::new();
+            for (verified, _) in waiting {
+                let id = verified.id();
+                let body = &verified.tx().body;
+                let context = body.context_of(id);
+                if self.invalid.contains(&id) {
+                    report.invalid.push((id, "it was found invalid before".into()));
+                    continue;
+                }
+                let key = if body.is_genesis() {
+                    match self.add_genesis(tables, staged, &verified, msg.joining)? {
+                        Ok(Some(key)) => key,
+                        Ok(None) => {
+                            report.duplicates += 1;
+                            continue;
+                        }
+                        Err(err) => return Ok(Err(err)),
+                    }
+                } else {
+                    let Some(mut record) = self.record(tables, staged, &context).map_err(fatal)? else {
+                        if msg.joining == Some(context) {
+                            // Its genesis may come later in this batch.
+                            still.push((verified, vec![context]));
+                        } else {
+                            report.unknown_context += 1;
+                        }
+                        continue;
+                    };
+                    match dag::add(tables, &mut self.members, &mut record, body, id).map_err(fatal)? {
+                        Added::New(key) => {
+                            staged.insert(context, record);
+                            key
+                        }
+                        Added::Duplicate => {
+                            report.duplicates += 1;
+                            continue;
+                        }
+                        Added::Missing(parents) => {
+                            if let Some(parent) = parents.iter().find(|p| self.invalid.contains(p)) {
+                                let why = format!("its parent {parent} is invalid");
+                                self.remember_invalid(id);
+                                report.invalid.push((id, why));
+                            } else {
+                                still.push((verified, parents));
+                            }
+                            continue;
+                        }
+                        Added::Invalid(why) => {
+                            self.remember_invalid(id);
+                            report.invalid.push((id, why));
+                            continue;
+                        }
+                    }
+                };
+                let encoded = verified.tx().encode().map_err(|e| fatal(e.into()))?;
+                tables
+                    .txs
+                    .insert(id.0.as_slice(), encoded.as_slice())
+                    .map_err(|e| fatal(e.into()))?;
+                earliest
+                    .entry(context)
+                    .and_modify(|k| *k = (*k).min(key))
+                    .or_insert(key);
+                report.added.push(id);
+                progress = true;
+            }
+            waiting = still;
+            if !progress || waiting.is_empty() {
+                break;
+            }
+        }
+        report.missing = waiting
+            .into_iter()
+            .map(|(verified, parents)| (verified.id(), parents))
+            .collect();
+        for (context, from) in earliest {
+            let mut record = self
+                .record(tables, staged, &context)
+                .map_err(fatal)?
+                .ok_or_else(|| fatal(StateError::Record(format!("context {context} vanished in a batch"))))?;
+            let undone = replay::rollback(tables, &mut record, from).map_err(fatal)?;
+            let (applied, failed) =
+                replay::replay(&self.runtime, tables, &mut record, from, &effects.unsigned).map_err(fatal)?;
+            report.undone += undone;
+            report.applied += applied;
+            report.failed += failed;
+            effects.events.push(Emit::new(
+                "state",
+                "received",
+                Vec::new(),
+                json!({ "context": context, "applied": applied, "undone": undone, "failed": failed,
+                        "root": record.root, "heads": record.heads }),
+            ));
+            staged.insert(context, record);
+        }
+        effects.written += report.added.len() as u64;
+        if !report.invalid.is_empty() {
+            effects.events.push(Emit::new(
+                "state",
+                "invalid",
+                Vec::new(),
+                json!({ "transactions": report.invalid.iter().map(|(id, why)| json!({ "tx": id, "reason": why }))
+                        .collect::<Vec<_>>() }),
+            ));
+        }
+        Ok(Ok(report))
+    }
+
+    /// Starts a context from its received genesis, if it is the one being joined and its
+    /// app is here. `None`: held already.
+    fn add_genesis(
+        &mut self,
+        tables: &mut Tables,
+        staged: &mut HashMap<Id, ContextRecord>,
+        verified: &crate::tx::VerifiedTx,
+        joining: Option<Id>,
+    ) -> Step<Option<OrderKey>> {
+        let id = verified.id();
+        let body = &verified.tx().body;
+        if self.record(tables, staged, &id).map_err(fatal)?.is_some() {
+            return Ok(Ok(None));
+        }
+        if joining != Some(id) {
+            return Ok(Err(StateError::Forbidden(format!(
+                "context {id} is not held here and is not being joined"
+            ))));
+        }
+        if let Op::Create { app, limits, .. } = &body.op {
+            if tables
+                .app_code
+                .get(app.0.as_slice())
+                .map_err(|e| fatal(e.into()))?
+                .is_none()
+            {
+                return Ok(Err(StateError::NotFound(format!(
+                    "app {app} of context {id} is not on this node: fetch it before the genesis"
+                ))));
+            }
+            let memory = self.runtime.config().memory_limit_bytes;
+            if limits.memory_bytes != memory {
+                return Ok(Err(StateError::Conflict(format!(
+                    "context {id} runs calls with {} bytes of memory and this node with {memory}: \
+                     members must use the same memory limit",
+                    limits.memory_bytes
+                ))));
+            }
+        }
+        let record = dag::add_genesis(tables, body, id)
+            .map_err(fatal)?
+            .ok_or_else(|| fatal(StateError::Record(format!("context {id} exists already"))))?;
+        tables
+            .contexts
+            .insert(id.0.as_slice(), store::encode(&record).map_err(fatal)?.as_slice())
+            .map_err(|e| fatal(e.into()))?;
+        staged.insert(id, record);
+        Ok(Ok(Some(OrderKey { height: 1, id })))
+    }
+
+    fn remember_invalid(&mut self, id: Id) {
+        if self.invalid.len() >= REMEMBERED_INVALID {
+            self.invalid.clear();
+        }
+        self.invalid.insert(id);
+    }
+
     /// The context `text` names, if `user` holds at least `needed` in it.
     fn admitted(
         &self,
@@ -553,7 +758,9 @@ impl Executor {
         needed: Role,
     ) -> Result<ContextRecord, StateError> {
         let id = store::resolve_context(&tables.contexts, text)?;
-        let record = self.record(tables, staged, &id)?;
+        let record = self
+            .record(tables, staged, &id)?
+            .ok_or_else(|| StateError::NotFound(format!("no context {id} on this node")))?;
         check_role(store::role_of(&tables.roles, &id, user)?, needed, user, &id)?;
         Ok(record)
     }
@@ -593,6 +800,8 @@ fn pending(job: Job) -> Done {
         Job::Create(_, answer) => Done::Create(answer, not_committed(MESSAGE)),
         Job::Call(_, answer) => Done::Call(answer, not_committed(MESSAGE)),
         Job::SetRole(_, answer) => Done::SetRole(answer, not_committed(MESSAGE)),
+        Job::Invite(_, answer) => Done::Invite(answer, not_committed(MESSAGE)),
+        Job::Receive(_, answer) => Done::Receive(answer, not_committed(MESSAGE)),
     }
 }
 
@@ -655,35 +864,6 @@ pub fn load_code(table: &impl ReadableTable<&'static [u8], &'static [u8]>, app: 
         Ok(None) => Err(StorageError(format!("the code of app {app} is missing"))),
         Err(e) => Err(StorageError(e.to_string())),
     }
-}
-
-fn write_role(tables: &mut Tables, context: &Id, user: &Address, role: Option<Role>) -> Result<(), StateError> {
-    let key = store::role_key(context, user);
-    let member = store::membership_key(user, context);
-    match role {
-        Some(role) => {
-            tables.roles.insert(key.as_slice(), role.to_byte())?;
-            tables.memberships.insert(member.as_slice(), role.to_byte())?;
-        }
-        None => {
-            tables.roles.remove(key.as_slice())?;
-            tables.memberships.remove(member.as_slice())?;
-        }
-    }
-    Ok(())
-}
-
-fn count_admins(roles: &impl ReadableTable<&'static [u8], u8>, context: &Id) -> Result<usize, StateError> {
-    let start = store::role_key(context, &Address([0; 20]));
-    let end = store::role_key(context, &Address([0xff; 20]));
-    let mut admins = 0;
-    for entry in roles.range(start.as_slice()..=end.as_slice())? {
-        let (_, role) = entry?;
-        if Role::from_byte(role.value()) == Some(Role::Admin) {
-            admins += 1;
-        }
-    }
-    Ok(admins)
 }
 
 /// The executor's input. Full → 503, never an unbounded queue.

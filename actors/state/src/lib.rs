@@ -3,17 +3,21 @@
 //! together with its effects and the context's new Merkle state root.
 
 pub mod actor;
+mod dag;
 pub mod error;
 mod executor;
 pub mod ids;
+pub mod membership;
 pub mod merkle;
 pub mod messages;
 pub mod node_cache;
 mod reader;
+mod replay;
 pub mod roles;
 pub mod runtime;
 mod signer;
 pub mod store;
+mod tables;
 pub mod tx;
 mod views;
 

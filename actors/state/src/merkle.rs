@@ -184,16 +184,38 @@ pub fn set(
     key: &[u8; 32],
     value: Option<&[u8]>,
 ) -> Result<[u8; 32], MerkleError> {
+    replace(kv, nodes, context, key, value).map(|(root, _)| root)
+}
+
+/// [`set`], answering the value the key had as well (what undoing the write restores).
+pub fn replace(
+    kv: &mut Table<'_, &'static [u8], &'static [u8]>,
+    nodes: &mut impl NodeStore,
+    context: &[u8; 32],
+    key: &[u8; 32],
+    value: Option<&[u8]>,
+) -> Result<([u8; 32], Option<Vec<u8>>), MerkleError> {
     let full_key = kv_key(context, key);
-    let unchanged = match value {
-        Some(value) => kv
-            .insert(full_key.as_slice(), value)?
-            .is_some_and(|old| old.value() == value),
-        None => kv.remove(full_key.as_slice())?.is_none(),
-    };
-    if unchanged {
-        return root_in(nodes, context);
+    let old = match value {
+        Some(value) => kv.insert(full_key.as_slice(), value)?,
+        None => kv.remove(full_key.as_slice())?,
     }
+    .map(|old| old.value().to_vec());
+    if old.as_deref() == value {
+        return Ok((root_in(nodes, context)?, old));
+    }
+    let root = update_tree(nodes, context, key, value)?;
+    Ok((root, old))
+}
+
+/// Puts the new value's leaf (or its absence) into the tree; the pair table already
+/// holds the change.
+fn update_tree(
+    nodes: &mut impl NodeStore,
+    context: &[u8; 32],
+    key: &[u8; 32],
+    value: Option<&[u8]>,
+) -> Result<[u8; 32], MerkleError> {
     let (mut path, end) = descend(nodes, context, key)?;
     // The child that replaces `end` in its parent (or at the top).
     let mut current = match (value, end) {

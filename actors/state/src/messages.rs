@@ -3,14 +3,15 @@
 
 use actix::Message;
 use cmesh_common::Address;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::dag::OrderKey;
 use crate::error::StateError;
 use crate::ids::Id;
 use crate::roles::Role;
 use crate::store::AppRecord;
-use crate::tx::CallerProof;
+use crate::tx::{CallerProof, VerifiedTx};
 
 /// Who asks: the user's address and, when the request was Kami-signed, the user's own
 /// signature of it (carried into the transaction).
@@ -100,6 +101,118 @@ pub struct ResolveContext {
     pub by: Address,
     pub context: String,
     pub role: Role,
+}
+
+/// `ctx.invite {context, member, seats?}`: makes a node a member (or changes its seats).
+#[derive(Message)]
+#[rtype(result = "Result<MemberReply, StateError>")]
+pub struct Invite {
+    pub by: Requester,
+    pub context: String,
+    pub member: Address,
+    pub seats: u32,
+}
+
+/// `ctx.members {context}`: the members as of everything this node holds.
+#[derive(Message)]
+#[rtype(result = "Result<MembersReply, StateError>")]
+pub struct ContextMembers {
+    pub by: Address,
+    pub context: String,
+}
+
+/// Transactions of other members, checked on their own ([`VerifiedTx`]). Added to the
+/// DAG if their causal past allows, applied in order.
+#[derive(Message)]
+#[rtype(result = "Result<ReceiveReport, StateError>")]
+pub struct Receive {
+    pub txs: Vec<VerifiedTx>,
+    /// The context being joined: its genesis may start it here. Without it, only
+    /// transactions of contexts this node holds are taken.
+    pub joining: Option<Id>,
+}
+
+/// The encoded transactions `ids` of a context this node holds (those it has).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Vec<u8>>, StateError>")]
+pub struct FetchTransactions {
+    pub context: Id,
+    pub ids: Vec<Id>,
+}
+
+/// What a member needs to ask another for the transactions it lacks.
+#[derive(Message)]
+#[rtype(result = "Result<SyncState, StateError>")]
+pub struct GetSyncState {
+    pub context: Id,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    pub heads: Vec<Id>,
+    /// The highest `seq` held of each author.
+    pub seqs: Vec<(Address, u64)>,
+    pub applied: u64,
+    pub root: Id,
+}
+
+/// One page of the transactions a member lacks, in apply order: those after `after`
+/// whose author's `seq` is above what the member holds (`have`).
+#[derive(Message)]
+#[rtype(result = "Result<SyncPage, StateError>")]
+pub struct MissingTransactions {
+    pub context: Id,
+    pub have: Vec<(Address, u64)>,
+    pub after: Option<OrderKey>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPage {
+    /// Encoded transactions, parents before children.
+    pub txs: Vec<Vec<u8>>,
+    /// Where the next page starts; `None`: this was the last.
+    pub next: Option<OrderKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberReply {
+    pub context: Id,
+    pub member: Address,
+    pub seats: u32,
+    pub tx: Id,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Member {
+    pub member: Address,
+    pub seats: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MembersReply {
+    pub context: Id,
+    pub members: Vec<Member>,
+}
+
+/// What became of received transactions.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReceiveReport {
+    /// Added to the DAG (and applied).
+    pub added: Vec<Id>,
+    pub duplicates: u64,
+    /// Transactions waiting for these parents (not kept).
+    pub missing: Vec<(Id, Vec<Id>)>,
+    /// Transactions that break a rule of their causal past, and why (not kept).
+    pub invalid: Vec<(Id, String)>,
+    /// Transactions of contexts this node does not hold (not kept).
+    pub unknown_context: u64,
+    /// Applied transactions taken back because a received one sorts before them.
+    pub undone: u64,
+    /// Transactions applied (the added ones and those taken back and applied again).
+    pub applied: u64,
+    /// Applied transactions that changed nothing (the caller's role, the app failed).
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

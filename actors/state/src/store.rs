@@ -8,9 +8,11 @@ use cmesh_common::Address;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
+use crate::dag::{self, OrderKey};
 use crate::error::StateError;
 use crate::ids::Id;
 use crate::roles::Role;
+use crate::tx::Limits;
 
 /// App id (32) → the module's bytes.
 pub const APP_CODE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app_code");
@@ -24,8 +26,6 @@ pub const ROLES: TableDefinition<&[u8], u8> = TableDefinition::new("roles");
 pub const MEMBERSHIPS: TableDefinition<&[u8], u8> = TableDefinition::new("memberships");
 /// Transaction id (32) → the encoded [`crate::tx::Transaction`].
 pub const TXS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("txs");
-/// Context id (32) ++ apply position (u64, big-endian, from 1) → transaction id.
-pub const TX_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_order");
 /// Context id (32) ++ key (32) → value: the contexts' key-value state.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -44,23 +44,43 @@ pub struct AppRecord {
 /// A context as this node holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContextRecord {
+    /// The id of its genesis transaction.
     pub id: Id,
     pub app: Id,
     pub name: String,
     pub version: String,
     pub created_by: Address,
     pub created_at_ms: u64,
-    /// Transactions applied, the genesis included.
+    /// What every member runs its calls with.
+    pub limits: Limits,
+    /// Transactions held (all of them applied once a batch ends), the genesis included.
     pub applied: u64,
+    /// The held transactions that no held transaction names as a parent, sorted.
     pub heads: Vec<Id>,
     pub root: Id,
-    /// Timestamp of the latest applied transaction.
+    /// The latest time of a held transaction.
     pub last_time_ms: u64,
+    /// The last applied transaction in the apply order.
+    pub top: Option<OrderKey>,
+    /// The latest membership changes among the held transactions.
+    pub frontier: Vec<Id>,
+    /// The highest `seq` held of each author, by author.
+    pub seqs: Vec<(Address, u64)>,
 }
 
-/// The table of the sparse Merkle tree of earlier versions (replaced by the crit-bit tree
-/// of `merkle.rs`, whose roots differ): a store holding it is refused, never misread.
-const FORMER_MERKLE_NODES: &str = "smt_nodes";
+impl ContextRecord {
+    /// The highest `seq` held of `author`'s transactions (0: none).
+    pub fn seq_of(&self, author: &Address) -> u64 {
+        self.seqs
+            .binary_search_by(|(a, _)| a.cmp(author))
+            .map_or(0, |i| self.seqs[i].1)
+    }
+}
+
+/// Tables of earlier versions whose contents this version cannot read (the sparse Merkle
+/// tree, whose roots differ from the crit-bit tree's; the linear transaction order of
+/// format 1, before the DAG): a store holding one is refused, never misread.
+const FORMER_TABLES: [&str; 2] = ["smt_nodes", "tx_order"];
 
 pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(dir) = path.parent() {
@@ -68,16 +88,31 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
     }
     let db = Database::create(path)?;
     let txn = db.begin_write()?;
-    if txn.list_tables()?.any(|table| table.name() == FORMER_MERKLE_NODES) {
+    if let Some(former) = txn
+        .list_tables()?
+        .map(|table| table.name().to_string())
+        .find(|name| FORMER_TABLES.contains(&name.as_str()))
+    {
         return Err(StateError::Record(format!(
-            "{} holds state written by an earlier cmesh (its Merkle tree table `{FORMER_MERKLE_NODES}` \
-             is no longer read): move the file away to start this node with empty state",
+            "{} holds state written by an earlier cmesh (its table `{former}` is no longer read): \
+             move the file away to start this node with empty state",
             path.display()
         )));
     }
-    for table in [APP_CODE, CONTEXTS, TXS, TX_ORDER, KV, crate::merkle::NODES] {
+    for table in [
+        APP_CODE,
+        CONTEXTS,
+        TXS,
+        KV,
+        crate::merkle::NODES,
+        dag::TX_META,
+        dag::CHANGES,
+        crate::replay::UNDO,
+    ] {
         txn.open_table(table)?;
     }
+    txn.open_table(dag::DAG_ORDER)?;
+    txn.open_table(dag::AUTHOR_SEQS)?;
     txn.open_table(APP_VERSIONS)?;
     txn.open_table(ROLES)?;
     txn.open_table(MEMBERSHIPS)?;
@@ -108,13 +143,6 @@ pub fn membership_key(user: &Address, context: &Id) -> [u8; 52] {
     let mut key = [0u8; 52];
     key[..20].copy_from_slice(&user.0);
     key[20..].copy_from_slice(&context.0);
-    key
-}
-
-pub fn order_key(context: &Id, position: u64) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..32].copy_from_slice(&context.0);
-    key[32..].copy_from_slice(&position.to_be_bytes());
     key
 }
 
@@ -269,18 +297,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_store_with_the_former_merkle_table_is_refused() {
+    fn a_store_with_a_former_table_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("state.redb");
-        {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("write");
-            let former: TableDefinition<&[u8], &[u8]> = TableDefinition::new(FORMER_MERKLE_NODES);
-            txn.open_table(former).expect("table");
-            txn.commit().expect("commit");
+        for name in FORMER_TABLES {
+            let path = dir.path().join(format!("{name}.redb"));
+            {
+                let db = Database::create(&path).expect("create");
+                let txn = db.begin_write().expect("write");
+                let former: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
+                txn.open_table(former).expect("table");
+                txn.commit().expect("commit");
+            }
+            let err = open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("written by an earlier cmesh") && err.contains(name),
+                "{err}"
+            );
         }
-        let err = open(&path).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("written by an earlier cmesh"), "{err}");
         // A current store opens, and opens again.
         let fresh = dir.path().join("fresh.redb");
         drop(open(&fresh).expect("new store"));

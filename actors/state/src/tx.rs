@@ -2,6 +2,9 @@
 //! and linked to the context's previous heads by hash. The format is the one replication
 //! carries, so any member can check a transaction on its own: the id is the keccak256 of
 //! the body's canonical MessagePack encoding and the signature recovers the author.
+//! A context's id is the id of its genesis transaction, so nobody can make a second
+//! genesis for it; [`Transaction::check`] holds the rules a transaction must meet on its
+//! own, before its causal past is looked at.
 
 use cmesh_common::hash::keccak256;
 use cmesh_common::keys::SignatureError;
@@ -12,13 +15,37 @@ use crate::ids::{address_bytes, signature_bytes, Id};
 use crate::roles::Role;
 
 /// Version of the transaction format in every body.
-pub const TX_FORMAT: u8 = 1;
+pub const TX_FORMAT: u8 = 2;
+/// Most parents a transaction may name.
+pub const MAX_PARENTS: usize = 64;
+/// Most seats one member may hold.
+pub const MAX_SEATS: u32 = 1_000;
+/// Largest encoded transaction accepted from anyone.
+pub const MAX_TX_BYTES: usize = 1 << 20;
+
+/// The limits every member runs a context's calls with, fixed at its genesis so that
+/// every member gets the same outcome (a call out of gas fails everywhere or nowhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Gas per call.
+    pub gas: u64,
+    /// Most linear memory of an instance, in bytes.
+    pub memory_bytes: u64,
+}
 
 /// What a transaction does to its context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// The genesis of a context: runs `app` (deployed as `name` `version`).
-    Create { app: Id, name: String, version: String },
+    /// The genesis of a context: runs `app` (deployed as `name` `version`). Its author is
+    /// the first member (one seat) and its caller the first admin; `salt` makes the id
+    /// (which is the context's id) unique.
+    Create {
+        app: Id,
+        name: String,
+        version: String,
+        salt: Id,
+        limits: Limits,
+    },
     /// A mutation: runs `method` with `args` (JSON text).
     Call {
         method: String,
@@ -36,6 +63,19 @@ pub enum Op {
         #[serde(with = "address_bytes")]
         user: Address,
     },
+    /// Makes the node `member` a member with `seats` seats (or changes its seats).
+    Invite {
+        #[serde(with = "address_bytes")]
+        member: Address,
+        seats: u32,
+    },
+    /// Ends the membership of the node `member`.
+    Remove {
+        #[serde(with = "address_bytes")]
+        member: Address,
+    },
+    /// The author stops being a member.
+    Leave,
 }
 
 /// The user's own signature of the request that caused a transaction (a Kami-signed
@@ -54,10 +94,14 @@ pub struct CallerProof {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxBody {
     pub format: u8,
+    /// The context (zero in a genesis, whose own id is the context's).
     pub context: Id,
     /// The node that made and signed the transaction.
     #[serde(with = "address_bytes")]
     pub author: Address,
+    /// The author's count of its transactions in this context, from 1: members exchange
+    /// the highest they hold per author to find what the other lacks.
+    pub seq: u64,
     /// The context's heads when it was made, sorted (none for a genesis).
     pub parents: Vec<Id>,
     /// The author's clock (ms since the Unix epoch), never earlier than a parent's.
@@ -77,6 +121,24 @@ pub struct Transaction {
     pub signature: Signature65,
 }
 
+/// A transaction whose shape and signatures were checked, with its id: only
+/// [`Transaction::checked`] makes one, so nothing unchecked reaches the DAG.
+#[derive(Debug, Clone)]
+pub struct VerifiedTx {
+    id: Id,
+    tx: Transaction,
+}
+
+impl VerifiedTx {
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    pub fn tx(&self) -> &Transaction {
+        &self.tx
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TxError {
     #[error("transaction encoding: {0}")]
@@ -89,6 +151,8 @@ pub enum TxError {
     WrongSigner { signer: Address, author: Address },
     #[error("the caller's proof was signed by {signer}, not the caller {caller}")]
     WrongCaller { signer: Address, caller: Address },
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
 }
 
 impl TxBody {
@@ -99,6 +163,20 @@ impl TxBody {
 
     pub fn id(&self) -> Result<Id, TxError> {
         Ok(Id(keccak256(&self.canonical_bytes()?)))
+    }
+
+    /// A genesis has no parents; every other transaction has some.
+    pub fn is_genesis(&self) -> bool {
+        self.parents.is_empty()
+    }
+
+    /// The context this transaction belongs to, given its id.
+    pub fn context_of(&self, id: Id) -> Id {
+        if self.is_genesis() {
+            id
+        } else {
+            self.context
+        }
     }
 
     /// Signs the body as its author; answers the transaction and its id.
@@ -116,6 +194,52 @@ impl Transaction {
 
     pub fn decode(bytes: &[u8]) -> Result<Transaction, TxError> {
         Ok(rmp_serde::from_slice(bytes)?)
+    }
+
+    /// [`Transaction::check`]ed, as a value only checking makes.
+    pub fn checked(self) -> Result<VerifiedTx, TxError> {
+        let id = self.check()?;
+        Ok(VerifiedTx { id, tx: self })
+    }
+
+    /// Checks everything a transaction must meet on its own: the rules of
+    /// [`Transaction::check_shape`] and the signatures. Answers the id.
+    pub fn check(&self) -> Result<Id, TxError> {
+        self.check_shape()?;
+        self.verify()
+    }
+
+    /// The rules that need neither a signature check nor the causal past: the format, a
+    /// genesis is exactly a parentless `Create` with a zero context, parents are sorted
+    /// and distinct and at most [`MAX_PARENTS`], `seq` counts from 1, seats are bounded.
+    pub fn check_shape(&self) -> Result<(), TxError> {
+        let body = &self.body;
+        let invalid = |why: String| Err(TxError::Invalid(why));
+        if body.format != TX_FORMAT {
+            return invalid(format!("format {} (this node reads format {TX_FORMAT})", body.format));
+        }
+        if body.seq == 0 {
+            return invalid("seq must count from 1".into());
+        }
+        if body.parents.len() > MAX_PARENTS {
+            return invalid(format!("{} parents (at most {MAX_PARENTS})", body.parents.len()));
+        }
+        if body.parents.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return invalid("parents must be sorted and distinct".into());
+        }
+        let create = matches!(body.op, Op::Create { .. });
+        match (body.is_genesis(), create) {
+            (true, true) if body.context != Id::ZERO => invalid("a genesis names no context".into()),
+            (true, false) => invalid("a transaction without parents must be a genesis (create)".into()),
+            (false, true) => invalid("a create must be a genesis (no parents)".into()),
+            _ => Ok(()),
+        }?;
+        if let Op::Invite { seats, .. } = body.op {
+            if seats == 0 || seats > MAX_SEATS {
+                return invalid(format!("{seats} seats (1 to {MAX_SEATS})"));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the signatures (author's over the id, and the caller's proof if any) and
@@ -151,6 +275,7 @@ mod tests {
             format: TX_FORMAT,
             context: Id([7; 32]),
             author: key.address(),
+            seq: 1,
             parents: vec![Id([1; 32])],
             time_ms: 1_700_000_000_000,
             caller: Address([9; 20]),
@@ -211,6 +336,7 @@ mod tests {
             format: TX_FORMAT,
             context: Id([7; 32]),
             author: Address([1; 20]),
+            seq: 1,
             parents: vec![],
             time_ms: 5,
             caller: Address([2; 20]),
@@ -221,7 +347,71 @@ mod tests {
             },
         };
         let bytes = body.canonical_bytes().expect("encode");
-        assert_eq!(bytes[0], 0x98, "an array of the 8 body fields");
+        assert_eq!(bytes[0], 0x99, "an array of the 9 body fields");
         assert_eq!(body.id().expect("id"), Id(keccak256(&bytes)));
+    }
+
+    #[test]
+    fn the_shape_rules_hold_without_the_causal_past() {
+        let key = SigningKey::generate().expect("key");
+        let check = |edit: &dyn Fn(&mut TxBody)| {
+            let mut b = body(&key);
+            edit(&mut b);
+            let (tx, _) = b.sign(&key).expect("sign");
+            tx.check().map(drop).map_err(|e| e.to_string())
+        };
+        assert_eq!(check(&|_| {}), Ok(()));
+        let genesis = |b: &mut TxBody| {
+            b.parents.clear();
+            b.context = Id::ZERO;
+            b.op = Op::Create {
+                app: Id([3; 32]),
+                name: "kv".into(),
+                version: "1.0.0".into(),
+                salt: Id([4; 32]),
+                limits: Limits {
+                    gas: 1_000,
+                    memory_bytes: 1 << 20,
+                },
+            };
+        };
+        assert_eq!(check(&genesis), Ok(()));
+        let refused = [
+            check(&|b| b.format = 1),
+            check(&|b| b.seq = 0),
+            check(&|b| b.parents = vec![Id([2; 32]), Id([1; 32])]),
+            check(&|b| b.parents = vec![Id([1; 32]), Id([1; 32])]),
+            check(&|b| b.parents = (0..=MAX_PARENTS as u8).map(|i| Id([i; 32])).collect()),
+            check(&|b| b.parents.clear()),
+            check(&|b| {
+                genesis(b);
+                b.parents = vec![Id([1; 32])];
+            }),
+            check(&|b| {
+                genesis(b);
+                b.context = Id([7; 32]);
+            }),
+            check(&|b| {
+                b.op = Op::Invite {
+                    member: Address([5; 20]),
+                    seats: 0,
+                }
+            }),
+            check(&|b| {
+                b.op = Op::Invite {
+                    member: Address([5; 20]),
+                    seats: MAX_SEATS + 1,
+                }
+            }),
+        ];
+        for (i, result) in refused.iter().enumerate() {
+            let err = result.as_ref().err().unwrap_or_else(|| panic!("case {i} was accepted"));
+            assert!(err.starts_with("invalid transaction"), "case {i}: {err}");
+        }
+        assert_eq!(
+            body(&key).context_of(Id([9; 32])),
+            Id([7; 32]),
+            "a non-genesis names its context"
+        );
     }
 }

@@ -12,11 +12,14 @@ use cmesh_events::{Emit, EventsActor};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::json;
 
+use crate::dag::{self, MemberCache};
 use crate::error::StateError;
 use crate::executor::{check_role, check_version, load_code, output_value};
 use crate::ids::Id;
 use crate::messages::{
-    CallContext, CallReply, ContextInfo, ContextRoot, Deploy, ListApps, ListContexts, ResolveContext, RootReply,
+    CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, Deploy, FetchTransactions, GetSyncState,
+    ListApps, ListContexts, Member, MembersReply, MissingTransactions, OrderKey, ResolveContext, RootReply, SyncPage,
+    SyncState,
 };
 use crate::reader::ContextReader;
 use crate::roles::Role;
@@ -212,7 +215,7 @@ impl Handler<CallContext> for ViewWorker {
             context: record.id.0,
             tx_id: None,
             time_ms: record.last_time_ms,
-            gas_limit: None,
+            gas_limit: Some(record.limits.gas),
         };
         let outcome = self.runtime.call(&record.app.0, &load, call, &reader)?;
         Ok(CallReply {
@@ -251,5 +254,125 @@ impl Handler<ResolveContext> for ViewWorker {
         let id = store::resolve_context(&contexts, &msg.context)?;
         check_role(store::role_of(&roles, &id, &msg.by)?, msg.role, &msg.by, &id)?;
         Ok(id)
+    }
+}
+
+impl Handler<ContextMembers> for ViewWorker {
+    type Result = Result<MembersReply, StateError>;
+
+    fn handle(&mut self, msg: ContextMembers, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(store::CONTEXTS)?;
+        let roles = txn.open_table(store::ROLES)?;
+        let record = Self::readable(&contexts, &roles, &msg.context, &msg.by)?;
+        let changes = txn.open_table(dag::CHANGES)?;
+        let members = dag::current_members(&changes, &mut MemberCache::default(), &record)?;
+        Ok(MembersReply {
+            context: record.id,
+            members: members
+                .into_iter()
+                .map(|(member, seats)| Member { member, seats })
+                .collect(),
+        })
+    }
+}
+
+impl Handler<FetchTransactions> for ViewWorker {
+    type Result = Result<Vec<Vec<u8>>, StateError>;
+
+    fn handle(&mut self, msg: FetchTransactions, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(dag::TX_META)?;
+        let txs = txn.open_table(store::TXS)?;
+        let mut out = Vec::with_capacity(msg.ids.len());
+        for id in &msg.ids {
+            let Some(bytes) = meta.get(id.0.as_slice())? else {
+                continue;
+            };
+            if store::decode::<dag::TxMeta>(bytes.value())?.context != msg.context {
+                continue;
+            }
+            if let Some(tx) = txs.get(id.0.as_slice())? {
+                out.push(tx.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl ViewWorker {
+    fn held(
+        contexts: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        context: &Id,
+    ) -> Result<ContextRecord, StateError> {
+        store::context_record(contexts, context)?
+            .ok_or_else(|| StateError::NotFound(format!("no context {context} on this node")))
+    }
+}
+
+impl Handler<GetSyncState> for ViewWorker {
+    type Result = Result<SyncState, StateError>;
+
+    fn handle(&mut self, msg: GetSyncState, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
+        Ok(SyncState {
+            heads: record.heads,
+            seqs: record.seqs,
+            applied: record.applied,
+            root: record.root,
+        })
+    }
+}
+
+/// Most transactions in one page of [`MissingTransactions`].
+pub const MAX_SYNC_PAGE: usize = 4_096;
+
+impl Handler<MissingTransactions> for ViewWorker {
+    type Result = Result<SyncPage, StateError>;
+
+    fn handle(&mut self, msg: MissingTransactions, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
+        let order = txn.open_table(dag::DAG_ORDER)?;
+        let meta = txn.open_table(dag::TX_META)?;
+        let txs = txn.open_table(store::TXS)?;
+        let have: std::collections::HashMap<Address, u64> = msg.have.into_iter().collect();
+        let limit = msg.limit.clamp(1, MAX_SYNC_PAGE);
+        let start = match msg.after {
+            // Just after `after`: the same height, the next id up.
+            Some(after) => after.in_context(&msg.context).to_vec(),
+            None => msg.context.0.to_vec(),
+        };
+        let end = OrderKey::last_in(&msg.context);
+        let mut page = SyncPage {
+            txs: Vec::new(),
+            next: None,
+        };
+        for entry in order.range(start.as_slice()..=end.as_slice())? {
+            let key = OrderKey::from_table_key(entry?.0.value())?;
+            if Some(key) == msg.after {
+                continue;
+            }
+            if page.txs.len() == limit {
+                break;
+            }
+            page.next = Some(key);
+            let Some(bytes) = meta.get(key.id.0.as_slice())? else {
+                return Err(StateError::Record(format!("transaction {} has no metadata", key.id)));
+            };
+            let info: dag::TxMeta = store::decode(bytes.value())?;
+            if have.get(&info.author).is_some_and(|held| info.seq <= *held) {
+                continue;
+            }
+            let tx = txs
+                .get(key.id.0.as_slice())?
+                .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
+            page.txs.push(tx.value().to_vec());
+        }
+        if page.txs.len() < limit {
+            page.next = None;
+        }
+        Ok(page)
     }
 }

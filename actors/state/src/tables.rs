@@ -1,0 +1,47 @@
+//! The tables a batch of the executor writes, opened once per batch. The tree's node
+//! table is reached only through the executor's cache, which must see every change to it.
+
+use redb::{Table, WriteTransaction};
+
+use crate::dag;
+use crate::error::StateError;
+use crate::merkle;
+use crate::node_cache::{CachedNodes, NodeCache};
+use crate::replay;
+use crate::store;
+
+pub struct Tables<'t> {
+    pub app_code: Table<'t, &'static [u8], &'static [u8]>,
+    pub versions: Table<'t, &'static str, &'static [u8]>,
+    pub contexts: Table<'t, &'static [u8], &'static [u8]>,
+    pub roles: Table<'t, &'static [u8], u8>,
+    pub memberships: Table<'t, &'static [u8], u8>,
+    pub kv: Table<'t, &'static [u8], &'static [u8]>,
+    pub nodes: CachedNodes<'t, 't>,
+    pub txs: Table<'t, &'static [u8], &'static [u8]>,
+    pub meta: Table<'t, &'static [u8], &'static [u8]>,
+    pub order: Table<'t, &'static [u8], ()>,
+    pub seqs: Table<'t, &'static [u8], ()>,
+    pub changes: Table<'t, &'static [u8], &'static [u8]>,
+    pub undo: Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    pub fn open(txn: &'t WriteTransaction, nodes: &'t mut NodeCache) -> Result<Self, StateError> {
+        Ok(Tables {
+            app_code: txn.open_table(store::APP_CODE)?,
+            versions: txn.open_table(store::APP_VERSIONS)?,
+            contexts: txn.open_table(store::CONTEXTS)?,
+            roles: txn.open_table(store::ROLES)?,
+            memberships: txn.open_table(store::MEMBERSHIPS)?,
+            kv: txn.open_table(store::KV)?,
+            nodes: nodes.over(txn.open_table(merkle::NODES)?),
+            txs: txn.open_table(store::TXS)?,
+            meta: txn.open_table(dag::TX_META)?,
+            order: txn.open_table(dag::DAG_ORDER)?,
+            seqs: txn.open_table(dag::AUTHOR_SEQS)?,
+            changes: txn.open_table(dag::CHANGES)?,
+            undo: txn.open_table(replay::UNDO)?,
+        })
+    }
+}

@@ -1,0 +1,441 @@
+//! Replication logic under random schedules: three members of one context (real redb,
+//! real wasmer, the committed kv app, one state actor each) write concurrently while
+//! their transactions travel in any order, late, twice, or not until the end (a
+//! partition). Transactions that arrive before their parents go back to wait, as the
+//! bounded buffer does. Once everything is delivered, every member has the same heads,
+//! the same number of transactions and the same root, and so does a fresh node that
+//! receives the whole DAG at once: rolling back and applying again gives exactly what
+//! applying in order gives.
+//!
+//! Writes are `set` on a few keys by two users; the admin grants and revokes the second
+//! user's writer role concurrently, so whether that user's writes take effect depends on
+//! the order every member must agree on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::Addr;
+use cmesh_common::{Address, SigningKey};
+use cmesh_state::runtime::RuntimeConfig;
+use cmesh_state::tx::Transaction;
+use cmesh_state::{
+    CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions, GetSyncState, Id, Invite,
+    MissingTransactions, Receive, ReceiveReport, Requester, Role, RootReply, SetRole, StateActor, StateConfig,
+};
+use proptest::prelude::*;
+use serde_json::json;
+
+const MEMBERS: usize = 3;
+
+fn kv_wasm() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../apps/kv/kv.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// `user` (0: the admin, 1: the other user) sets `key` to `value` through `node`.
+    Write {
+        node: usize,
+        user: usize,
+        key: u8,
+        value: u8,
+    },
+    /// The admin grants (or revokes) the other user's writer role through `node`.
+    Role { node: usize, grant: bool },
+    /// `to` receives some of what is on its way to it, in this order; a pick may
+    /// repeat (a duplicate), and what is not picked waits.
+    Deliver { to: usize, picks: Vec<usize> },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..MEMBERS, 0..2usize, 0..4u8, any::<u8>())
+            .prop_map(|(node, user, key, value)| Step::Write { node, user, key, value }),
+        2 => (0..MEMBERS, any::<bool>()).prop_map(|(node, grant)| Step::Role { node, grant }),
+        3 => (0..MEMBERS, proptest::collection::vec(0..64usize, 1..6))
+            .prop_map(|(to, picks)| Step::Deliver { to, picks }),
+    ]
+}
+
+struct Member {
+    state: Addr<StateActor>,
+    /// Transactions on their way to this member: (id, encoded).
+    inbox: Vec<(Id, Vec<u8>)>,
+}
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    cache: PathBuf,
+    base: PathBuf,
+    admin: Address,
+    user: Address,
+    context: Id,
+    members: Vec<Member>,
+    /// Every transaction made, in the order made.
+    all: Vec<(Id, Vec<u8>)>,
+}
+
+/// A state actor with a fresh node key; answers it and the node's address.
+fn start(base: &Path, cache: &Path, name: &str) -> (Addr<StateActor>, Address) {
+    let config = StateConfig {
+        dir: base.join(name),
+        runtime: RuntimeConfig {
+            cache_dir: Some(cache.to_path_buf()),
+            ..RuntimeConfig::default()
+        },
+        view_threads: 1,
+    };
+    let key = Arc::new(SigningKey::generate().expect("node key"));
+    let address = key.address();
+    (StateActor::start(config, key, None).expect("state actor"), address)
+}
+
+async fn deploy(state: &Addr<StateActor>, by: Address) {
+    let deploy = Deploy {
+        by,
+        name: "kv".into(),
+        version: "1.0.0".into(),
+        wasm: kv_wasm(),
+    };
+    state.send(deploy).await.expect("mailbox").expect("deploy");
+}
+
+async fn create_kv_context(state: &Addr<StateActor>, admin: Address) -> Id {
+    let create = CreateContext {
+        by: Requester::new(admin),
+        app: "kv".into(),
+        version: None,
+    };
+    state.send(create).await.expect("mailbox").expect("create").context
+}
+
+/// Invites `member` (one seat); answers the invitation's transaction id.
+async fn invite(state: &Addr<StateActor>, admin: Address, context: Id, member: Address) -> Id {
+    let invite = Invite {
+        by: Requester::new(admin),
+        context: context.to_string(),
+        member,
+        seats: 1,
+    };
+    state.send(invite).await.expect("mailbox").expect("invite").tx
+}
+
+fn decode(encoded: &[u8]) -> cmesh_state::tx::VerifiedTx {
+    Transaction::decode(encoded)
+        .expect("decodes")
+        .checked()
+        .expect("a member's transaction checks")
+}
+
+async fn fetch(state: &Addr<StateActor>, context: Id, id: Id) -> Vec<u8> {
+    let mut found = state
+        .send(FetchTransactions { context, ids: vec![id] })
+        .await
+        .expect("mailbox")
+        .expect("fetch");
+    assert_eq!(found.len(), 1, "the author holds its transaction {id}");
+    found.remove(0)
+}
+
+async fn receive(state: &Addr<StateActor>, txs: &[(Id, Vec<u8>)], joining: Option<Id>) -> ReceiveReport {
+    let txs = txs.iter().map(|(_, encoded)| decode(encoded)).collect();
+    state
+        .send(Receive { txs, joining })
+        .await
+        .expect("mailbox")
+        .expect("receive")
+}
+
+async fn root(state: &Addr<StateActor>, by: Address, context: Id) -> RootReply {
+    state
+        .send(ContextRoot {
+            by,
+            context: context.to_string(),
+        })
+        .await
+        .expect("mailbox")
+        .expect("root")
+}
+
+impl Mesh {
+    async fn new() -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().to_path_buf();
+        let cache = base.join("modules");
+        let admin = SigningKey::generate().expect("admin").address();
+        let user = SigningKey::generate().expect("user").address();
+        let mut states = Vec::new();
+        let mut addresses = Vec::new();
+        for i in 0..MEMBERS {
+            let (state, address) = start(&base, &cache, &format!("node{i}"));
+            deploy(&state, admin).await;
+            states.push(state);
+            addresses.push(address);
+        }
+        let context = create_kv_context(&states[0], admin).await;
+        let mut all = vec![(context, fetch(&states[0], context, context).await)];
+        for address in addresses[1..].iter().copied() {
+            let invitation = invite(&states[0], admin, context, address).await;
+            all.push((invitation, fetch(&states[0], context, invitation).await));
+        }
+        // The invitees join: they take the genesis and the invitations.
+        for state in &states[1..] {
+            let report = receive(state, &all, Some(context)).await;
+            assert_eq!(report.added.len(), all.len(), "{report:?}");
+        }
+        let members = states
+            .into_iter()
+            .map(|state| Member {
+                state,
+                inbox: Vec::new(),
+            })
+            .collect();
+        Mesh {
+            _dir: dir,
+            cache,
+            base,
+            admin,
+            user,
+            context,
+            members,
+            all,
+        }
+    }
+
+    /// Sends a transaction `from` made to every other member.
+    fn broadcast(&mut self, from: usize, tx: (Id, Vec<u8>)) {
+        for (i, member) in self.members.iter_mut().enumerate() {
+            if i != from {
+                member.inbox.push(tx.clone());
+            }
+        }
+        self.all.push(tx);
+    }
+
+    async fn run(&mut self, step: &Step) {
+        match step {
+            Step::Write { node, user, key, value } => {
+                let by = if *user == 0 { self.admin } else { self.user };
+                let call = CallContext {
+                    by: Requester::new(by),
+                    context: self.context.to_string(),
+                    method: "set".into(),
+                    args: serde_json::to_vec(&json!([format!("k{key}"), value])).expect("args"),
+                    version_req: None,
+                    write: true,
+                };
+                // The other user may lack the role here: then nothing is made.
+                if let Ok(reply) = self.members[*node].state.send(call).await.expect("mailbox") {
+                    let tx = reply.tx.expect("a write is a transaction");
+                    let encoded = fetch(&self.members[*node].state, self.context, tx).await;
+                    self.broadcast(*node, (tx, encoded));
+                } else {
+                    assert_eq!(*user, 1, "the admin may always write");
+                }
+            }
+            Step::Role { node, grant } => {
+                let set = SetRole {
+                    by: Requester::new(self.admin),
+                    context: self.context.to_string(),
+                    user: self.user,
+                    role: grant.then_some(Role::Writer),
+                };
+                let reply = self.members[*node]
+                    .state
+                    .send(set)
+                    .await
+                    .expect("mailbox")
+                    .expect("the admin sets roles");
+                let encoded = fetch(&self.members[*node].state, self.context, reply.tx).await;
+                self.broadcast(*node, (reply.tx, encoded));
+            }
+            Step::Deliver { to, picks } => {
+                let inbox = &mut self.members[*to].inbox;
+                if inbox.is_empty() {
+                    return;
+                }
+                let mut batch = Vec::new();
+                for pick in picks {
+                    batch.push(inbox[pick % inbox.len()].clone());
+                }
+                let delivered: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
+                inbox.retain(|(id, _)| !delivered.contains(id));
+                let report = receive(&self.members[*to].state, &batch, None).await;
+                self.settle(*to, &batch, report);
+            }
+        }
+    }
+
+    /// Puts back what waits for parents; checks nothing was refused.
+    fn settle(&mut self, to: usize, batch: &[(Id, Vec<u8>)], report: ReceiveReport) {
+        assert!(report.invalid.is_empty(), "honest transactions are valid: {report:?}");
+        assert_eq!(report.unknown_context, 0, "{report:?}");
+        for (id, _) in &report.missing {
+            let tx = batch
+                .iter()
+                .find(|(b, _)| b == id)
+                .expect("a delivered transaction")
+                .clone();
+            if !self.members[to].inbox.iter().any(|(i, _)| i == id) {
+                self.members[to].inbox.push(tx);
+            }
+        }
+    }
+
+    /// Delivers everything still on its way, newest first (the worst order), until
+    /// every inbox is empty.
+    async fn deliver_all(&mut self) {
+        for _round in 0..self.all.len() + 2 {
+            let mut idle = true;
+            for to in 0..MEMBERS {
+                let mut batch = std::mem::take(&mut self.members[to].inbox);
+                if batch.is_empty() {
+                    continue;
+                }
+                idle = false;
+                batch.reverse();
+                let report = receive(&self.members[to].state, &batch, None).await;
+                self.settle(to, &batch, report);
+            }
+            if idle {
+                return;
+            }
+        }
+        panic!("transactions still wait for parents after every one was delivered");
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(24)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn members_reach_the_same_root_whatever_the_schedule(steps in proptest::collection::vec(step(), 1..40)) {
+        let system = actix::System::new();
+        system.block_on(async {
+            let mut mesh = Mesh::new().await;
+            for step in &steps {
+                mesh.run(step).await;
+            }
+            mesh.deliver_all().await;
+            let first = root(&mesh.members[0].state, mesh.admin, mesh.context).await;
+            assert_eq!(first.applied, mesh.all.len() as u64, "every transaction is held");
+            for member in &mesh.members[1..] {
+                let other = root(&member.state, mesh.admin, mesh.context).await;
+                assert_eq!((other.root, &other.heads, other.applied), (first.root, &first.heads, first.applied));
+            }
+            let members = mesh.members[0]
+                .state
+                .send(ContextMembers { by: mesh.admin, context: mesh.context.to_string() })
+                .await
+                .expect("mailbox")
+                .expect("members");
+            assert_eq!(members.members.len(), MEMBERS);
+            // A newcomer given the whole DAG at once, newest first, applies it in order.
+            let (fresh, _) = start(&mesh.base, &mesh.cache, "fresh");
+            deploy(&fresh, mesh.admin).await;
+            let mut all = mesh.all.clone();
+            all.reverse();
+            let report = receive(&fresh, &all, Some(mesh.context)).await;
+            assert_eq!(report.added.len(), all.len(), "{report:?}");
+            let fresh_root = root(&fresh, mesh.admin, mesh.context).await;
+            assert_eq!((fresh_root.root, &fresh_root.heads), (first.root, &first.heads));
+        });
+    }
+}
+
+async fn catch_up(from: &Addr<StateActor>, to: &Addr<StateActor>, context: Id, joining: bool, page: usize) -> usize {
+    let have = if joining {
+        Vec::new()
+    } else {
+        to.send(GetSyncState { context })
+            .await
+            .expect("mailbox")
+            .expect("sync state")
+            .seqs
+    };
+    let mut after = None;
+    let mut fetched = 0;
+    loop {
+        let page = from
+            .send(MissingTransactions {
+                context,
+                have: have.clone(),
+                after,
+                limit: page,
+            })
+            .await
+            .expect("mailbox")
+            .expect("page");
+        fetched += page.txs.len();
+        let txs: Vec<(Id, Vec<u8>)> = page.txs.into_iter().map(|tx| (Id::ZERO, tx)).collect();
+        let report = receive(to, &txs, joining.then_some(context)).await;
+        assert!(report.missing.is_empty() && report.invalid.is_empty(), "{report:?}");
+        assert_eq!(report.added.len(), txs.len(), "pages come parents first: {report:?}");
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return fetched,
+        }
+    }
+}
+
+#[test]
+fn a_newcomer_catches_up_page_by_page_and_later_only_what_it_lacks() {
+    let system = actix::System::new();
+    system.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("modules");
+        let admin = SigningKey::generate().expect("admin").address();
+        let (a, _) = start(dir.path(), &cache, "a");
+        let (b, b_address) = start(dir.path(), &cache, "b");
+        deploy(&a, admin).await;
+        deploy(&b, admin).await;
+        let context = create_kv_context(&a, admin).await;
+        invite(&a, admin, context, b_address).await;
+        let write = |i: u32| CallContext {
+            by: Requester::new(admin),
+            context: context.to_string(),
+            method: "set".into(),
+            args: serde_json::to_vec(&json!([format!("k{}", i % 7), i])).expect("args"),
+            version_req: None,
+            write: true,
+        };
+        for i in 0..40 {
+            a.send(write(i)).await.expect("mailbox").expect("write");
+        }
+        assert_eq!(
+            catch_up(&a, &b, context, true, 7).await,
+            42,
+            "genesis, invitation, 40 writes"
+        );
+        let (ra, rb) = (root(&a, admin, context).await, root(&b, admin, context).await);
+        assert_eq!((ra.root, &ra.heads, ra.applied), (rb.root, &rb.heads, rb.applied));
+
+        // Both write while apart; then each asks the other for what it lacks.
+        for i in 40..50 {
+            a.send(write(i)).await.expect("mailbox").expect("write");
+            b.send(write(i + 100)).await.expect("mailbox").expect("write");
+        }
+        assert_eq!(catch_up(&a, &b, context, false, 4).await, 10, "only A's ten new writes");
+        assert_eq!(catch_up(&b, &a, context, false, 4).await, 10, "only B's ten new writes");
+        let (ra, rb) = (root(&a, admin, context).await, root(&b, admin, context).await);
+        assert_eq!(ra.applied, 62);
+        assert_eq!((ra.root, &ra.heads, ra.applied), (rb.root, &rb.heads, rb.applied));
+        let members = b
+            .send(ContextMembers {
+                by: admin,
+                context: context.to_string(),
+            })
+            .await
+            .expect("mailbox")
+            .expect("members");
+        assert_eq!(members.members.len(), 2);
+    });
+}
