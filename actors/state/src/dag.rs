@@ -39,6 +39,8 @@ pub struct TxMeta {
     pub seq: u64,
     /// The latest membership changes strictly before this transaction.
     pub frontier: Vec<Id>,
+    /// Whether this transaction is itself a membership change (in [`CHANGES`]).
+    pub change: bool,
 }
 
 /// Where a transaction sorts in its context.
@@ -72,6 +74,15 @@ impl OrderKey {
             height: u64::from_be_bytes(height),
             id: Id(id),
         })
+    }
+
+    /// The first position of `context`, for the start of a range.
+    pub fn first_in(context: &Id) -> [u8; 72] {
+        OrderKey {
+            height: 0,
+            id: Id::ZERO,
+        }
+        .in_context(context)
     }
 
     /// The last position of `context`, for the end of a range.
@@ -252,7 +263,7 @@ pub fn add(
     let mut candidates = BTreeSet::new();
     for (parent, meta) in &parents {
         candidates.extend(meta.frontier.iter().copied());
-        if tables.changes.get(change_key(&record.id, parent).as_slice())?.is_some() {
+        if meta.change {
             candidates.insert(*parent);
         }
     }
@@ -289,6 +300,7 @@ fn store_new(
 ) -> Result<OrderKey, StateError> {
     let context = record.id;
     let key = OrderKey { height, id };
+    let change = Change::of(body);
     let meta = TxMeta {
         context,
         height,
@@ -296,6 +308,7 @@ fn store_new(
         author: body.author,
         seq: body.seq,
         frontier: frontier.clone(),
+        change: change.is_some(),
     };
     tables.meta.insert(id.0.as_slice(), store::encode(&meta)?.as_slice())?;
     tables.order.insert(key.in_context(&context).as_slice(), ())?;
@@ -304,7 +317,7 @@ fn store_new(
         .insert(seq_key(&context, &body.author, body.seq, &id).as_slice(), ())?;
     let mut candidates: BTreeSet<Id> = record.frontier.iter().copied().collect();
     candidates.extend(frontier.iter().copied());
-    if let Some(change) = Change::of(body) {
+    if let Some(change) = change {
         let earlier = membership::changes_before(
             &StoredChanges {
                 table: &tables.changes,

@@ -401,12 +401,7 @@ impl Executor {
         replay::mark_applied(tables, &mut record, OrderKey { height: 1, id }, &undo).map_err(fatal)?;
         self.signer.request(id).map_err(fatal)?;
         effects.unsigned.insert(id, body);
-        // Written now, not at the end of the batch: later jobs may name it by prefix.
-        tables
-            .contexts
-            .insert(id.0.as_slice(), store::encode(&record).map_err(fatal)?.as_slice())
-            .map_err(|e| fatal(e.into()))?;
-        staged.insert(id, record.clone());
+        start_context(tables, staged, record.clone()).map_err(fatal)?;
         effects.events.push(Emit::new(
             "state",
             "created",
@@ -733,11 +728,7 @@ impl Executor {
         let record = dag::add_genesis(tables, body, id)
             .map_err(fatal)?
             .ok_or_else(|| fatal(StateError::Record(format!("context {id} exists already"))))?;
-        tables
-            .contexts
-            .insert(id.0.as_slice(), store::encode(&record).map_err(fatal)?.as_slice())
-            .map_err(|e| fatal(e.into()))?;
-        staged.insert(id, record);
+        start_context(tables, staged, record).map_err(fatal)?;
         Ok(Ok(Some(OrderKey { height: 1, id })))
     }
 
@@ -764,6 +755,20 @@ impl Executor {
         check_role(store::role_of(&tables.roles, &id, user)?, needed, user, &id)?;
         Ok(record)
     }
+}
+
+/// Stages a new context's record, and writes it at once rather than at the end of the
+/// batch: later jobs of the batch may name it by prefix.
+fn start_context(
+    tables: &mut Tables,
+    staged: &mut HashMap<Id, ContextRecord>,
+    record: ContextRecord,
+) -> Result<(), StateError> {
+    tables
+        .contexts
+        .insert(record.id.0.as_slice(), store::encode(&record)?.as_slice())?;
+    staged.insert(record.id, record);
+    Ok(())
 }
 
 /// A storage failure in the middle of a batch: the whole batch is abandoned.

@@ -211,11 +211,7 @@ pub fn rollback(tables: &mut Tables, record: &mut ContextRecord, from: OrderKey)
         }
         tables.undo.remove(key.as_slice())?;
     }
-    let first = OrderKey {
-        height: 0,
-        id: Id::ZERO,
-    }
-    .in_context(&context);
+    let first = OrderKey::first_in(&context);
     record.top = match tables.undo.range(first.as_slice()..start.as_slice())?.next_back() {
         Some(entry) => Some(OrderKey::from_table_key(entry?.0.value())?),
         None => None,

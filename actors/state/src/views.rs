@@ -49,8 +49,16 @@ impl ViewWorker {
     ) -> Result<ContextRecord, StateError> {
         let id = store::resolve_context(contexts, text)?;
         check_role(store::role_of(roles, &id, user)?, Role::Reader, user, &id)?;
-        store::context_record(contexts, &id)?
-            .ok_or_else(|| StateError::NotFound(format!("no context {id} on this node")))
+        Self::held(contexts, &id)
+    }
+
+    /// The record of a context this node holds.
+    fn held(
+        contexts: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        context: &Id,
+    ) -> Result<ContextRecord, StateError> {
+        store::context_record(contexts, context)?
+            .ok_or_else(|| StateError::NotFound(format!("no context {context} on this node")))
     }
 }
 
@@ -300,16 +308,6 @@ impl Handler<FetchTransactions> for ViewWorker {
     }
 }
 
-impl ViewWorker {
-    fn held(
-        contexts: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        context: &Id,
-    ) -> Result<ContextRecord, StateError> {
-        store::context_record(contexts, context)?
-            .ok_or_else(|| StateError::NotFound(format!("no context {context} on this node")))
-    }
-}
-
 impl Handler<GetSyncState> for ViewWorker {
     type Result = Result<SyncState, StateError>;
 
@@ -339,10 +337,10 @@ impl Handler<MissingTransactions> for ViewWorker {
         let txs = txn.open_table(store::TXS)?;
         let have: std::collections::HashMap<Address, u64> = msg.have.into_iter().collect();
         let limit = msg.limit.clamp(1, MAX_SYNC_PAGE);
+        // From `after` itself (skipped below), or from the context's first position.
         let start = match msg.after {
-            // Just after `after`: the same height, the next id up.
-            Some(after) => after.in_context(&msg.context).to_vec(),
-            None => msg.context.0.to_vec(),
+            Some(after) => after.in_context(&msg.context),
+            None => OrderKey::first_in(&msg.context),
         };
         let end = OrderKey::last_in(&msg.context);
         let mut page = SyncPage {
