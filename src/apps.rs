@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Subcommand};
 use cmesh_common::Address;
+use cmesh_state::Id;
 use serde_json::{json, Value};
 
 use crate::client::{MeshClient, Target};
@@ -92,6 +94,32 @@ pub enum CtxCommand {
     /// List a context's member nodes and their seats
     Members {
         context: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make this node fetch a context it was invited to (node admins only); shows progress
+    /// until it holds everything a member had. Send it to the invited node (--node).
+    Join {
+        /// The context's full id (0x + 64 hex digits)
+        context: Id,
+        /// Return once a member accepted this node, without waiting for the catch-up
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Leave a context: tell the other members, then delete this node's copy of it (node
+    /// admins only). The others carry on.
+    Leave {
+        /// The context's full id
+        context: Id,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show how far a node is with a context: phase, fetched/expected, rate, root
+    Status {
+        /// The context's full id
+        context: Id,
         #[command(flatten)]
         target: Target,
     },
@@ -191,5 +219,57 @@ pub async fn ctx(command: CtxCommand) -> anyhow::Result<ExitCode> {
             call(&target, "ctx.invite", params).await
         }
         CtxCommand::Members { context, target } => call(&target, "ctx.members", json!({ "context": context })).await,
+        CtxCommand::Join {
+            context,
+            no_wait,
+            target,
+        } => join(&target, context, no_wait).await,
+        CtxCommand::Leave { context, target } => call(&target, "ctx.leave", json!({ "context": context })).await,
+        CtxCommand::Status { context, target } => call(&target, "ctx.status", json!({ "context": context })).await,
+    }
+}
+
+/// How often `ctx join` asks for progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// `ctx.join`, then `ctx.status` until the node is in sync, with a progress bar (counts
+/// and rate) on a terminal. Prints the last status.
+async fn join(target: &Target, context: Id, no_wait: bool) -> anyhow::Result<ExitCode> {
+    let client = MeshClient::connect(target).await?;
+    let params = json!({ "context": context });
+    let mut status = client.rpc("ctx.join", params.clone()).await?;
+    if no_wait {
+        crate::print(&status);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} transactions, {per_sec}, {elapsed}",
+        )
+        .context("progress bar template")?
+        .progress_chars("=> "),
+    );
+    bar.set_message("joining");
+    loop {
+        let phase = status["phase"].as_str().unwrap_or_default().to_string();
+        let count = |field: &str| status[field].as_u64().unwrap_or(0);
+        bar.set_length(count("expected").max(count("fetched")));
+        bar.set_position(count("fetched"));
+        match phase.as_str() {
+            "in-sync" => {
+                bar.finish_with_message("in sync");
+                crate::print(&status);
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" => {
+                bar.abandon_with_message("failed");
+                crate::print(&status);
+                let error = status["error"].as_str().unwrap_or("no reason given");
+                anyhow::bail!("joining context {context} failed: {error}");
+            }
+            other => bar.set_message(other.to_string()),
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        status = client.rpc("ctx.status", params.clone()).await?;
     }
 }

@@ -125,7 +125,7 @@ pub async fn load(args: LoadArgs, workload: Workload) -> anyhow::Result<ExitCode
 }
 
 /// Resolves with an error on SIGINT or SIGTERM.
-async fn interrupted() -> anyhow::Error {
+pub(crate) async fn interrupted() -> anyhow::Error {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
@@ -228,7 +228,7 @@ async fn bench(args: &LoadArgs, workload: Workload, node: &mut NodeProcess) -> a
 }
 
 /// The 1-minute load average (`/proc/loadavg`).
-fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -237,7 +237,7 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
-async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+pub(crate) async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
@@ -247,7 +247,7 @@ async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("connecting to NATS at {url}"))
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| anyhow!("no entropy: {e}"))?;
     Ok(hex::encode(buf))
@@ -267,8 +267,8 @@ impl NodeProcess {
     /// Starts `cmesh node run` on a fresh data dir; the node's address once it is ready.
     async fn start(&mut self, nats_url: &str) -> anyhow::Result<Address> {
         let (url, data, log) = (nats_url.to_string(), self.dir.join("data"), self.dir.join("node.log"));
-        let node =
-            tokio::task::spawn_blocking(move || ChildNode::start(&url, &data, false, &log, READY_TIMEOUT)).await??;
+        let node = tokio::task::spawn_blocking(move || ChildNode::start(&url, &data, false, &[], &log, READY_TIMEOUT))
+            .await??;
         let address = node.address();
         self.node = Some(node);
         Ok(address)
@@ -469,7 +469,7 @@ impl Run {
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// User plus system CPU seconds of a whole process (all threads), from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat_ticks(&stat).map(|ticks| ticks as f64 / TICKS_PER_SECOND)
 }
@@ -564,7 +564,7 @@ async fn run_load(target: Arc<Target>, plan: Plan, node_pid: u32) -> anyhow::Res
 }
 
 /// Nearest-rank percentile of sorted values (`p` in 0..=100); 0 for no values.
-fn percentile(sorted: &[u32], p: f64) -> u32 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
     }
@@ -614,7 +614,7 @@ fn mb(kib: u64) -> f64 {
     round(kib as f64 / 1024.0, 1)
 }
 
-fn round(value: f64, decimals: i32) -> f64 {
+pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (value * scale).round() / scale
 }

@@ -22,8 +22,16 @@ pub struct ChildNode {
 }
 
 impl ChildNode {
-    /// Starts a node on `data` and waits (blocking) for its ready line.
-    pub fn start(nats_url: &str, data: &Path, registrar: bool, log: &Path, ready: Duration) -> anyhow::Result<Self> {
+    /// Starts a node on `data` (with `extra` arguments of `cmesh node run`) and waits
+    /// (blocking) for its ready line.
+    pub fn start(
+        nats_url: &str,
+        data: &Path,
+        registrar: bool,
+        extra: &[String],
+        log: &Path,
+        ready: Duration,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the cmesh binary")?;
         let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(exe);
@@ -31,6 +39,7 @@ impl ChildNode {
         if registrar {
             command.arg("--registrar");
         }
+        command.args(extra);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

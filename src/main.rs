@@ -2,6 +2,7 @@
 
 mod apps;
 mod bench;
+mod bench_replicate;
 mod bench_wasm;
 mod child;
 mod client;
@@ -185,6 +186,9 @@ enum BenchCommand {
     Tx(bench::LoadArgs),
     /// In-process cost of a trivial view call of a cached WASM module vs. native Rust
     Wasm(bench_wasm::WasmArgs),
+    /// Replication between member nodes: tx/s applied on all (goal ≥ 3,000), convergence
+    /// p50/p99 at half load (goal p99 ≤ 50 ms), a joiner's catch-up rate (goal ≥ 20,000/s)
+    Replicate(bench_replicate::ReplicateArgs),
 }
 
 fn main() -> ExitCode {
@@ -303,6 +307,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Fqmn(args)) => runtime()?.block_on(bench::load(args, bench::Workload::Whoami)),
         Command::Bench(BenchCommand::Tx(args)) => runtime()?.block_on(bench::load(args, bench::Workload::KvSet)),
         Command::Bench(BenchCommand::Wasm(args)) => bench_wasm::run(args),
+        Command::Bench(BenchCommand::Replicate(args)) => runtime()?.block_on(bench_replicate::run(args)),
     }
 }
 

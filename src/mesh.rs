@@ -64,7 +64,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut nodes = Vec::with_capacity(args.nodes);
     for n in 1..=args.nodes {
         let (data, log) = (dir.join(format!("node{n}")), dir.join(format!("node{n}.log")));
-        let node = ChildNode::start(&url, &data, n == 1, &log, READY_TIMEOUT)
+        let node = ChildNode::start(&url, &data, n == 1, &[], &log, READY_TIMEOUT)
             .with_context(|| format!("node {n} of the mesh"))?;
         let address = node.address();
         nodes.push(node);

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cmesh_common::{Address, SigningKey};
 use cmesh_events::{EventsActor, Shutdown};
 use cmesh_iam::{Announcement, IamActor, IamConfig, OwnAnnouncement, PeerAnnounced, Verifier};
+use cmesh_replication::{Link, Replicator, Subscriptions, TxVerifier};
 use cmesh_router::forward::{ForwardedCalls, RegistrarHandle, REGISTRAR_SUBJECT};
 use cmesh_router::gateway::{endpoint_specs, Gateway};
 use cmesh_router::micro::{Micro, ServiceIdentity};
@@ -26,6 +27,8 @@ pub const ANNOUNCE_SUBJECT: &str = "cmesh.announce";
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 /// How long a stopping node waits for requests in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How often each held context's heads go out (what repairs lost broadcasts).
+const GOSSIP_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs a node until SIGINT or SIGTERM.
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -127,8 +130,30 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         },
         view_threads: threads,
     };
-    let state = StateActor::start(state_config, std::sync::Arc::new(key.clone()), Some(events.clone()))
-        .context("state store")?;
+    // The replicator hears of every committed transaction, and reaches the state actor:
+    // its address exists before it runs.
+    let replication = actix::Context::<Replicator>::new();
+    let key = std::sync::Arc::new(key);
+    let state = StateActor::start(
+        state_config,
+        key.clone(),
+        Some(events.clone()),
+        Some(replication.address().recipient()),
+    )
+    .context("state store")?;
+    let subscriptions = Subscriptions::open(&client, &address)
+        .await
+        .context("replication subjects")?;
+    let link = Link {
+        client: client.clone(),
+        key: key.clone(),
+        state: state.clone(),
+        verifier: TxVerifier::start(threads),
+        threads,
+        events: Some(events.clone()),
+        max_payload: client.server_info().max_payload,
+    };
+    let replicator = replication.run(Replicator::new(link, subscriptions, GOSSIP_EVERY));
 
     let (registrar, forwarded) = if config.registrar {
         let actor =
@@ -146,7 +171,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         (
             RegistrarHandle::Remote {
                 client: client.clone(),
-                key: std::sync::Arc::new(key.clone()),
+                key: key.clone(),
             },
             None,
         )
@@ -160,6 +185,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         events: events.clone(),
         registrar,
         state,
+        replicator,
         client: client.clone(),
     };
     let router = RouterActor::new(services).start();

@@ -8,7 +8,14 @@
 #   3. wait (bounded) for the three "cmesh node 0x… ready" log lines
 #   4. with a temp CMESH_HOME: key new, login, name register through node1,
 #      name resolve through node2: same target, owner = our address
-#   5. down -v, always (trap)
+#   5. a replicated context: kv deployed on node1 only, a context created there, node2
+#      and node3 invited and joined (`cmesh ctx join`: they fetch the module and the
+#      transactions), a write through each node, and every node converging on the same
+#      root with every write readable everywhere
+#   6. down -v, always (trap)
+#
+# The client key is made before the mesh starts: the nodes take it as their admin
+# (CMESH_ADMIN, through a generated compose override), which ctx.join needs.
 #
 # Exit status 0 only if every step passed. CMESH_COMPOSE_KEEP=1 leaves the mesh running.
 set -euo pipefail
@@ -53,6 +60,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+log "client key"
+"$CMESH_BIN" key new >/dev/null
+ME="$("$CMESH_BIN" key show | first_address)"
+[[ -n "$ME" ]] || die "cmesh key show printed no address"
+ok "client $ME (the nodes' admin)"
+ADMIN_OVERRIDE="$CMESH_HOME/compose.admin.yml"
+cat >"$ADMIN_OVERRIDE" <<YAML
+services:
+  node1: {environment: {CMESH_ADMIN: "$ME"}}
+  node2: {environment: {CMESH_ADMIN: "$ME"}}
+  node3: {environment: {CMESH_ADMIN: "$ME"}}
+YAML
+FILES+=(-f "$ADMIN_OVERRIDE")
+
 log "compose up ($PROJECT, nats on 127.0.0.1:$CMESH_NATS_PORT)"
 dc down -v --remove-orphans >/dev/null 2>&1 || true
 dc up -d --build
@@ -88,12 +109,6 @@ retry() {
   return 1
 }
 
-log "client key"
-"$CMESH_BIN" key new >/dev/null
-ME="$("$CMESH_BIN" key show | first_address)"
-[[ -n "$ME" ]] || die "cmesh key show printed no address"
-ok "client $ME"
-
 NAME="compose$RANDOM$RANDOM.mcom"
 TARGET="I:whoami"
 
@@ -111,4 +126,40 @@ grep -qF -- "$TARGET" <<<"$RESOLVED" || die "node2 resolves $NAME without the ta
 grep -qiF -- "$ME" <<<"$RESOLVED" || die "node2 resolves $NAME without the owner $ME"
 ok "node2 resolves $NAME to $TARGET, owner $ME"
 
-echo "compose: 1 passed, 0 failed"
+log "replicated context: kv on node1, invite node2 and node3, join them"
+retry 15 cm login --node "${ADDR[node3]}" >/dev/null || die "login through node3 failed"
+cm app deploy apps/kv/kv.wasm --name kv --version 1.0.0 --node "${ADDR[node1]}" >/dev/null \
+  || die "deploying kv on node1 failed"
+CTX="$(cm ctx create kv --node "${ADDR[node1]}" | grep -oE '"context": *"0x[0-9a-f]{64}"' | grep -oE '0x[0-9a-f]{64}')"
+[[ -n "$CTX" ]] || die "ctx create printed no context id"
+ok "context $CTX"
+for n in node2 node3; do
+  cm ctx invite "$CTX" "${ADDR[$n]}" --node "${ADDR[node1]}" >/dev/null || die "inviting $n failed"
+  cm ctx join "$CTX" --node "${ADDR[$n]}" --timeout 30 >/dev/null || die "$n did not join"
+  ok "$n joined"
+done
+
+log "a write through each node"
+for i in 1 2 3; do
+  cm ctx call "$CTX" set "[\"from-node$i\", $i]" --node "${ADDR[node$i]}" >/dev/null || die "write through node$i failed"
+done
+
+# Genesis, two invitations, three writes.
+root_of() { cm ctx root "$CTX" --node "${ADDR[$1]}" | tr -d ' \n'; }
+deadline=$((SECONDS + 60))
+while :; do
+  r1="$(root_of node1)"; r2="$(root_of node2)"; r3="$(root_of node3)"
+  [[ "$r1" == *'"applied":6'* && "$r1" == "$r2" && "$r2" == "$r3" ]] && break
+  ((SECONDS < deadline)) || die "the nodes did not converge: node1 $r1, node2 $r2, node3 $r3"
+  sleep 1
+done
+ok "same root, heads and 6 transactions on all three: $r1"
+for n in node1 node2 node3; do
+  for i in 1 2 3; do
+    got="$(cm ctx view "$CTX" get "[\"from-node$i\"]" --node "${ADDR[$n]}" | tr -d ' \n')"
+    [[ "$got" == *"\"result\":$i"* ]] || die "$n reads from-node$i as $got"
+  done
+done
+ok "every write is readable on every node"
+
+echo "compose: 2 passed, 0 failed"

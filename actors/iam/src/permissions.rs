@@ -52,6 +52,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("router.ping", "public"),
     ("iam.grant", "role=admin"),
     ("iam.revoke", "role=admin"),
+    // What this node replicates is the operator's choice.
+    ("ctx.join", "role=admin"),
+    ("ctx.leave", "role=admin"),
 ];
 
 impl Permissions {

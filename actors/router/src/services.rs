@@ -8,6 +8,7 @@ use cmesh_common::rpc::{INVALID_PARAMS, METHOD_NOT_FOUND};
 use cmesh_common::{Address, CmtpError, Status};
 use cmesh_events::{EmitApp, EmitContext, EventsActor, Recent};
 use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
+use cmesh_replication::Replicator;
 use cmesh_state::{Role, StateActor};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub struct Services {
     pub events: Addr<EventsActor>,
     pub registrar: RegistrarHandle,
     pub state: Addr<StateActor>,
+    pub replicator: Addr<Replicator>,
     /// For handing requests to other nodes.
     pub client: async_nats::Client,
 }

@@ -4,6 +4,7 @@
 use base64::Engine;
 use cmesh_common::{Address, CmtpError};
 use cmesh_iam::Caller;
+use cmesh_replication::{ContextStatus, JoinContext, LeaveContext};
 use cmesh_state::messages::{
     CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, Invite, ListApps, ListContexts, Requester,
     ResolveContext, SetRole,
@@ -77,6 +78,13 @@ fn one_seat() -> u32 {
 #[serde(deny_unknown_fields)]
 struct ContextParams {
     context: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullContextParams {
+    /// The context's full id (0x + 64 hex digits).
+    context: Id,
 }
 
 /// The caller as the state service sees it: address, and the signed request if any.
@@ -197,9 +205,25 @@ impl Services {
                 };
                 to_json(state.send(msg).await.map_err(unavailable)??)
             }
+            "ctx.join" | "ctx.leave" | "ctx.status" => {
+                let p: FullContextParams = params(method, params_value, "{context: full id}")?;
+                let replicator = &self.replicator;
+                let unavailable = mailbox("replicator");
+                let context = p.context;
+                match method {
+                    "ctx.join" => to_json(replicator.send(JoinContext { context }).await.map_err(unavailable)??),
+                    "ctx.leave" => to_json(replicator.send(LeaveContext { context }).await.map_err(unavailable)??),
+                    _ => to_json(
+                        replicator
+                            .send(ContextStatus { context })
+                            .await
+                            .map_err(unavailable)??,
+                    ),
+                }
+            }
             m => Err(CmtpError::not_found(format!(
                 "unknown method `{m}`; apps: app.deploy, app.list; contexts: ctx.create, ctx.list, ctx.call, \
-                 ctx.view, ctx.grant, ctx.revoke, ctx.root, ctx.invite, ctx.members"
+                 ctx.view, ctx.grant, ctx.revoke, ctx.root, ctx.invite, ctx.members, ctx.join, ctx.leave, ctx.status"
             ))
             .with_rpc_code(cmesh_common::rpc::METHOD_NOT_FOUND)),
         }

@@ -13,9 +13,10 @@ use crate::error::StateError;
 use crate::executor::{Counters, Executor, Job, JobQueue};
 use crate::ids::Id;
 use crate::messages::{
-    CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions,
-    GetSyncState, Invite, ListApps, ListContexts, MemberReply, MembersReply, MissingTransactions, Receive,
-    ReceiveReport, ResolveContext, RoleReply, RootReply, SetRole, Stats, SyncPage, SyncState,
+    AppCode, CallContext, CallReply, Committed, ContextInfo, ContextMembers, ContextRoot, CreateContext, Deploy,
+    FetchTransactions, Forget, ForgetReply, GetSyncState, HeldContexts, Invite, Lacking, Leave, LeaveReply, ListApps,
+    ListContexts, MemberReply, MembersReply, MissingTransactions, Receive, ReceiveReport, ResolveContext, RoleReply,
+    RootReply, SetRole, Stats, SyncPage, SyncState,
 };
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{self, AppRecord};
@@ -43,11 +44,13 @@ impl Actor for StateActor {
 
 impl StateActor {
     /// Opens the store, starts the executor thread and the view pool, and the actor on
-    /// the current arbiter. `key` signs this node's transactions.
+    /// the current arbiter. `key` signs this node's transactions; `committed` hears of
+    /// them once they are durable.
     pub fn start(
         config: StateConfig,
         key: Arc<SigningKey>,
         events: Option<Addr<EventsActor>>,
+        committed: Option<Recipient<Committed>>,
     ) -> Result<Addr<StateActor>, StateError> {
         let db = Arc::new(store::open(&config.dir.join("state.redb"))?);
         let mut runtime_config = config.runtime;
@@ -56,7 +59,7 @@ impl StateActor {
         }
         let runtime =
             Runtime::new(runtime_config).map_err(|e| StateError::Unavailable(format!("WASM runtime: {e}")))?;
-        let executor = Executor::new(db.clone(), runtime.clone(), key, events.clone())?;
+        let executor = Executor::new(db.clone(), runtime.clone(), key, events.clone(), committed)?;
         let counters = executor.counters();
         let jobs = executor.spawn()?;
         let views = SyncArbiter::start(config.view_threads.max(1), move || ViewWorker {
@@ -128,6 +131,9 @@ view_messages!(
     FetchTransactions => Vec<Vec<u8>>,
     GetSyncState => SyncState,
     MissingTransactions => SyncPage,
+    Lacking => Vec<Id>,
+    AppCode => Option<Vec<u8>>,
+    HeldContexts => Vec<Id>,
 );
 
 impl Handler<CreateContext> for StateActor {
@@ -175,6 +181,22 @@ impl Handler<Receive> for StateActor {
 
     fn handle(&mut self, msg: Receive, _: &mut Context<Self>) -> Self::Result {
         self.submit(|answer| Job::Receive(msg, answer))
+    }
+}
+
+impl Handler<Leave> for StateActor {
+    type Result = ResponseFuture<Result<LeaveReply, StateError>>;
+
+    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) -> Self::Result {
+        self.submit(|answer| Job::Leave(msg, answer))
+    }
+}
+
+impl Handler<Forget> for StateActor {
+    type Result = ResponseFuture<Result<ForgetReply, StateError>>;
+
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) -> Self::Result {
+        self.submit(|answer| Job::Forget(msg, answer))
     }
 }
 

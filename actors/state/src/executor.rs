@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey};
 use cmesh_events::{Emit, EventsActor};
@@ -27,10 +27,11 @@ use tracing::{debug, warn};
 
 use crate::dag::{self, Added, MemberCache, OrderKey};
 use crate::error::StateError;
+use crate::forget;
 use crate::ids::Id;
 use crate::messages::{
-    CallContext, CallReply, ContextInfo, CreateContext, Invite, MemberReply, Receive, ReceiveReport, Requester,
-    RoleReply, SetRole, WriteStats,
+    CallContext, CallReply, Committed, ContextInfo, CreateContext, Forget, ForgetReply, Invite, Leave, LeaveReply,
+    MemberReply, Receive, ReceiveReport, Requester, RoleReply, SetRole, WriteStats,
 };
 use crate::node_cache::NodeCache;
 use crate::replay::{self, Effect};
@@ -51,6 +52,8 @@ pub const QUEUE_DEPTH: usize = 8192;
 /// written once), so a larger cache buys little. Checked when a batch starts: above it,
 /// the clean entries are dropped.
 const CACHED_NODES: usize = 50_000;
+/// Most transaction ids a `state.received` event names.
+const MAX_IDS_IN_EVENT: usize = 256;
 /// Invalid transaction ids remembered, so that their descendants are refused at once
 /// rather than waiting for a parent that will never be added.
 const REMEMBERED_INVALID: usize = 65_536;
@@ -63,6 +66,8 @@ pub enum Job {
     SetRole(SetRole, Answer<RoleReply>),
     Invite(Invite, Answer<MemberReply>),
     Receive(Receive, Answer<ReceiveReport>),
+    Leave(Leave, Answer<LeaveReply>),
+    Forget(Forget, Answer<ForgetReply>),
 }
 
 /// A job's answer, held until its batch is durable.
@@ -72,6 +77,8 @@ enum Done {
     SetRole(Answer<RoleReply>, Result<RoleReply, StateError>),
     Invite(Answer<MemberReply>, Result<MemberReply, StateError>),
     Receive(Answer<ReceiveReport>, Result<ReceiveReport, StateError>),
+    Leave(Answer<LeaveReply>, Result<LeaveReply, StateError>),
+    Forget(Answer<ForgetReply>, Result<ForgetReply, StateError>),
 }
 
 impl Done {
@@ -83,6 +90,8 @@ impl Done {
             Done::SetRole(tx, r) => tx.send(r).map_err(drop),
             Done::Invite(tx, r) => tx.send(r).map_err(drop),
             Done::Receive(tx, r) => tx.send(r).map_err(drop),
+            Done::Leave(tx, r) => tx.send(r).map_err(drop),
+            Done::Forget(tx, r) => tx.send(r).map_err(drop),
         };
     }
 
@@ -93,6 +102,8 @@ impl Done {
             Done::SetRole(tx, _) => Done::SetRole(tx, not_committed(message)),
             Done::Invite(tx, _) => Done::Invite(tx, not_committed(message)),
             Done::Receive(tx, _) => Done::Receive(tx, not_committed(message)),
+            Done::Leave(tx, _) => Done::Leave(tx, not_committed(message)),
+            Done::Forget(tx, _) => Done::Forget(tx, not_committed(message)),
         }
     }
 }
@@ -103,6 +114,8 @@ struct Effects {
     events: Vec<Emit>,
     /// Transactions made in this batch, waiting for their signatures.
     unsigned: HashMap<Id, TxBody>,
+    /// This node's transactions once signed, by context, to broadcast once durable.
+    made: HashMap<Id, Vec<Vec<u8>>>,
     /// Transactions written (set once they are).
     written: u64,
     rejected: u64,
@@ -135,6 +148,8 @@ pub struct Executor {
     runtime: Runtime,
     node: Address,
     events: Option<Addr<EventsActor>>,
+    /// Told of this node's transactions once they are durable (the replicator).
+    committed: Option<Recipient<Committed>>,
     /// Committed context records.
     contexts: HashMap<Id, ContextRecord>,
     counters: Arc<Counters>,
@@ -152,12 +167,14 @@ impl Executor {
         runtime: Runtime,
         key: Arc<SigningKey>,
         events: Option<Addr<EventsActor>>,
+        committed: Option<Recipient<Committed>>,
     ) -> Result<Self, StateError> {
         Ok(Executor {
             db,
             runtime,
             node: key.address(),
             events,
+            committed,
             contexts: HashMap::new(),
             counters: Arc::default(),
             signer: Signer::spawn(key)?,
@@ -211,6 +228,11 @@ impl Executor {
                 if let Some(events) = &self.events {
                     for event in effects.events {
                         events.do_send(event);
+                    }
+                }
+                if let Some(committed) = &self.committed {
+                    for (context, txs) in effects.made {
+                        committed.do_send(Committed { context, txs });
                     }
                 }
                 done.into_iter().for_each(Done::send);
@@ -268,6 +290,12 @@ impl Executor {
                     Job::Receive(msg, answer) => self
                         .receive(&mut tables, staged, effects, msg)
                         .into_done(|r| Done::Receive(answer, r)),
+                    Job::Leave(msg, answer) => self
+                        .leave(&mut tables, staged, effects, msg)
+                        .into_done(|r| Done::Leave(answer, r)),
+                    Job::Forget(msg, answer) => self
+                        .forget(&mut tables, staged, effects, msg)
+                        .into_done(|r| Done::Forget(answer, r)),
                 };
                 let (answer, failure) = result;
                 done.push(answer);
@@ -288,8 +316,11 @@ impl Executor {
                 let signature = signatures.remove(&id).flatten().ok_or_else(|| {
                     StateError::Unavailable(format!("the signer lost the signature of transaction {id}"))
                 })?;
+                let context = body.context_of(id);
                 let tx = Transaction { body, signature };
-                tables.txs.insert(id.0.as_slice(), tx.encode()?.as_slice())?;
+                let encoded = tx.encode()?;
+                tables.txs.insert(id.0.as_slice(), encoded.as_slice())?;
+                effects.made.entry(context).or_default().push(encoded);
             }
         }
         txn.commit()?;
@@ -574,6 +605,7 @@ impl Executor {
     ) -> Step<ReceiveReport> {
         let mut report = ReceiveReport::default();
         let mut earliest: HashMap<Id, OrderKey> = HashMap::new();
+        let mut added_to: HashMap<Id, Vec<Id>> = HashMap::new();
         let mut waiting: Vec<(crate::tx::VerifiedTx, Vec<Id>)> =
             msg.txs.into_iter().map(|tx| (tx, Vec::new())).collect();
         loop {
@@ -641,6 +673,7 @@ impl Executor {
                     .entry(context)
                     .and_modify(|k| *k = (*k).min(key))
                     .or_insert(key);
+                added_to.entry(context).or_default().push(id);
                 report.added.push(id);
                 progress = true;
             }
@@ -658,6 +691,13 @@ impl Executor {
                 .record(tables, staged, &context)
                 .map_err(fatal)?
                 .ok_or_else(|| fatal(StateError::Record(format!("context {context} vanished in a batch"))))?;
+            let mut added = added_to.remove(&context).unwrap_or_default();
+            let added_count = added.len();
+            // The ids keep the event small enough to publish (a catch-up page adds
+            // thousands at once; then only their number is said).
+            if added.len() > MAX_IDS_IN_EVENT {
+                added.clear();
+            }
             let undone = replay::rollback(tables, &mut record, from).map_err(fatal)?;
             let (applied, failed) =
                 replay::replay(&self.runtime, tables, &mut record, from, &effects.unsigned).map_err(fatal)?;
@@ -668,7 +708,8 @@ impl Executor {
                 "state",
                 "received",
                 Vec::new(),
-                json!({ "context": context, "applied": applied, "undone": undone, "failed": failed,
+                json!({ "context": context, "added": added_count, "txs": added,
+                        "applied": applied, "undone": undone, "failed": failed,
                         "root": record.root, "heads": record.heads }),
             ));
             staged.insert(context, record);
@@ -739,6 +780,71 @@ impl Executor {
         self.invalid.insert(id);
     }
 
+    /// Authors this node's `Leave` of a context it is still a member of (`tx: None`: it
+    /// is not). Nothing is deleted: the others must get the `Leave` first ([`Forget`]).
+    fn leave(
+        &mut self,
+        tables: &mut Tables,
+        staged: &mut HashMap<Id, ContextRecord>,
+        effects: &mut Effects,
+        msg: Leave,
+    ) -> Step<LeaveReply> {
+        let Some(record) = self.record(tables, staged, &msg.context).map_err(fatal)? else {
+            return Ok(Err(not_held(&msg.context)));
+        };
+        let members = dag::current_members(&tables.changes, &mut self.members, &record).map_err(fatal)?;
+        if !members.contains_key(&self.node) {
+            return Ok(Ok(LeaveReply {
+                context: record.id,
+                tx: None,
+            }));
+        }
+        let by = Requester::new(self.node);
+        let (tx, record, _) = match self.author(tables, staged, effects, record, &by, Op::Leave)? {
+            Ok(made) => made,
+            Err(err) => return Ok(Err(err)),
+        };
+        effects.events.push(Emit::new(
+            "state",
+            "left",
+            Vec::new(),
+            json!({ "context": record.id, "tx": tx, "member": self.node }),
+        ));
+        Ok(Ok(LeaveReply {
+            context: record.id,
+            tx: Some(tx),
+        }))
+    }
+
+    /// Deletes every row of a context held here (`forget.rs`) and drops its record from
+    /// the batch and from the cache of committed records. Dropping a cached record early is
+    /// sound even if the batch is then abandoned (it is read from the table again), and it
+    /// keeps later jobs of this batch from seeing the forgotten context.
+    fn forget(
+        &mut self,
+        tables: &mut Tables,
+        staged: &mut HashMap<Id, ContextRecord>,
+        effects: &mut Effects,
+        msg: Forget,
+    ) -> Step<ForgetReply> {
+        let context = msg.context;
+        if self.record(tables, staged, &context).map_err(fatal)?.is_none() {
+            return Ok(Err(not_held(&context)));
+        }
+        // Their rows are written once signed, at the end of the batch: they would outlive
+        // the context, and their callers were told they are made.
+        let pending = |(id, body): (&Id, &TxBody)| body.context_of(*id) == context;
+        if effects.unsigned.iter().any(pending) {
+            return Ok(Err(StateError::Conflict(format!(
+                "transactions of context {context} made just now are not durable yet: try again"
+            ))));
+        }
+        let transactions = forget::forget(tables, &context).map_err(fatal)?;
+        staged.remove(&context);
+        self.contexts.remove(&context);
+        Ok(Ok(ForgetReply { context, transactions }))
+    }
+
     /// The context `text` names, if `user` holds at least `needed` in it.
     fn admitted(
         &self,
@@ -755,6 +861,10 @@ impl Executor {
         check_role(store::role_of(&tables.roles, &id, user)?, needed, user, &id)?;
         Ok(record)
     }
+}
+
+fn not_held(context: &Id) -> StateError {
+    StateError::NotFound(format!("no context {context} on this node"))
 }
 
 /// Stages a new context's record, and writes it at once rather than at the end of the
@@ -807,6 +917,8 @@ fn pending(job: Job) -> Done {
         Job::SetRole(_, answer) => Done::SetRole(answer, not_committed(MESSAGE)),
         Job::Invite(_, answer) => Done::Invite(answer, not_committed(MESSAGE)),
         Job::Receive(_, answer) => Done::Receive(answer, not_committed(MESSAGE)),
+        Job::Leave(_, answer) => Done::Leave(answer, not_committed(MESSAGE)),
+        Job::Forget(_, answer) => Done::Forget(answer, not_committed(MESSAGE)),
     }
 }
 

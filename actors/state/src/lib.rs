@@ -6,6 +6,7 @@ pub mod actor;
 mod dag;
 pub mod error;
 mod executor;
+mod forget;
 pub mod ids;
 pub mod membership;
 pub mod merkle;

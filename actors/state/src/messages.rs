@@ -113,6 +113,23 @@ pub struct Invite {
     pub seats: u32,
 }
 
+/// `ctx.leave {context}`: this node stops being a member. If it still is one, it
+/// authors a `Leave` transaction (`tx`); nothing is deleted ([`Forget`] does that once
+/// the others have the `Leave`).
+#[derive(Message)]
+#[rtype(result = "Result<LeaveReply, StateError>")]
+pub struct Leave {
+    pub context: Id,
+}
+
+/// Deletes everything this node holds of a context (its transactions, DAG, state, roles
+/// and tree), not the app's code. The other members carry on; there is no global delete.
+#[derive(Message)]
+#[rtype(result = "Result<ForgetReply, StateError>")]
+pub struct Forget {
+    pub context: Id,
+}
+
 /// `ctx.members {context}`: the members as of everything this node holds.
 #[derive(Message)]
 #[rtype(result = "Result<MembersReply, StateError>")]
@@ -131,6 +148,20 @@ pub struct Receive {
     /// transactions of contexts this node holds are taken.
     pub joining: Option<Id>,
 }
+
+/// This node's transactions of one batch, encoded, once they are durable: what the
+/// replicator broadcasts to the other members.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub context: Id,
+    pub txs: Vec<Vec<u8>>,
+}
+
+/// Every context this node holds.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Id>, StateError>")]
+pub struct HeldContexts;
 
 /// The encoded transactions `ids` of a context this node holds (those it has).
 #[derive(Message)]
@@ -154,10 +185,13 @@ pub struct SyncState {
     pub seqs: Vec<(Address, u64)>,
     pub applied: u64,
     pub root: Id,
+    /// The members as of everything held.
+    pub members: Vec<Member>,
 }
 
 /// One page of the transactions a member lacks, in apply order: those after `after`
-/// whose author's `seq` is above what the member holds (`have`).
+/// whose author's `seq` is above what the member holds (`have`). A page holds at most
+/// `limit` transactions and, beyond its first, at most `max_bytes` of them.
 #[derive(Message)]
 #[rtype(result = "Result<SyncPage, StateError>")]
 pub struct MissingTransactions {
@@ -165,6 +199,23 @@ pub struct MissingTransactions {
     pub have: Vec<(Address, u64)>,
     pub after: Option<OrderKey>,
     pub limit: usize,
+    pub max_bytes: usize,
+}
+
+/// Which of `ids` this node does not hold in `context` (all of them if it does not hold
+/// the context).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Id>, StateError>")]
+pub struct Lacking {
+    pub context: Id,
+    pub ids: Vec<Id>,
+}
+
+/// The module of a deployed app, for a node joining a context that runs it.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<u8>>, StateError>")]
+pub struct AppCode {
+    pub app: Id,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +227,20 @@ pub struct SyncPage {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct LeaveReply {
+    pub context: Id,
+    /// The `Leave` transaction; `None`: this node was no longer a member.
+    pub tx: Option<Id>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetReply {
+    pub context: Id,
+    /// Transactions deleted.
+    pub transactions: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct MemberReply {
     pub context: Id,
     pub member: Address,
@@ -183,7 +248,7 @@ pub struct MemberReply {
     pub tx: Id,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
     pub member: Address,
     pub seats: u32,

@@ -17,9 +17,9 @@ use crate::error::StateError;
 use crate::executor::{check_role, check_version, load_code, output_value};
 use crate::ids::Id;
 use crate::messages::{
-    CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, Deploy, FetchTransactions, GetSyncState,
-    ListApps, ListContexts, Member, MembersReply, MissingTransactions, OrderKey, ResolveContext, RootReply, SyncPage,
-    SyncState,
+    AppCode, CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, Deploy, FetchTransactions, GetSyncState,
+    HeldContexts, Lacking, ListApps, ListContexts, Member, MembersReply, MissingTransactions, OrderKey, ResolveContext,
+    RootReply, SyncPage, SyncState,
 };
 use crate::reader::ContextReader;
 use crate::roles::Role;
@@ -314,7 +314,13 @@ impl Handler<GetSyncState> for ViewWorker {
     fn handle(&mut self, msg: GetSyncState, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
         let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
+        let changes = txn.open_table(dag::CHANGES)?;
+        let members = dag::current_members(&changes, &mut MemberCache::default(), &record)?;
         Ok(SyncState {
+            members: members
+                .into_iter()
+                .map(|(member, seats)| Member { member, seats })
+                .collect(),
             heads: record.heads,
             seqs: record.seqs,
             applied: record.applied,
@@ -331,46 +337,150 @@ impl Handler<MissingTransactions> for ViewWorker {
 
     fn handle(&mut self, msg: MissingTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
+        let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
         let order = txn.open_table(dag::DAG_ORDER)?;
         let meta = txn.open_table(dag::TX_META)?;
         let txs = txn.open_table(store::TXS)?;
         let have: std::collections::HashMap<Address, u64> = msg.have.into_iter().collect();
         let limit = msg.limit.clamp(1, MAX_SYNC_PAGE);
+        // A member that lags a little (the usual case: a lost broadcast, a heads notice)
+        // is answered from the author seqs, without walking the whole apply order.
+        let behind: u64 = record
+            .seqs
+            .iter()
+            .map(|(author, seq)| seq.saturating_sub(have.get(author).copied().unwrap_or(0)))
+            .sum();
+        if msg.after.is_none() && behind <= limit as u64 {
+            let seqs = txn.open_table(dag::AUTHOR_SEQS)?;
+            let mut keys = Vec::new();
+            for (author, _) in &record.seqs {
+                let from = have.get(author).copied().unwrap_or(0).saturating_add(1);
+                let start = dag::seq_key(&msg.context, author, from, &Id([0; 32]));
+                let end = dag::seq_key(&msg.context, author, u64::MAX, &Id([0xff; 32]));
+                for entry in seqs.range(start.as_slice()..=end.as_slice())? {
+                    let (key, _) = entry?;
+                    let id: [u8; 32] = key
+                        .value()
+                        .get(60..)
+                        .and_then(|id| id.try_into().ok())
+                        .ok_or_else(|| StateError::Record("an author seq key is not 92 bytes".into()))?;
+                    let Some(bytes) = meta.get(id.as_slice())? else {
+                        return Err(StateError::Record(format!("transaction {} has no metadata", Id(id))));
+                    };
+                    let height = store::decode::<dag::TxMeta>(bytes.value())?.height;
+                    keys.push(OrderKey { height, id: Id(id) });
+                }
+            }
+            keys.sort_unstable();
+            let mut page = Vec::new();
+            let mut page_bytes = 0;
+            for key in keys {
+                let tx = txs
+                    .get(key.id.0.as_slice())?
+                    .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
+                let tx = tx.value();
+                if !page.is_empty() && page_bytes + tx.len() > msg.max_bytes {
+                    // The rest comes from the apply order, after the last one sent.
+                    let next = page.last().map(|(key, _): &(OrderKey, Vec<u8>)| *key);
+                    return Ok(SyncPage {
+                        txs: page.into_iter().map(|(_, tx)| tx).collect(),
+                        next,
+                    });
+                }
+                page_bytes += tx.len();
+                page.push((key, tx.to_vec()));
+            }
+            return Ok(SyncPage {
+                txs: page.into_iter().map(|(_, tx)| tx).collect(),
+                next: None,
+            });
+        }
         // From `after` itself (skipped below), or from the context's first position.
         let start = match msg.after {
             Some(after) => after.in_context(&msg.context),
             None => OrderKey::first_in(&msg.context),
         };
         let end = OrderKey::last_in(&msg.context);
-        let mut page = SyncPage {
-            txs: Vec::new(),
-            next: None,
-        };
+        let mut page = Vec::new();
+        let mut page_bytes = 0;
+        // The last position this page covers: the next page starts after it.
+        let mut covered = None;
         for entry in order.range(start.as_slice()..=end.as_slice())? {
             let key = OrderKey::from_table_key(entry?.0.value())?;
             if Some(key) == msg.after {
                 continue;
             }
-            if page.txs.len() == limit {
-                break;
-            }
-            page.next = Some(key);
             let Some(bytes) = meta.get(key.id.0.as_slice())? else {
                 return Err(StateError::Record(format!("transaction {} has no metadata", key.id)));
             };
             let info: dag::TxMeta = store::decode(bytes.value())?;
             if have.get(&info.author).is_some_and(|held| info.seq <= *held) {
+                covered = Some(key);
                 continue;
             }
             let tx = txs
                 .get(key.id.0.as_slice())?
                 .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
-            page.txs.push(tx.value().to_vec());
+            let tx = tx.value();
+            if !page.is_empty() && (page.len() == limit || page_bytes + tx.len() > msg.max_bytes) {
+                return Ok(SyncPage {
+                    txs: page,
+                    next: covered,
+                });
+            }
+            page_bytes += tx.len();
+            page.push(tx.to_vec());
+            covered = Some(key);
         }
-        if page.txs.len() < limit {
-            page.next = None;
+        Ok(SyncPage { txs: page, next: None })
+    }
+}
+
+impl Handler<Lacking> for ViewWorker {
+    type Result = Result<Vec<Id>, StateError>;
+
+    fn handle(&mut self, msg: Lacking, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(dag::TX_META)?;
+        let mut lacking = Vec::new();
+        for id in msg.ids {
+            let held = match meta.get(id.0.as_slice())? {
+                Some(bytes) => store::decode::<dag::TxMeta>(bytes.value())?.context == msg.context,
+                None => false,
+            };
+            if !held {
+                lacking.push(id);
+            }
         }
-        Ok(page)
+        Ok(lacking)
+    }
+}
+
+impl Handler<AppCode> for ViewWorker {
+    type Result = Result<Option<Vec<u8>>, StateError>;
+
+    fn handle(&mut self, msg: AppCode, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let code = txn.open_table(store::APP_CODE)?;
+        Ok(code.get(msg.app.0.as_slice())?.map(|bytes| bytes.value().to_vec()))
+    }
+}
+
+impl Handler<HeldContexts> for ViewWorker {
+    type Result = Result<Vec<Id>, StateError>;
+
+    fn handle(&mut self, _: HeldContexts, _: &mut SyncContext<Self>) -> Self::Result {
+        let txn = self.db.begin_read()?;
+        let contexts = txn.open_table(store::CONTEXTS)?;
+        let mut held = Vec::new();
+        for entry in contexts.iter()? {
+            let (key, _) = entry?;
+            let id: [u8; 32] = key
+                .value()
+                .try_into()
+                .map_err(|_| StateError::Record("a context key is not 32 bytes".into()))?;
+            held.push(Id(id));
+        }
+        Ok(held)
     }
 }

@@ -30,7 +30,7 @@ fn concurrent_calls_are_group_committed_without_reordering_a_callers_writes() {
             runtime: RuntimeConfig::default(),
             view_threads: 2,
         };
-        let state = StateActor::start(config, node, None).expect("state actor");
+        let state = StateActor::start(config, node, None, None).expect("state actor");
         let deploy = Deploy {
             by: alice,
             name: "kv".into(),

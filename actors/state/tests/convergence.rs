@@ -88,7 +88,10 @@ fn start(base: &Path, cache: &Path, name: &str) -> (Addr<StateActor>, Address) {
     };
     let key = Arc::new(SigningKey::generate().expect("node key"));
     let address = key.address();
-    (StateActor::start(config, key, None).expect("state actor"), address)
+    (
+        StateActor::start(config, key, None, None).expect("state actor"),
+        address,
+    )
 }
 
 async fn deploy(state: &Addr<StateActor>, by: Address) {
@@ -370,6 +373,7 @@ async fn catch_up(from: &Addr<StateActor>, to: &Addr<StateActor>, context: Id, j
                 have: have.clone(),
                 after,
                 limit: page,
+                max_bytes: usize::MAX,
             })
             .await
             .expect("mailbox")

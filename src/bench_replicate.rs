@@ -1,0 +1,509 @@
+//! `cmesh bench replicate`: replication between real member nodes on one NATS.
+//!
+//! 1. **Throughput**: closed-loop `kv.set` writes through every member at once; the rate
+//!    is transactions applied on *all* members per second, from the first write to the
+//!    moment the last one is applied everywhere.
+//! 2. **Convergence latency** at half that rate (open loop, spread over the members):
+//!    from sending a write to the moment every member has applied it.
+//! 3. **Catch-up**: the context is filled up to `--catch-up` transactions, then a new
+//!    node joins it; the rate is transactions fetched, checked and applied per second.
+//!
+//! "Applied at a member" is observed through the `state.received` events each member
+//! publishes (they name the transactions they added); the author applied its own when it
+//! answered the write.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use cmesh_common::{Address, SigningKey};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::bench::{connect, cpu_seconds, interrupted, load_average, percentile, random_hex, round};
+use crate::child::ChildNode;
+use crate::client::MeshClient;
+
+const KV_WASM: &[u8] = include_bytes!("../apps/kv/kv.wasm");
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long transactions may take to reach every member once the load stops.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long a join may take.
+const JOIN_LIMIT: Duration = Duration::from_secs(600);
+const GOAL_TX_PER_S: f64 = 3_000.0;
+const GOAL_P99_MS: f64 = 50.0;
+const GOAL_CATCH_UP_PER_S: f64 = 20_000.0;
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// NATS server URL (the bench starts its own nodes on it)
+    #[arg(long = "nats", env = "CMESH_NATS_URL", default_value = crate::config::DEFAULT_NATS_URL)]
+    pub nats_url: String,
+    /// Members of the context
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub members: u32,
+    /// Writes in flight at once in the throughput run, spread over the members
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Seconds of load in the throughput run and in the latency run
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Transactions the context holds when a new node joins it (0: no catch-up run)
+    #[arg(long, default_value_t = 100_000)]
+    pub catch_up: u64,
+    /// Print exactly one JSON object on stdout instead of readable lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 3_600.0) {
+        bail!("--duration must be a number of seconds above 0 (at most 3600)");
+    }
+    let dir = std::env::temp_dir().join(format!("cmesh-bench-replicate-{}", random_hex(8)?));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut nodes = Vec::new();
+    let result = tokio::select! {
+        result = bench(&args, &dir, &mut nodes) => result,
+        signal = interrupted() => Err(signal),
+    };
+    drop(nodes);
+    match &result {
+        Ok(_) => {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the bench's temp dir");
+            }
+        }
+        Err(_) => eprintln!("the nodes' data and logs are kept in {}", dir.display()),
+    }
+    let report = result?;
+    if args.json {
+        println!("{report}");
+    } else {
+        print_readable(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One member as the bench drives it.
+struct Member {
+    address: Address,
+    fqmn: async_nats::Subject,
+    headers: async_nats::HeaderMap,
+    client: MeshClient,
+    pid: u32,
+}
+
+/// When each transaction was sent, acknowledged, and applied at each member.
+#[derive(Default)]
+struct Ledger {
+    /// tx id → (sent, members that applied it, when the last did).
+    txs: HashMap<String, Seen>,
+}
+
+#[derive(Clone, Default)]
+struct Seen {
+    sent: Option<Instant>,
+    applied_at: Vec<(Address, Instant)>,
+}
+
+impl Ledger {
+    fn applied(&mut self, tx: String, member: Address, at: Instant) {
+        let seen = self.txs.entry(tx).or_default();
+        if !seen.applied_at.iter().any(|(m, _)| *m == member) {
+            seen.applied_at.push((member, at));
+        }
+    }
+
+    /// When every member had applied `tx`, if all have.
+    fn everywhere(&self, tx: &str, members: usize) -> Option<Instant> {
+        let seen = self.txs.get(tx)?;
+        (seen.applied_at.len() >= members).then(|| seen.applied_at.iter().map(|(_, at)| *at).max())?
+    }
+}
+
+async fn start_node(dir: &std::path::Path, url: &str, n: usize, admin: Address) -> anyhow::Result<ChildNode> {
+    let (url, data, log) = (
+        url.to_string(),
+        dir.join(format!("node{n}")),
+        dir.join(format!("node{n}.log")),
+    );
+    let extra = vec!["--admin".to_string(), admin.to_string()];
+    tokio::task::spawn_blocking(move || ChildNode::start(&url, &data, n == 0, &extra, &log, READY_TIMEOUT)).await?
+}
+
+async fn member(url: &str, node: &ChildNode, key: &SigningKey) -> anyhow::Result<Member> {
+    let target = crate::client::Target {
+        nats_url: url.to_string(),
+        node: Some(node.address()),
+        timeout: REQUEST_TIMEOUT.as_secs(),
+    };
+    let mut client = MeshClient::connect(&target).await?;
+    let token = client.obtain_token(key).await?.token;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Authorization", format!("Bearer {token}").as_str());
+    Ok(Member {
+        address: node.address(),
+        fqmn: format!("cmesh.node.{}.fqmn", node.address()).into(),
+        headers,
+        client,
+        pid: node.pid(),
+    })
+}
+
+/// Joins `member` to `context` and waits until it is in sync; the last status.
+async fn join(member: &Member, context: &str) -> anyhow::Result<Value> {
+    let params = json!({ "context": context });
+    member.client.rpc("ctx.join", params.clone()).await?;
+    let deadline = Instant::now() + JOIN_LIMIT;
+    loop {
+        let status = member.client.rpc("ctx.status", params.clone()).await?;
+        match status["phase"].as_str() {
+            Some("in-sync") => return Ok(status),
+            Some("failed") => bail!("joining failed: {status}"),
+            _ if Instant::now() > deadline => bail!("not in sync after {JOIN_LIMIT:?}: {status}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Sends one write; answers its transaction id.
+async fn write(client: &async_nats::Client, member: &Member, context: &str, n: u64) -> anyhow::Result<String> {
+    let payload = Bytes::from(format!(r#"SW:{context}:set:["k{n}",{n}]"#));
+    let request = client.request_with_headers(member.fqmn.clone(), member.headers.clone(), payload);
+    let reply = tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .context("a write timed out")??;
+    let status = reply.headers.as_ref().and_then(|h| h.get("Cmtp-Status"));
+    if status.map(|s| s.as_str()) != Some("200") {
+        bail!(
+            "a write answered {status:?}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+    }
+    let body: Value = serde_json::from_slice(&reply.payload)?;
+    body["tx"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("a write answered without tx: {body}"))
+}
+
+/// Follows every member's `state.received` events into the ledger.
+async fn follow_events(events: async_nats::Subscriber, ledger: Arc<Mutex<Ledger>>) {
+    let mut events = events;
+    while let Some(message) = events.next().await {
+        let at = Instant::now();
+        let Ok(envelope) = serde_json::from_slice::<Value>(&message.payload) else {
+            continue;
+        };
+        let Some(node) = envelope["node"].as_str().and_then(|n| n.parse::<Address>().ok()) else {
+            continue;
+        };
+        let Some(txs) = envelope["data"]["txs"].as_array() else {
+            continue;
+        };
+        let Ok(mut ledger) = ledger.lock() else { return };
+        for tx in txs.iter().filter_map(Value::as_str) {
+            ledger.applied(tx.to_string(), node, at);
+        }
+    }
+}
+
+/// Records a write this node made: the author applied it when it answered.
+fn acknowledged(ledger: &Mutex<Ledger>, tx: String, author: Address, sent: Instant, at: Instant) {
+    if let Ok(mut ledger) = ledger.lock() {
+        ledger.applied(tx.clone(), author, at);
+        if let Some(seen) = ledger.txs.get_mut(&tx) {
+            seen.sent = Some(sent);
+        }
+    }
+}
+
+/// Waits until every transaction in `txs` is applied on `members` members; the instant
+/// the last one was, and how many never got everywhere.
+async fn settle(ledger: &Mutex<Ledger>, txs: &[String], members: usize) -> (Option<Instant>, usize) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let (last, missing) = {
+            let Ok(ledger) = ledger.lock() else {
+                return (None, txs.len());
+            };
+            let mut last: Option<Instant> = None;
+            let mut missing = 0;
+            for tx in txs {
+                match ledger.everywhere(tx, members) {
+                    Some(at) => last = Some(last.map_or(at, |l| l.max(at))),
+                    None => missing += 1,
+                }
+            }
+            (last, missing)
+        };
+        if missing == 0 || Instant::now() > deadline {
+            return (last, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn cpu_of(members: &[Member]) -> Vec<Option<f64>> {
+    members.iter().map(|m| cpu_seconds(&m.pid.to_string())).collect()
+}
+
+fn cpu_used(from: &[Option<f64>], to: &[Option<f64>]) -> Value {
+    json!(from
+        .iter()
+        .zip(to)
+        .map(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => Some(round(b - a, 2)),
+            _ => None,
+        })
+        .collect::<Vec<_>>())
+}
+
+async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<ChildNode>) -> anyhow::Result<Value> {
+    let url = &args.nats_url;
+    let load_avg_1m = load_average();
+    let key = SigningKey::generate()?;
+    let size = args.members as usize;
+    for n in 0..size {
+        nodes.push(start_node(dir, url, n, key.address()).await?);
+    }
+    let mut members = Vec::new();
+    for node in nodes.iter() {
+        members.push(member(url, node, &key).await?);
+    }
+    let events_client = connect(url, "cmesh-bench-events").await?;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let events = events_client
+        .subscribe("cmesh.events.state.received")
+        .await
+        .context("subscribing to state.received events")?;
+    events_client.flush().await?;
+    let follower = tokio::spawn(follow_events(events, ledger.clone()));
+
+    let first = &members[0];
+    first
+        .client
+        .rpc("app.deploy", crate::apps::deploy_params("kv", "1.0.0", KV_WASM))
+        .await
+        .context("deploying kv")?;
+    let created = first.client.rpc("ctx.create", json!({ "app": "kv" })).await?;
+    let context = created["context"]
+        .as_str()
+        .context("ctx.create answered without a context")?
+        .to_string();
+    for other in &members[1..] {
+        first
+            .client
+            .rpc("ctx.invite", json!({ "context": context, "member": other.address }))
+            .await?;
+        join(other, &context).await?;
+    }
+    tracing::info!(%context, members = size, "members in sync");
+
+    // 1. Throughput, closed loop through every member.
+    let clients: Vec<async_nats::Client> = {
+        let mut clients = Vec::new();
+        for i in 0..size {
+            clients.push(connect(url, &format!("cmesh-bench-writer-{i}")).await?);
+        }
+        clients
+    };
+    let members = Arc::new(members);
+    let counter = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs_f64(args.duration);
+    let cpu_from = cpu_of(&members);
+    let started = Instant::now();
+    let until = started + duration;
+    let mut loops = Vec::new();
+    for i in 0..args.concurrency as usize {
+        let (members, ledger, counter, context) = (members.clone(), ledger.clone(), counter.clone(), context.clone());
+        let client = clients[i % size].clone();
+        loops.push(tokio::spawn(async move {
+            let member = &members[i % members.len()];
+            let mut txs = Vec::new();
+            while Instant::now() < until {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                let tx = write(&client, member, &context, n).await?;
+                acknowledged(&ledger, tx.clone(), member.address, sent, Instant::now());
+                txs.push(tx);
+            }
+            anyhow::Ok(txs)
+        }));
+    }
+    let mut written = Vec::new();
+    for handle in loops {
+        written.extend(handle.await??);
+    }
+    let (last, missing) = settle(&ledger, &written, size).await;
+    let cpu_to = cpu_of(&members);
+    let Some(last) = last else {
+        bail!("no write reached every member");
+    };
+    if missing > 0 {
+        bail!(
+            "{missing} of {} writes did not reach every member within {SETTLE_LIMIT:?}",
+            written.len()
+        );
+    }
+    let elapsed = last.duration_since(started).as_secs_f64();
+    let throughput = written.len() as f64 / elapsed;
+    tracing::info!(tx_per_s = throughput, txs = written.len(), "throughput");
+
+    // 2. Latency at half that rate, open loop, round robin over the members.
+    let rate = (throughput / 2.0).max(1.0);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    let mut k = 0usize;
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let (members, ledger, context) = (members.clone(), ledger.clone(), context.clone());
+        let client = clients[k % size].clone();
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let i = k % size;
+        k += 1;
+        pending.push(tokio::spawn(async move {
+            let member = &members[i];
+            let sent = Instant::now();
+            let tx = write(&client, member, &context, n).await?;
+            acknowledged(&ledger, tx.clone(), member.address, sent, Instant::now());
+            anyhow::Ok(tx)
+        }));
+    }
+    let mut probed = Vec::new();
+    for handle in pending {
+        probed.push(handle.await??);
+    }
+    let (_, missing) = settle(&ledger, &probed, size).await;
+    let mut latencies_us: Vec<u32> = {
+        let ledger = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+        probed
+            .iter()
+            .filter_map(|tx| {
+                let sent = ledger.txs.get(tx)?.sent?;
+                let everywhere = ledger.everywhere(tx, size)?;
+                Some(u32::try_from(everywhere.duration_since(sent).as_micros()).unwrap_or(u32::MAX))
+            })
+            .collect()
+    };
+    latencies_us.sort_unstable();
+    let ms = |p: f64| round(f64::from(percentile(&latencies_us, p)) / 1000.0, 2);
+    let (p50, p99) = (ms(50.0), ms(99.0));
+    tracing::info!(rate, p50, p99, missing, "latency");
+
+    // 3. Catch-up of a new node.
+    let mut catch_up = Value::Null;
+    if args.catch_up > 0 {
+        let held = members[0].client.rpc("ctx.root", json!({ "context": context })).await?["applied"]
+            .as_u64()
+            .unwrap_or(0);
+        let fill = args.catch_up.saturating_sub(held);
+        let fill_started = Instant::now();
+        let remaining = Arc::new(AtomicU64::new(fill));
+        let mut loops = Vec::new();
+        for i in 0..args.concurrency as usize {
+            let (members, remaining, counter, context) =
+                (members.clone(), remaining.clone(), counter.clone(), context.clone());
+            let client = clients[i % size].clone();
+            loops.push(tokio::spawn(async move {
+                let member = &members[i % members.len()];
+                while remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                    .is_ok()
+                {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    write(&client, member, &context, n).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for handle in loops {
+            handle.await??;
+        }
+        let fill_s = fill_started.elapsed().as_secs_f64();
+        nodes.push(start_node(dir, url, size, key.address()).await?);
+        let joiner = member(url, &nodes[size], &key).await?;
+        members[0]
+            .client
+            .rpc("ctx.invite", json!({ "context": context, "member": joiner.address }))
+            .await?;
+        let cpu_join_from = cpu_seconds(&joiner.pid.to_string());
+        let join_started = Instant::now();
+        let status = join(&joiner, &context).await?;
+        let join_s = join_started.elapsed().as_secs_f64();
+        let cpu_join = cpu_seconds(&joiner.pid.to_string())
+            .zip(cpu_join_from)
+            .map(|(b, a)| round(b - a, 2));
+        let fetched = status["fetched"].as_u64().unwrap_or(0);
+        let root = members[0].client.rpc("ctx.root", json!({ "context": context })).await?;
+        let same_root = root["root"] == status["root"];
+        catch_up = json!({
+            "transactions": status["applied"],
+            "fetched": fetched,
+            "seconds": round(join_s, 2),
+            "tx_per_s": round(fetched as f64 / join_s, 0),
+            "goal_tx_per_s": GOAL_CATCH_UP_PER_S,
+            "joiner_cpu_s": cpu_join,
+            "same_root": same_root,
+            "fill_seconds": round(fill_s, 2),
+        });
+        if !same_root {
+            bail!("the joiner's root differs from member 0's: {status} vs {root}");
+        }
+    }
+    follower.abort();
+    Ok(json!({
+        "bench": "replicate",
+        "members": size,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "load_avg_1m": load_avg_1m,
+        "throughput": {
+            "transactions": written.len(),
+            "tx_per_s": round(throughput, 0),
+            "goal_tx_per_s": GOAL_TX_PER_S,
+            "members_cpu_s": cpu_used(&cpu_from, &cpu_to),
+            "seconds": round(elapsed, 2),
+        },
+        "latency": {
+            "rate_per_s": round(rate, 0),
+            "transactions": probed.len(),
+            "not_everywhere": missing,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "goal_p99_ms": GOAL_P99_MS,
+        },
+        "catch_up": catch_up,
+    }))
+}
+
+fn print_readable(report: &Value) {
+    let t = &report["throughput"];
+    let l = &report["latency"];
+    println!(
+        "replicated: {} tx/s applied on all {} members (goal ≥ {}), {} transactions in {} s; members' CPU s {}",
+        t["tx_per_s"], report["members"], t["goal_tx_per_s"], t["transactions"], t["seconds"], t["members_cpu_s"]
+    );
+    println!(
+        "convergence at {} tx/s: p50 {} ms, p99 {} ms (goal p99 ≤ {} ms); {} of {} not everywhere",
+        l["rate_per_s"], l["p50_ms"], l["p99_ms"], l["goal_p99_ms"], l["not_everywhere"], l["transactions"]
+    );
+    let c = &report["catch_up"];
+    if !c.is_null() {
+        println!(
+            "catch-up: {} transactions fetched in {} s = {} tx/s (goal ≥ {}); joiner CPU {} s; same root: {}",
+            c["fetched"], c["seconds"], c["tx_per_s"], c["goal_tx_per_s"], c["joiner_cpu_s"], c["same_root"]
+        );
+    }
+    println!("load average (1 min) at start: {}", report["load_avg_1m"]);
+}
