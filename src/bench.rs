@@ -22,12 +22,12 @@ use crate::client::MeshClient;
 
 /// What the node's FQMN endpoint is asked, every time, in `bench fqmn`.
 const FQMN: &str = "I:whoami";
-/// The app `bench tx` deploys and writes to.
-const KV_WASM: &[u8] = include_bytes!("../apps/kv/kv.wasm");
+/// The app `bench tx` and `bench replicate` deploy and write to.
+pub(crate) const KV_WASM: &[u8] = include_bytes!("../apps/kv/kv.wasm");
 /// Goal of `bench tx` on the reference machine (2 cores).
 const GOAL_TX_PER_S: f64 = 5_000.0;
 /// How long the child node may take to print its ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request without an answer by then counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between "ready" and the RSS reading, so start-up work has settled.

@@ -25,12 +25,12 @@ use cmesh_common::{Address, SigningKey};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench::{connect, cpu_seconds, interrupted, load_average, percentile, random_hex, round};
+use crate::bench::{
+    connect, cpu_seconds, interrupted, load_average, percentile, random_hex, round, KV_WASM, READY_TIMEOUT,
+};
 use crate::child::ChildNode;
 use crate::client::MeshClient;
 
-const KV_WASM: &[u8] = include_bytes!("../apps/kv/kv.wasm");
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long transactions may take to reach every member once the load stops.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);

@@ -197,8 +197,7 @@ impl Replicator {
     /// waiting are dropped (the next catch-up fetches them).
     fn offer_again(&mut self, context: Id, txs: Vec<VerifiedTx>, ctx: &mut Context<Self>) {
         let link = self.link.clone();
-        let encoded: Vec<Vec<u8>> = txs.iter().filter_map(|tx| tx.tx().encode().ok()).collect();
-        let work = async move { link.deliver(context, encoded, false).await };
+        let work = async move { link.deliver_with(context, Vec::new(), txs, false).await };
         ctx.spawn(work.into_actor(self).map(move |result, act, _| {
             if let (Ok(delivered), Some(tracked)) = (result, act.contexts.get_mut(&context)) {
                 tracked.dropped += delivered.waiting.len() as u64;

@@ -206,12 +206,24 @@ impl Link {
         encoded: Vec<Vec<u8>>,
         joining: bool,
     ) -> Result<Delivered, ReplicationError> {
-        let checked = verify::check_all(&self.verifier, self.threads, context, encoded)
+        self.deliver_with(context, encoded, Vec::new(), joining).await
+    }
+
+    /// [`Link::deliver`] of `encoded`, together with `checked` transactions (ones that
+    /// waited for parents), which are not checked again.
+    pub async fn deliver_with(
+        &self,
+        context: Id,
+        encoded: Vec<Vec<u8>>,
+        checked: Vec<VerifiedTx>,
+        joining: bool,
+    ) -> Result<Delivered, ReplicationError> {
+        let results = verify::check_all(&self.verifier, self.threads, context, encoded)
             .await
             .map_err(mailbox("transaction verifier"))?;
         let mut delivered = Delivered::default();
-        let mut txs = Vec::with_capacity(checked.len());
-        for result in checked {
+        let mut txs = checked;
+        for result in results {
             match result {
                 Ok(tx) => txs.push(tx),
                 Err(rejected) => delivered.rejected.push(rejected),
@@ -376,8 +388,8 @@ impl Link {
                 }
             }
             let fetched_any = !encoded.is_empty();
-            encoded.extend(waiting.drain().filter_map(|(_, tx)| tx.tx().encode().ok()));
-            let delivered = self.deliver(context, encoded, false).await?;
+            let checked = waiting.drain().map(|(_, tx)| tx).collect();
+            let delivered = self.deliver_with(context, encoded, checked, false).await?;
             added += delivered.report.added.len() as u64;
             wanted = delivered
                 .report
