@@ -105,11 +105,39 @@ struct Member {
 struct Ledger {
     /// tx id → (sent, members that applied it, when the last did).
     txs: HashMap<String, Seen>,
+    /// Sums over the `state.received` events: where a member's time goes when a
+    /// received transaction sorts before ones it had applied.
+    settling: Settling,
+}
+
+/// Transactions received, and what settling them cost: transactions undone and applied
+/// again (a received one that sorts last costs one application and no undo).
+#[derive(Clone, Copy, Default)]
+struct Settling {
+    settles: u64,
+    added: u64,
+    undone: u64,
+    applied: u64,
+}
+
+impl Settling {
+    fn since(self, before: Settling) -> Value {
+        let added = self.added - before.added;
+        let per_added = |n: u64| round(n as f64 / added.max(1) as f64, 2);
+        json!({
+            "settles": self.settles - before.settles,
+            "received": added,
+            "undone_per_received": per_added(self.undone - before.undone),
+            "applied_per_received": per_added(self.applied - before.applied),
+        })
+    }
 }
 
 #[derive(Clone, Default)]
 struct Seen {
     sent: Option<Instant>,
+    /// When the author answered.
+    answered: Option<Instant>,
     applied_at: Vec<(Address, Instant)>,
 }
 
@@ -208,7 +236,12 @@ async fn follow_events(events: async_nats::Subscriber, ledger: Arc<Mutex<Ledger>
         let Some(txs) = envelope["data"]["txs"].as_array() else {
             continue;
         };
+        let count = |field: &str| envelope["data"][field].as_u64().unwrap_or(0);
         let Ok(mut ledger) = ledger.lock() else { return };
+        ledger.settling.settles += 1;
+        ledger.settling.added += count("added");
+        ledger.settling.undone += count("undone");
+        ledger.settling.applied += count("applied");
         for tx in txs.iter().filter_map(Value::as_str) {
             ledger.applied(tx.to_string(), node, at);
         }
@@ -221,6 +254,7 @@ fn acknowledged(ledger: &Mutex<Ledger>, tx: String, author: Address, sent: Insta
         ledger.applied(tx.clone(), author, at);
         if let Some(seen) = ledger.txs.get_mut(&tx) {
             seen.sent = Some(sent);
+            seen.answered = Some(at);
         }
     }
 }
@@ -249,6 +283,10 @@ async fn settle(ledger: &Mutex<Ledger>, txs: &[String], members: usize) -> (Opti
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+fn settling_of(ledger: &Mutex<Ledger>) -> anyhow::Result<Settling> {
+    Ok(ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?.settling)
 }
 
 fn cpu_of(members: &[Member]) -> Vec<Option<f64>> {
@@ -319,6 +357,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     let counter = Arc::new(AtomicU64::new(0));
     let duration = Duration::from_secs_f64(args.duration);
     let cpu_from = cpu_of(&members);
+    let settling_from = settling_of(&ledger)?;
     let started = Instant::now();
     let until = started + duration;
     let mut loops = Vec::new();
@@ -344,6 +383,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     }
     let (last, missing) = settle(&ledger, &written, size).await;
     let cpu_to = cpu_of(&members);
+    let settling = settling_of(&ledger)?.since(settling_from);
     let Some(last) = last else {
         bail!("no write reached every member");
     };
@@ -385,20 +425,26 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
         probed.push(handle.await??);
     }
     let (_, missing) = settle(&ledger, &probed, size).await;
-    let mut latencies_us: Vec<u32> = {
+    // From sending to every member having applied it, and to the author's answer.
+    let (mut latencies_us, mut acks_us): (Vec<u32>, Vec<u32>) = {
         let ledger = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+        let micros =
+            |from: Instant, to: Instant| u32::try_from(to.duration_since(from).as_micros()).unwrap_or(u32::MAX);
         probed
             .iter()
             .filter_map(|tx| {
-                let sent = ledger.txs.get(tx)?.sent?;
+                let seen = ledger.txs.get(tx)?;
+                let sent = seen.sent?;
                 let everywhere = ledger.everywhere(tx, size)?;
-                Some(u32::try_from(everywhere.duration_since(sent).as_micros()).unwrap_or(u32::MAX))
+                Some((micros(sent, everywhere), micros(sent, seen.answered?)))
             })
-            .collect()
+            .unzip()
     };
     latencies_us.sort_unstable();
-    let ms = |p: f64| round(f64::from(percentile(&latencies_us, p)) / 1000.0, 2);
-    let (p50, p99) = (ms(50.0), ms(99.0));
+    acks_us.sort_unstable();
+    let ms = |of: &[u32], p: f64| round(f64::from(percentile(of, p)) / 1000.0, 2);
+    let (p50, p99) = (ms(&latencies_us, 50.0), ms(&latencies_us, 99.0));
+    let (ack_p50, ack_p99) = (ms(&acks_us, 50.0), ms(&acks_us, 99.0));
     tracing::info!(rate, p50, p99, missing, "latency");
 
     // 3. Catch-up of a new node.
@@ -474,6 +520,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
             "goal_tx_per_s": GOAL_TX_PER_S,
             "members_cpu_s": cpu_used(&cpu_from, &cpu_to),
             "seconds": round(elapsed, 2),
+            "settling": settling,
         },
         "latency": {
             "rate_per_s": round(rate, 0),
@@ -482,6 +529,8 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
             "p50_ms": p50,
             "p99_ms": p99,
             "goal_p99_ms": GOAL_P99_MS,
+            "author_answer_p50_ms": ack_p50,
+            "author_answer_p99_ms": ack_p99,
         },
         "catch_up": catch_up,
     }))
@@ -494,9 +543,22 @@ fn print_readable(report: &Value) {
         "replicated: {} tx/s applied on all {} members (goal ≥ {}), {} transactions in {} s; members' CPU s {}",
         t["tx_per_s"], report["members"], t["goal_tx_per_s"], t["transactions"], t["seconds"], t["members_cpu_s"]
     );
+    let s = &t["settling"];
     println!(
-        "convergence at {} tx/s: p50 {} ms, p99 {} ms (goal p99 ≤ {} ms); {} of {} not everywhere",
-        l["rate_per_s"], l["p50_ms"], l["p99_ms"], l["goal_p99_ms"], l["not_everywhere"], l["transactions"]
+        "settling: {} received in {} settles; per received transaction {} undone and {} applied",
+        s["received"], s["settles"], s["undone_per_received"], s["applied_per_received"]
+    );
+    println!(
+        "convergence at {} tx/s: p50 {} ms, p99 {} ms (goal p99 ≤ {} ms); {} of {} not everywhere; \
+         the author answered at p50 {} ms, p99 {} ms",
+        l["rate_per_s"],
+        l["p50_ms"],
+        l["p99_ms"],
+        l["goal_p99_ms"],
+        l["not_everywhere"],
+        l["transactions"],
+        l["author_answer_p50_ms"],
+        l["author_answer_p99_ms"]
     );
     let c = &report["catch_up"];
     if !c.is_null() {

@@ -216,7 +216,7 @@ async fn hostile_methods_fail_cleanly_and_the_node_keeps_serving() {
         .fails(
             &format!("S:{kv}:nope"),
             404,
-            "available methods: delete, get, list, set",
+            "available methods: copy, delete, get, list, set",
         )
         .await;
     assert_eq!(world.root(&hostile).await, genesis, "404s change nothing");

@@ -89,6 +89,13 @@ pub struct Delivered {
     pub waiting: HashMap<Id, VerifiedTx>,
 }
 
+/// Transactions that passed the checks that need no state, and those refused.
+#[derive(Default)]
+struct Verified {
+    txs: Vec<VerifiedTx>,
+    rejected: Vec<Rejected>,
+}
+
 fn mailbox(what: &'static str) -> impl Fn(actix::MailboxError) -> ReplicationError {
     move |_| ReplicationError::Gone(what)
 }
@@ -218,18 +225,34 @@ impl Link {
         checked: Vec<VerifiedTx>,
         joining: bool,
     ) -> Result<Delivered, ReplicationError> {
+        let mut verified = self.check(context, encoded).await?;
+        verified.txs.extend(checked);
+        self.hand_over(context, verified, joining).await
+    }
+
+    /// Checks encoded transactions on the verifier pool; says which were refused.
+    async fn check(&self, context: Id, encoded: Vec<Vec<u8>>) -> Result<Verified, ReplicationError> {
         let results = verify::check_all(&self.verifier, self.threads, context, encoded)
             .await
             .map_err(mailbox("transaction verifier"))?;
-        let mut delivered = Delivered::default();
-        let mut txs = checked;
+        let mut verified = Verified::default();
         for result in results {
             match result {
-                Ok(tx) => txs.push(tx),
-                Err(rejected) => delivered.rejected.push(rejected),
+                Ok(tx) => verified.txs.push(tx),
+                Err(rejected) => verified.rejected.push(rejected),
             }
         }
-        self.report_rejected(context, &delivered.rejected);
+        self.report_rejected(context, &verified.rejected);
+        Ok(verified)
+    }
+
+    /// Hands checked transactions to the state actor.
+    async fn hand_over(&self, context: Id, verified: Verified, joining: bool) -> Result<Delivered, ReplicationError> {
+        let Verified { txs, rejected } = verified;
+        let mut delivered = Delivered {
+            rejected,
+            ..Delivered::default()
+        };
         let mut by_id: HashMap<Id, VerifiedTx> = txs.iter().map(|tx| (tx.id(), tx.clone())).collect();
         if !txs.is_empty() {
             let joining = joining.then_some(context);
@@ -303,18 +326,23 @@ impl Link {
         };
         let mut waiting: HashMap<Id, VerifiedTx> = HashMap::new();
         if local.heads != remote.heads {
-            let have = local.seqs;
-            let mut page = self.page(context, peer, &have, None).await?;
+            let have = &local.seqs;
+            // While one page is applied, the next is fetched and checked.
+            let fetch_checked = |after| async move {
+                let (txs, next) = self.page(context, peer, have, after).await?;
+                let count = txs.len() as u64;
+                Ok::<_, ReplicationError>((self.check(context, txs).await?, count, next))
+            };
+            let mut page = fetch_checked(None).await?;
             loop {
-                let next = page.1;
+                let (verified, count, next) = page;
                 let prefetch = async {
                     match next {
-                        Some(after) => Some(self.page(context, peer, &have, Some(after)).await),
+                        Some(after) => Some(fetch_checked(Some(after)).await),
                         None => None,
                     }
                 };
-                let count = page.0.len() as u64;
-                let (delivered, upcoming) = futures::join!(self.deliver(context, page.0, joining), prefetch);
+                let (delivered, upcoming) = futures::join!(self.hand_over(context, verified, joining), prefetch);
                 let delivered = delivered?;
                 outcome.added += delivered.report.added.len() as u64;
                 waiting.extend(delivered.waiting);

@@ -1,15 +1,18 @@
 //! The write path: one thread that owns the write side of `state.redb`. It takes every
 //! queued job at once, runs them in arrival order inside one redb write transaction, and
-//! commits once (group commit) before it answers any of them, so an answer always means
-//! durable and callers see their writes in the order they were made. A job the app or
-//! the caller got wrong leaves nothing behind; a storage failure aborts the whole batch.
+//! commits once (group commit) before it answers any of them, so an answer to a caller
+//! always means durable and callers see their writes in the order they were made (a
+//! batch of broadcast transactions alone skips the fsync: see [`MAX_UNSYNCED_IN_A_ROW`]).
+//! A job the app or the caller got wrong leaves nothing behind; a storage failure aborts
+//! the whole batch.
 //! The tree's node entries go through a [`NodeCache`] kept across batches, so a batch
 //! writes each node it changed once, and the hot top of each tree is not read from redb.
 //!
 //! This node's own transactions sort after everything it holds (their parents are its
 //! heads), so they are applied as they are made. Received ones are added to the DAG and
-//! the context is settled at once: rolled back to where the earliest of them sorts and
-//! applied forward from there (`replay.rs`).
+//! the context is settled at once (`replay.rs`): each is applied last when it commutes
+//! with what sorts after it, else the context is rolled back to where it sorts and
+//! applied forward from there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +24,7 @@ use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey};
 use cmesh_events::{Emit, EventsActor};
 use futures::channel::oneshot;
-use redb::{Database, ReadableTable};
+use redb::{Database, Durability, ReadableTable};
 use serde_json::json;
 use tracing::{debug, warn};
 
@@ -29,6 +32,7 @@ use crate::dag::{self, Added, MemberCache, OrderKey};
 use crate::error::StateError;
 use crate::forget;
 use crate::ids::Id;
+use crate::membership::Change;
 use crate::messages::{
     CallContext, CallReply, Committed, ContextInfo, CreateContext, Forget, ForgetReply, Invite, Leave, LeaveReply,
     MemberReply, Receive, ReceiveReport, Requester, RoleReply, SetRole, WriteStats,
@@ -54,6 +58,11 @@ pub const QUEUE_DEPTH: usize = 8192;
 const CACHED_NODES: usize = 50_000;
 /// Most transaction ids a `state.received` event names.
 const MAX_IDS_IN_EVENT: usize = 256;
+/// Most commits in a row without fsync. A batch that only takes broadcast transactions
+/// needs none: nobody waits on it, what a crash loses of it is fetched again from the
+/// members on restart, and the next durable commit makes it durable too. A batch that
+/// answers a caller, joins a context or takes a membership change is always durable.
+const MAX_UNSYNCED_IN_A_ROW: u64 = 32;
 /// Invalid transaction ids remembered, so that their descendants are refused at once
 /// rather than waiting for a parent that will never be added.
 const REMEMBERED_INVALID: usize = 65_536;
@@ -79,6 +88,18 @@ enum Done {
     Receive(Answer<ReceiveReport>, Result<ReceiveReport, StateError>),
     Leave(Answer<LeaveReply>, Result<LeaveReply, StateError>),
     Forget(Answer<ForgetReply>, Result<ForgetReply, StateError>),
+}
+
+impl Job {
+    /// Whether its batch must be on disk before anything of it is answered.
+    fn needs_durability(&self) -> bool {
+        match self {
+            Job::Receive(msg, _) => {
+                msg.joining.is_some() || msg.txs.iter().any(|tx| Change::of(&tx.tx().body).is_some())
+            }
+            _ => true,
+        }
+    }
 }
 
 impl Done {
@@ -125,6 +146,7 @@ struct Effects {
 #[derive(Debug, Default)]
 pub struct Counters {
     commits: AtomicU64,
+    unsynced: AtomicU64,
     jobs: AtomicU64,
     transactions: AtomicU64,
     rejected: AtomicU64,
@@ -135,6 +157,7 @@ impl Counters {
     pub fn snapshot(&self) -> WriteStats {
         WriteStats {
             commits: self.commits.load(Ordering::Relaxed),
+            unsynced: self.unsynced.load(Ordering::Relaxed),
             jobs: self.jobs.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
@@ -159,6 +182,8 @@ pub struct Executor {
     nodes: NodeCache,
     members: MemberCache,
     invalid: HashSet<Id>,
+    /// Commits without fsync since the last durable one.
+    unsynced_in_a_row: u64,
 }
 
 impl Executor {
@@ -181,6 +206,7 @@ impl Executor {
             nodes: NodeCache::new(CACHED_NODES),
             members: MemberCache::default(),
             invalid: HashSet::new(),
+            unsynced_in_a_row: 0,
         })
     }
 
@@ -257,13 +283,20 @@ impl Executor {
         effects: &mut Effects,
         done: &mut Vec<Done>,
     ) -> Result<(), StateError> {
-        let txn = match self.db.begin_write() {
+        let mut txn = match self.db.begin_write() {
             Ok(txn) => txn,
             Err(err) => {
                 done.extend(jobs.into_iter().map(pending));
                 return Err(err.into());
             }
         };
+        let durable = self.unsynced_in_a_row >= MAX_UNSYNCED_IN_A_ROW || jobs.iter().any(Job::needs_durability);
+        if !durable {
+            if let Err(err) = txn.set_durability(Durability::None) {
+                done.extend(jobs.into_iter().map(pending));
+                return Err(StateError::Unavailable(format!("a batch without fsync: {err}")));
+            }
+        }
         let mut nodes = std::mem::replace(&mut self.nodes, NodeCache::new(CACHED_NODES));
         nodes.trim();
         let mut failed = None;
@@ -324,6 +357,12 @@ impl Executor {
             }
         }
         txn.commit()?;
+        if durable {
+            self.unsynced_in_a_row = 0;
+        } else {
+            self.unsynced_in_a_row += 1;
+            self.counters.unsynced.fetch_add(1, Ordering::Relaxed);
+        }
         self.nodes = nodes;
         Ok(())
     }
@@ -606,6 +645,7 @@ impl Executor {
         let mut report = ReceiveReport::default();
         let mut earliest: HashMap<Id, OrderKey> = HashMap::new();
         let mut added_to: HashMap<Id, Vec<Id>> = HashMap::new();
+        let mut added_txs = Vec::new();
         let mut waiting: Vec<(crate::tx::VerifiedTx, Vec<Id>)> =
             msg.txs.into_iter().map(|tx| (tx, Vec::new())).collect();
         loop {
@@ -675,6 +715,7 @@ impl Executor {
                     .or_insert(key);
                 added_to.entry(context).or_default().push(id);
                 report.added.push(id);
+                added_txs.push(verified);
                 progress = true;
             }
             waiting = still;
@@ -686,6 +727,10 @@ impl Executor {
             .into_iter()
             .map(|(verified, parents)| (verified.id(), parents))
             .collect();
+        let known = replay::Known {
+            own: &effects.unsigned,
+            received: added_txs.iter().map(|tx| (tx.id(), &tx.tx().body)).collect(),
+        };
         for (context, from) in earliest {
             let mut record = self
                 .record(tables, staged, &context)
@@ -698,9 +743,12 @@ impl Executor {
             if added.len() > MAX_IDS_IN_EVENT {
                 added.clear();
             }
-            let undone = replay::rollback(tables, &mut record, from).map_err(fatal)?;
-            let (applied, failed) =
-                replay::replay(&self.runtime, tables, &mut record, from, &effects.unsigned).map_err(fatal)?;
+            let settled = replay::settle(&self.runtime, tables, &mut record, from, &known).map_err(fatal)?;
+            let replay::Settled {
+                applied,
+                undone,
+                failed,
+            } = settled;
             report.undone += undone;
             report.applied += applied;
             report.failed += failed;

@@ -329,8 +329,10 @@ pub struct Stats;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct WriteStats {
-    /// Durable commits (one per batch).
+    /// Commits (one per batch).
     pub commits: u64,
+    /// Commits without fsync (batches of broadcast transactions alone).
+    pub unsynced: u64,
     /// Jobs answered (transactions and refusals).
     pub jobs: u64,
     /// Transactions committed.

@@ -1,13 +1,21 @@
 //! Applying transactions to a context's state, and taking them back. Every applied
 //! transaction leaves an undo row (keyed like its place in the order) with the values it
-//! replaced. When a transaction arrives that sorts before ones already applied, those are
-//! undone newest first, back to where it goes, and everything from there is applied again
+//! replaced and the keys it read.
+//!
+//! Received transactions usually sort before some already applied (they were made
+//! concurrently, a few ms ago). Settling them first tries each one at the end of the
+//! order: when what it read and wrote is disjoint from what the transactions after its
+//! place wrote and read, it commutes with them, so applying it last gives the state of
+//! applying it in its place, and nothing is undone. Otherwise the applied transactions
+//! from its place on are undone newest first and everything from there is applied again
 //! in order: the cost is that of the transactions after it, never of the whole history.
 //!
-//! A transaction's effect depends only on the state before it in the order and on the
-//! transaction itself: a call the caller may not make, that traps or runs out of gas
-//! (with the context's limits, fixed at genesis) changes nothing, on every node alike.
+//! A transaction's effect depends only on the state before it in the order (the keys it
+//! reads) and on the transaction itself: a call the caller may not make, that traps or
+//! runs out of gas (with the context's limits, fixed at genesis) changes nothing, on
+//! every node alike.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use cmesh_common::Address;
@@ -19,7 +27,7 @@ use crate::error::StateError;
 use crate::executor::{check_role, load_code, output_value};
 use crate::ids::{address_bytes, Id};
 use crate::merkle;
-use crate::reader::ContextReader;
+use crate::reader::{ContextReader, Span, TrackingReader};
 use crate::roles::Role;
 use crate::runtime::{AppEvent, Call, Runtime};
 use crate::store::{self, ContextRecord};
@@ -30,10 +38,53 @@ use crate::tx::{Op, Transaction, TxBody};
 /// transaction.
 pub const UNDO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("undo");
 
-/// How to take one applied transaction back: its steps undone in reverse order.
+/// How to take one applied transaction back (its steps undone in reverse order), and
+/// what it read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Undo {
     pub steps: Vec<UndoStep>,
+    /// The state keys the transaction read; `None` when it read roles (which every call
+    /// depends on) or is unknown (rows written before reads were kept): such a
+    /// transaction commutes with nothing.
+    #[serde(default)]
+    pub reads: Option<Vec<Span>>,
+}
+
+impl Undo {
+    /// What the transaction touched; `None` if it commutes with nothing.
+    fn footprint(&self) -> Option<Footprint> {
+        let writes = self
+            .steps
+            .iter()
+            .map(|step| match step {
+                UndoStep::Kv { key, .. } => Some(*key),
+                UndoStep::Role { .. } => None,
+            })
+            .collect::<Option<Vec<Id>>>()?;
+        Some(Footprint {
+            reads: self.reads.clone()?,
+            writes,
+        })
+    }
+}
+
+/// The state keys a transaction read and wrote.
+struct Footprint {
+    reads: Vec<Span>,
+    writes: Vec<Id>,
+}
+
+impl Footprint {
+    /// Whether the two transactions may be applied in either order with the same outcome
+    /// for both: neither writes what the other read or wrote.
+    fn commutes_with(&self, other: &Footprint) -> bool {
+        let read = |reads: &[Span], key: &Id| reads.iter().any(|span| span.holds(key));
+        !self
+            .writes
+            .iter()
+            .any(|key| other.writes.contains(key) || read(&other.reads, key))
+            && !other.writes.iter().any(|key| read(&self.reads, key))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,18 +132,22 @@ pub fn apply(
     let mut undo = Undo::default();
     let context = record.id;
     let effect = match &body.op {
+        // Role changes leave `reads` at `None`: they commute with nothing.
         Op::Create { .. } => {
             let old = set_role(tables, &context, &body.caller, Some(Role::Admin))?;
             undo.steps.push(UndoStep::Role { user: body.caller, old });
             Ok(Effect::Role)
         }
         Op::Call { method, args } => {
+            // The caller's role is read too, but only role changes write roles, and they
+            // commute with nothing.
+            undo.reads = Some(Vec::new());
             let role = store::role_of(&tables.roles, &context, &body.caller)?;
             if let Err(err) = check_role(role, Role::Writer, &body.caller, &context) {
                 return Ok((Err(err), undo));
             }
             let outcome = {
-                let reader = ContextReader::new(&tables.kv, context);
+                let reader = TrackingReader::new(ContextReader::new(&tables.kv, context));
                 let code = &tables.app_code;
                 let load = || load_code(code, &record.app);
                 let call = Call {
@@ -104,7 +159,9 @@ pub fn apply(
                     time_ms: body.time_ms,
                     gas_limit: Some(record.limits.gas),
                 };
-                runtime.call(&record.app.0, &load, call, &reader)
+                let outcome = runtime.call(&record.app.0, &load, call, &reader);
+                undo.reads = Some(reader.into_reads());
+                outcome
             };
             let (result, outcome) = match outcome
                 .map_err(StateError::from)
@@ -139,7 +196,10 @@ pub fn apply(
             undo.steps.push(UndoStep::Role { user: *user, old });
             Ok(Effect::Role)
         }
-        Op::Invite { .. } | Op::Remove { .. } | Op::Leave => Ok(Effect::Membership),
+        Op::Invite { .. } | Op::Remove { .. } | Op::Leave => {
+            undo.reads = Some(Vec::new());
+            Ok(Effect::Membership)
+        }
     };
     Ok((effect, undo))
 }
@@ -186,8 +246,77 @@ pub fn mark_applied(
     Ok(())
 }
 
+/// What settling a context's newly added transactions did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Transactions applied, the new ones and those applied again.
+    pub applied: u64,
+    /// Transactions undone to be applied again.
+    pub undone: u64,
+    /// Applied transactions that changed nothing.
+    pub failed: u64,
+}
+
+/// Applies the transactions of the context at or after `from` that are not applied yet
+/// (those just added to the DAG), in order, undoing only what does not commute with
+/// them.
+pub fn settle(
+    runtime: &Runtime,
+    tables: &mut Tables,
+    record: &mut ContextRecord,
+    from: OrderKey,
+    known: &Known,
+) -> Result<Settled, StateError> {
+    let context = record.id;
+    let start = from.in_context(&context);
+    let end = OrderKey::last_in(&context);
+    let mut applied = Vec::new();
+    for entry in tables.undo.range(start.as_slice()..=end.as_slice())? {
+        let (key, undo) = entry?;
+        let undo: Undo = store::decode(undo.value())?;
+        applied.push((OrderKey::from_table_key(key.value())?, undo.footprint()));
+    }
+    let mut new = Vec::new();
+    let mut held = applied.iter().map(|(key, _)| *key).peekable();
+    for entry in tables.order.range(start.as_slice()..=end.as_slice())? {
+        let key = OrderKey::from_table_key(entry?.0.value())?;
+        if held.next_if_eq(&key).is_none() {
+            new.push(key);
+        }
+    }
+    let mut settled = Settled::default();
+    for key in new {
+        let later = &applied[applied.partition_point(|(k, _)| *k < key)..];
+        // One that commutes with nothing after this place needs no trial.
+        if later.iter().all(|(_, footprint)| footprint.is_some()) {
+            let body = body_of(tables, known, &key.id)?;
+            let (effect, undo) = apply(runtime, tables, record, &body, key.id)?;
+            let commutes = later.is_empty()
+                || undo.footprint().is_some_and(|mine| {
+                    later
+                        .iter()
+                        .all(|(_, other)| other.as_ref().is_some_and(|other| mine.commutes_with(other)))
+                });
+            if commutes {
+                settled.applied += 1;
+                settled.failed += u64::from(effect.is_err());
+                mark_applied(tables, record, key, &undo)?;
+                continue;
+            }
+            // Applied last, it is taken back first.
+            take_back(tables, record, &undo)?;
+        }
+        settled.undone += rollback(tables, record, key)?;
+        let (again, failed) = replay(runtime, tables, record, key, known)?;
+        settled.applied += again;
+        settled.failed += failed;
+        break;
+    }
+    Ok(settled)
+}
+
 /// Undoes every applied transaction at or after `from`, newest first. Answers how many.
-pub fn rollback(tables: &mut Tables, record: &mut ContextRecord, from: OrderKey) -> Result<u64, StateError> {
+fn rollback(tables: &mut Tables, record: &mut ContextRecord, from: OrderKey) -> Result<u64, StateError> {
     let context = record.id;
     let start = from.in_context(&context);
     let end = OrderKey::last_in(&context);
@@ -197,18 +326,7 @@ pub fn rollback(tables: &mut Tables, record: &mut ContextRecord, from: OrderKey)
         rows.push((key.value().to_vec(), store::decode::<Undo>(undo.value())?));
     }
     for (key, undo) in rows.iter().rev() {
-        for step in undo.steps.iter().rev() {
-            match step {
-                UndoStep::Kv { key, old } => {
-                    let (root, _) =
-                        merkle::replace(&mut tables.kv, &mut tables.nodes, &context.0, &key.0, old.as_deref())?;
-                    record.root = Id(root);
-                }
-                UndoStep::Role { user, old } => {
-                    set_role(tables, &context, user, *old)?;
-                }
-            }
-        }
+        take_back(tables, record, undo)?;
         tables.undo.remove(key.as_slice())?;
     }
     let first = OrderKey::first_in(&context);
@@ -219,15 +337,31 @@ pub fn rollback(tables: &mut Tables, record: &mut ContextRecord, from: OrderKey)
     Ok(rows.len() as u64)
 }
 
+/// Puts back what one transaction changed, its steps in reverse order.
+fn take_back(tables: &mut Tables, record: &mut ContextRecord, undo: &Undo) -> Result<(), StateError> {
+    let context = record.id;
+    for step in undo.steps.iter().rev() {
+        match step {
+            UndoStep::Kv { key, old } => {
+                let (root, _) = merkle::replace(&mut tables.kv, &mut tables.nodes, &context.0, &key.0, old.as_deref())?;
+                record.root = Id(root);
+            }
+            UndoStep::Role { user, old } => {
+                set_role(tables, &context, user, *old)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies, in order, every transaction at or after `from` (none of them applied).
-/// `pending` holds this batch's own transactions, whose rows wait for their signatures.
 /// Answers how many were applied and how many of them changed nothing.
-pub fn replay(
+fn replay(
     runtime: &Runtime,
     tables: &mut Tables,
     record: &mut ContextRecord,
     from: OrderKey,
-    pending: &HashMap<Id, TxBody>,
+    known: &Known,
 ) -> Result<(u64, u64), StateError> {
     let context = record.id;
     let start = from.in_context(&context);
@@ -238,18 +372,7 @@ pub fn replay(
     }
     let mut failed = 0;
     for key in &keys {
-        let body = match pending.get(&key.id) {
-            Some(body) => body.clone(),
-            None => {
-                let bytes = tables
-                    .txs
-                    .get(key.id.0.as_slice())?
-                    .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
-                Transaction::decode(bytes.value())
-                    .map_err(|e| StateError::Record(format!("transaction {}: {e}", key.id)))?
-                    .body
-            }
-        };
+        let body = body_of(tables, known, &key.id)?;
         let (effect, undo) = apply(runtime, tables, record, &body, key.id)?;
         if effect.is_err() {
             failed += 1;
@@ -257,6 +380,26 @@ pub fn replay(
         mark_applied(tables, record, *key, &undo)?;
     }
     Ok((keys.len() as u64, failed))
+}
+
+/// Bodies of transactions the executor has at hand: this batch's own, whose rows wait
+/// for their signatures, and those just received (not read back and decoded again).
+pub struct Known<'a> {
+    pub own: &'a HashMap<Id, TxBody>,
+    pub received: HashMap<Id, &'a TxBody>,
+}
+
+/// The body of a held transaction: at hand, or from its row.
+fn body_of<'a>(tables: &Tables, known: &'a Known, id: &Id) -> Result<Cow<'a, TxBody>, StateError> {
+    if let Some(body) = known.own.get(id).or_else(|| known.received.get(id).copied()) {
+        return Ok(Cow::Borrowed(body));
+    }
+    let bytes = tables
+        .txs
+        .get(id.0.as_slice())?
+        .ok_or_else(|| StateError::Record(format!("transaction {id} is missing")))?;
+    let tx = Transaction::decode(bytes.value()).map_err(|e| StateError::Record(format!("transaction {id}: {e}")))?;
+    Ok(Cow::Owned(tx.body))
 }
 
 /// Gives `user` `role` in `context` (`None`: takes every role); answers the one it had.

@@ -90,7 +90,7 @@ impl App {
 }
 
 #[test]
-fn kv_sets_gets_lists_and_deletes() {
+fn kv_sets_gets_lists_deletes_and_copies() {
     let mut kv = App::deploy("kv");
     let (result, outcome) = kv.ok("set", json!(["user:alice", {"age": 30}]), true);
     assert_eq!(result, Value::Null);
@@ -109,6 +109,10 @@ fn kv_sets_gets_lists_and_deletes() {
     assert_eq!(kv.call("delete", json!(["user:bob"])), json!(true));
     assert_eq!(kv.call("delete", json!(["user:bob"])), json!(false));
     assert_eq!(kv.view("list", json!(["user:"])).as_array().map(Vec::len), Some(1));
+    assert_eq!(kv.call("copy", json!(["user:alice", "user:carol"])), json!(true));
+    assert_eq!(kv.view("get", json!(["user:carol"])), json!({"age": 30}));
+    assert_eq!(kv.call("copy", json!(["user:bob", "user:dave"])), json!(false));
+    assert_eq!(kv.view("get", json!(["user:dave"])), Value::Null);
 
     // Bad args fail with a message that names what is wrong.
     let err = kv.error("set", json!([1]), true);

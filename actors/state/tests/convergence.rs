@@ -7,9 +7,12 @@
 //! receives the whole DAG at once: rolling back and applying again gives exactly what
 //! applying in order gives.
 //!
-//! Writes are `set` on a few keys by two users; the admin grants and revokes the second
-//! user's writer role concurrently, so whether that user's writes take effect depends on
-//! the order every member must agree on.
+//! Writes are `set` and `copy` (which reads one key and writes another) on a few keys by
+//! two users; the admin grants and revokes the second user's writer role concurrently, so
+//! whether that user's writes take effect depends on the order every member must agree
+//! on. Received writes that touch other keys than those applied after their place are
+//! applied last without undoing anything; the others roll back: both must give the root
+//! of applying in order.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,12 +23,14 @@ use cmesh_state::runtime::RuntimeConfig;
 use cmesh_state::tx::Transaction;
 use cmesh_state::{
     CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions, GetSyncState, Id, Invite,
-    MissingTransactions, Receive, ReceiveReport, Requester, Role, RootReply, SetRole, StateActor, StateConfig,
+    MissingTransactions, Receive, ReceiveReport, Requester, Role, RootReply, SetRole, StateActor, StateConfig, Stats,
 };
 use proptest::prelude::*;
 use serde_json::json;
 
 const MEMBERS: usize = 3;
+/// Keys written: few enough that concurrent writes often touch the same ones.
+const KEYS: u8 = 6;
 
 fn kv_wasm() -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../apps/kv/kv.wasm");
@@ -41,6 +46,9 @@ enum Step {
         key: u8,
         value: u8,
     },
+    /// `user` copies the value of `from` to `to` through `node` (nothing if `from` is
+    /// unset, so the write depends on what was read).
+    Copy { node: usize, user: usize, from: u8, to: u8 },
     /// The admin grants (or revokes) the other user's writer role through `node`.
     Role { node: usize, grant: bool },
     /// `to` receives some of what is on its way to it, in this order; a pick may
@@ -50,8 +58,10 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..MEMBERS, 0..2usize, 0..4u8, any::<u8>())
+        4 => (0..MEMBERS, 0..2usize, 0..KEYS, any::<u8>())
             .prop_map(|(node, user, key, value)| Step::Write { node, user, key, value }),
+        2 => (0..MEMBERS, 0..2usize, 0..KEYS, 0..KEYS)
+            .prop_map(|(node, user, from, to)| Step::Copy { node, user, from, to }),
         2 => (0..MEMBERS, any::<bool>()).prop_map(|(node, grant)| Step::Role { node, grant }),
         3 => (0..MEMBERS, proptest::collection::vec(0..64usize, 1..6))
             .prop_map(|(to, picks)| Step::Deliver { to, picks }),
@@ -219,23 +229,11 @@ impl Mesh {
     async fn run(&mut self, step: &Step) {
         match step {
             Step::Write { node, user, key, value } => {
-                let by = if *user == 0 { self.admin } else { self.user };
-                let call = CallContext {
-                    by: Requester::new(by),
-                    context: self.context.to_string(),
-                    method: "set".into(),
-                    args: serde_json::to_vec(&json!([format!("k{key}"), value])).expect("args"),
-                    version_req: None,
-                    write: true,
-                };
-                // The other user may lack the role here: then nothing is made.
-                if let Ok(reply) = self.members[*node].state.send(call).await.expect("mailbox") {
-                    let tx = reply.tx.expect("a write is a transaction");
-                    let encoded = fetch(&self.members[*node].state, self.context, tx).await;
-                    self.broadcast(*node, (tx, encoded));
-                } else {
-                    assert_eq!(*user, 1, "the admin may always write");
-                }
+                self.call(*node, *user, "set", json!([format!("k{key}"), value])).await;
+            }
+            Step::Copy { node, user, from, to } => {
+                self.call(*node, *user, "copy", json!([format!("k{from}"), format!("k{to}")]))
+                    .await;
             }
             Step::Role { node, grant } => {
                 let set = SetRole {
@@ -267,6 +265,28 @@ impl Mesh {
                 let report = receive(&self.members[*to].state, &batch, None).await;
                 self.settle(*to, &batch, report);
             }
+        }
+    }
+
+    /// `user` (0: the admin, 1: the other user) calls `method` through `node`; what it
+    /// makes is sent to the others.
+    async fn call(&mut self, node: usize, user: usize, method: &str, args: serde_json::Value) {
+        let by = if user == 0 { self.admin } else { self.user };
+        let call = CallContext {
+            by: Requester::new(by),
+            context: self.context.to_string(),
+            method: method.into(),
+            args: serde_json::to_vec(&args).expect("args"),
+            version_req: None,
+            write: true,
+        };
+        // The other user may lack the role here: then nothing is made.
+        if let Ok(reply) = self.members[node].state.send(call).await.expect("mailbox") {
+            let tx = reply.tx.expect("a write is a transaction");
+            let encoded = fetch(&self.members[node].state, self.context, tx).await;
+            self.broadcast(node, (tx, encoded));
+        } else {
+            assert_eq!(user, 1, "the admin may always write");
         }
     }
 
@@ -441,5 +461,155 @@ fn a_newcomer_catches_up_page_by_page_and_later_only_what_it_lacks() {
             .expect("mailbox")
             .expect("members");
         assert_eq!(members.members.len(), 2);
+    });
+}
+
+/// Makes a write through `state`; answers its id and encoding.
+async fn call(
+    state: &Addr<StateActor>,
+    admin: Address,
+    context: Id,
+    method: &str,
+    args: serde_json::Value,
+) -> (Id, Vec<u8>) {
+    let call = CallContext {
+        by: Requester::new(admin),
+        context: context.to_string(),
+        method: method.into(),
+        args: serde_json::to_vec(&args).expect("args"),
+        version_req: None,
+        write: true,
+    };
+    let tx = state
+        .send(call)
+        .await
+        .expect("mailbox")
+        .expect("write")
+        .tx
+        .expect("a transaction");
+    (tx, fetch(state, context, tx).await)
+}
+
+async fn get(state: &Addr<StateActor>, admin: Address, context: Id, key: &str) -> serde_json::Value {
+    let view = CallContext {
+        by: Requester::new(admin),
+        context: context.to_string(),
+        method: "get".into(),
+        args: serde_json::to_vec(&json!([key])).expect("args"),
+        version_req: None,
+        write: false,
+    };
+    state.send(view).await.expect("mailbox").expect("view").result
+}
+
+#[test]
+fn a_received_write_that_commutes_undoes_nothing_and_one_that_read_a_later_write_rolls_back() {
+    let system = actix::System::new();
+    system.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("modules");
+        let admin = SigningKey::generate().expect("admin").address();
+        let (a, _) = start(dir.path(), &cache, "a");
+        let (b, b_address) = start(dir.path(), &cache, "b");
+        deploy(&a, admin).await;
+        deploy(&b, admin).await;
+        let context = create_kv_context(&a, admin).await;
+        invite(&a, admin, context, b_address).await;
+        catch_up(&a, &b, context, true, 16).await;
+
+        // Apart: A writes five keys in a chain; B writes another key, then copies one
+        // of A's keys (absent at B, so B's copy wrote nothing).
+        let mut made_by_a = Vec::new();
+        for i in 0..5 {
+            made_by_a.push(call(&a, admin, context, "set", json!([format!("a{i}"), i])).await);
+        }
+        let b_set = call(&b, admin, context, "set", json!(["b0", "x"])).await;
+        let b_copy = call(&b, admin, context, "copy", json!(["a4", "b1"])).await;
+
+        // B's set sorts before A's later writes and touches none of their keys.
+        let report = receive(&a, std::slice::from_ref(&b_set), None).await;
+        assert_eq!(
+            (report.added.len(), report.applied, report.undone),
+            (1, 1, 0),
+            "{report:?}"
+        );
+        // B's copy sorts before A's write of a4, which it reads: applied last it would
+        // copy a4, so A rolls back to its place instead.
+        let report = receive(&a, std::slice::from_ref(&b_copy), None).await;
+        assert_eq!(report.added.len(), 1, "{report:?}");
+        assert!(
+            report.undone > 0,
+            "the copy read a key written after its place: {report:?}"
+        );
+        assert_eq!(get(&a, admin, context, "b1").await, serde_json::Value::Null);
+        assert_eq!(get(&a, admin, context, "b0").await, json!("x"));
+
+        let report = receive(&b, &made_by_a, None).await;
+        assert_eq!(report.added.len(), 5, "{report:?}");
+        let (ra, rb) = (root(&a, admin, context).await, root(&b, admin, context).await);
+        assert_eq!((ra.root, &ra.heads, ra.applied), (rb.root, &rb.heads, rb.applied));
+
+        // A node given everything at once applies it in order: the same root.
+        let (fresh, _) = start(dir.path(), &cache, "fresh");
+        deploy(&fresh, admin).await;
+        catch_up(&a, &fresh, context, true, 64).await;
+        let rf = root(&fresh, admin, context).await;
+        assert_eq!((rf.root, rf.applied), (ra.root, ra.applied));
+        assert_eq!(get(&fresh, admin, context, "b1").await, serde_json::Value::Null);
+    });
+}
+
+#[test]
+fn broadcast_transactions_skip_the_fsync_and_the_next_durable_commit_keeps_them() {
+    let system = actix::System::new();
+    system.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("modules");
+        let admin = SigningKey::generate().expect("admin").address();
+        let (a, _) = start(dir.path(), &cache, "a");
+        let (b, b_address) = start(dir.path(), &cache, "b");
+        deploy(&a, admin).await;
+        deploy(&b, admin).await;
+        let context = create_kv_context(&a, admin).await;
+        invite(&a, admin, context, b_address).await;
+        catch_up(&a, &b, context, true, 16).await;
+        let mut made = Vec::new();
+        for i in 0..3 {
+            made.push(call(&a, admin, context, "set", json!([format!("a{i}"), i])).await);
+        }
+
+        let before = b.send(Stats).await.expect("stats");
+        assert_eq!(receive(&b, &made, None).await.added.len(), 3);
+        let received = b.send(Stats).await.expect("stats");
+        assert_eq!(received.commits - before.commits, 1);
+        assert_eq!(
+            received.unsynced - before.unsynced,
+            1,
+            "a batch of broadcast transactions alone"
+        );
+        call(&b, admin, context, "set", json!(["b", 1])).await;
+        let written = b.send(Stats).await.expect("stats");
+        assert_eq!(written.commits - received.commits, 1);
+        assert_eq!(written.unsynced, received.unsynced, "an answered write is durable");
+        let held = root(&b, admin, context).await;
+
+        // B stops and starts again: the durable commit kept what came before it.
+        drop(b);
+        let mut freed = false;
+        for _ in 0..400 {
+            if redb::Database::open(dir.path().join("b").join("state.redb")).is_ok() {
+                freed = true;
+                break;
+            }
+            actix::clock::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(freed, "the store is still open after the actor stopped");
+        let (b, _) = start(dir.path(), &cache, "b");
+        let again = root(&b, admin, context).await;
+        assert_eq!(
+            (again.root, &again.heads, again.applied),
+            (held.root, &held.heads, held.applied)
+        );
+        assert_eq!(get(&b, admin, context, "a2").await, json!(2));
     });
 }

@@ -5,6 +5,7 @@
 //! | `set(key, value)` | `null`; stores `value` (any JSON) under `key`, emits `set` |
 //! | `get(key)` | the value, or `null` if absent |
 //! | `delete(key)` | `true` if the key existed (then emits `deleted`) |
+//! | `copy(from, to)` | `true` if `from` held a value, now also stored under `to` (then emits `set`) |
 //! | `list(prefix?)` | `[{key, value}]` of the keys starting with `prefix`, in key order |
 //!
 //! Keys are strings of at most 31 bytes without NUL.
@@ -46,6 +47,17 @@ method! {
             emit("deleted", &json!({ "key": key }));
         }
         Ok(existed)
+    }
+
+    /// Stores the value under `from` under `to` as well; false (nothing written) if `from`
+    /// is absent.
+    fn copy(from: String, to: String) -> Result<bool> {
+        let Some(value) = storage::get::<Value>(&entry_key(&from)?) else {
+            return Ok(false);
+        };
+        storage::set(&entry_key(&to)?, &value);
+        emit("set", &json!({ "key": to }));
+        Ok(true)
     }
 
     /// Every entry whose key starts with `prefix` (default: all), in key order.
