@@ -1,5 +1,7 @@
 //! `cmesh bench replicate`: replication between real member nodes on one NATS.
 //!
+//! 0. **Baseline**: the same closed-loop writes through member 0 to a context only it
+//!    holds, for as long: this machine's speed varies from day to day, the ratio less.
 //! 1. **Throughput**: closed-loop `kv.set` writes through every member at once; the rate
 //!    is transactions applied on *all* members per second, from the first write to the
 //!    moment the last one is applied everywhere.
@@ -345,7 +347,6 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     }
     tracing::info!(%context, members = size, "members in sync");
 
-    // 1. Throughput, closed loop through every member.
     let clients: Vec<async_nats::Client> = {
         let mut clients = Vec::new();
         for i in 0..size {
@@ -356,6 +357,36 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     let members = Arc::new(members);
     let counter = Arc::new(AtomicU64::new(0));
     let duration = Duration::from_secs_f64(args.duration);
+
+    // 0. The baseline of this run (the machine's speed varies from day to day): the same
+    // writes through member 0 to a context that only it holds.
+    let solo = members[0].client.rpc("ctx.create", json!({ "app": "kv" })).await?["context"]
+        .as_str()
+        .context("ctx.create answered without a context")?
+        .to_string();
+    let solo_started = Instant::now();
+    let solo_until = solo_started + duration;
+    let mut loops = Vec::new();
+    for i in 0..args.concurrency as usize {
+        let (members, counter, solo) = (members.clone(), counter.clone(), solo.clone());
+        let client = clients[i % size].clone();
+        loops.push(tokio::spawn(async move {
+            let mut written = 0u64;
+            while Instant::now() < solo_until {
+                write(&client, &members[0], &solo, counter.fetch_add(1, Ordering::Relaxed)).await?;
+                written += 1;
+            }
+            anyhow::Ok(written)
+        }));
+    }
+    let mut solo_written = 0;
+    for handle in loops {
+        solo_written += handle.await??;
+    }
+    let solo_rate = solo_written as f64 / solo_started.elapsed().as_secs_f64();
+    tracing::info!(tx_per_s = solo_rate, "one member alone");
+
+    // 1. Throughput, closed loop through every member.
     let cpu_from = cpu_of(&members);
     let settling_from = settling_of(&ledger)?;
     let started = Instant::now();
@@ -521,6 +552,8 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
             "members_cpu_s": cpu_used(&cpu_from, &cpu_to),
             "seconds": round(elapsed, 2),
             "settling": settling,
+            "one_member_tx_per_s": round(solo_rate, 0),
+            "ratio_to_one_member": round(throughput / solo_rate.max(1.0), 3),
         },
         "latency": {
             "rate_per_s": round(rate, 0),
@@ -542,6 +575,10 @@ fn print_readable(report: &Value) {
     println!(
         "replicated: {} tx/s applied on all {} members (goal ≥ {}), {} transactions in {} s; members' CPU s {}",
         t["tx_per_s"], report["members"], t["goal_tx_per_s"], t["transactions"], t["seconds"], t["members_cpu_s"]
+    );
+    println!(
+        "baseline: {} tx/s through one member alone, same run (replicated / alone = {})",
+        t["one_member_tx_per_s"], t["ratio_to_one_member"]
     );
     let s = &t["settling"];
     println!(

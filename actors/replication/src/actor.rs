@@ -32,6 +32,8 @@ use crate::wire::{self, HeadsNotice, TxBatch, MESSAGE_OVERHEAD, NODE_HEADER};
 /// Transactions of one author kept while their parents are fetched; beyond it the oldest
 /// are dropped (a catch-up fetches them again).
 pub const WAITING_PER_AUTHOR: usize = 1_024;
+/// How long heads named in a notice may be on their way before this node fetches them.
+const HEADS_GRACE: Duration = Duration::from_secs(1);
 
 /// What the replicator listens to, subscribed before the node says it is ready.
 pub struct Subscriptions {
@@ -280,21 +282,27 @@ impl Replicator {
             tracing::debug!(%context, "ignored a malformed heads notice");
             return;
         };
+        self.check_heads(context, notice.node, notice.heads, true, ctx);
+    }
+
+    /// Catches up from `node` if this node lacks some of its `heads`. On a notice
+    /// (`first`), heads still lacking are checked once more after [`HEADS_GRACE`]: under
+    /// load most are broadcasts on their way, and fetching them would be wasted work.
+    fn check_heads(&mut self, context: Id, node: Address, heads: Vec<Id>, first: bool, ctx: &mut Context<Self>) {
         let state = self.link.state.clone();
-        let lacking = async move {
-            state
-                .send(cmesh_state::Lacking {
-                    context,
-                    ids: notice.heads,
-                })
-                .await
-        };
+        let lacking = async move { state.send(cmesh_state::Lacking { context, ids: heads }).await };
         ctx.spawn(lacking.into_actor(self).map(move |result, act, ctx| {
-            if let Ok(Ok(lacking)) = result {
-                if !lacking.is_empty() {
-                    tracing::debug!(%context, from = %notice.node, lacking = lacking.len(), "heads this node lacks");
-                    act.catch_up(context, Some(notice.node), ctx);
-                }
+            let Ok(Ok(lacking)) = result else { return };
+            if lacking.is_empty() {
+                return;
+            }
+            if first {
+                ctx.run_later(HEADS_GRACE, move |act, ctx| {
+                    act.check_heads(context, node, lacking, false, ctx)
+                });
+            } else {
+                tracing::debug!(%context, from = %node, lacking = lacking.len(), "heads this node lacks");
+                act.catch_up(context, Some(node), ctx);
             }
         }));
     }

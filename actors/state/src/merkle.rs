@@ -25,10 +25,14 @@ use serde::{Deserialize, Serialize};
 
 /// The tree of every context. Per context: a root entry under the bare context id (32
 /// bytes; the one child at the top, absent for an empty tree), and one entry per branching
-/// node under context(32) ++ crit(1) ++ prefix(32: the node's keys' first `crit` bits, the
-/// rest zero) holding its two children. A child is 66 bytes: kind (0 leaf,
+/// node under context(32) ++ prefix(32: the node's keys' first `crit` bits, the rest
+/// zero) ++ crit(1) holding its two children. A child is 66 bytes: kind (0 leaf,
 /// 1 node) ++ crit (0 for a leaf) ++ hash(32) ++ the leaf's key or the node's prefix (32).
-pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("merkle_nodes");
+///
+/// Prefix first: below the shared top of the tree, the nodes on one key's path sort next
+/// to each other and to that key, so a write dirties a page or two of this table rather
+/// than one page per level (what every commit writes and syncs).
+pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("merkle_paths");
 
 /// Root of a context with no pairs.
 pub const EMPTY_ROOT: [u8; 32] = [0; 32];
@@ -83,7 +87,7 @@ pub fn node_hash(crit: u8, left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
 }
 
 /// The key of a [`NODES`] entry, inline (a cache holds many): a context's root entry (the
-/// bare context id) or one of its node entries (context ++ crit ++ prefix).
+/// bare context id) or one of its node entries (context ++ prefix ++ crit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EntryKey {
     len: u8,
@@ -100,8 +104,8 @@ impl EntryKey {
     fn node(context: &[u8; 32], crit: u8, prefix: &[u8; 32]) -> Self {
         let mut bytes = [0u8; 65];
         bytes[..32].copy_from_slice(context);
-        bytes[32] = crit;
-        bytes[33..].copy_from_slice(prefix);
+        bytes[32..64].copy_from_slice(prefix);
+        bytes[64] = crit;
         EntryKey { len: 65, bytes }
     }
 

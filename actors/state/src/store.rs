@@ -79,8 +79,9 @@ impl ContextRecord {
 
 /// Tables of earlier versions whose contents this version cannot read (the sparse Merkle
 /// tree, whose roots differ from the crit-bit tree's; the linear transaction order of
-/// format 1, before the DAG): a store holding one is refused, never misread.
-const FORMER_TABLES: [&str; 2] = ["smt_nodes", "tx_order"];
+/// format 1, before the DAG; the crit-bit nodes keyed crit first): a store holding one is
+/// refused, never misread.
+const FORMER_TABLES: [&str; 3] = ["smt_nodes", "tx_order", "merkle_nodes"];
 
 pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(dir) = path.parent() {

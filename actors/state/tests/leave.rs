@@ -289,7 +289,7 @@ fn tables(db: &redb::Database) -> Vec<(String, Vec<Vec<u8>>)> {
     for table in txn.list_tables().expect("tables") {
         let name = table.name().to_string();
         let keys = match name.as_str() {
-            "app_code" | "contexts" | "txs" | "kv" | "merkle_nodes" | "tx_meta" | "membership_changes" | "undo" => {
+            "app_code" | "contexts" | "txs" | "kv" | "merkle_paths" | "tx_meta" | "membership_changes" | "undo" => {
                 keys::<&[u8]>(&txn, &name)
             }
             "dag_order" | "author_seqs" => keys::<()>(&txn, &name),
@@ -441,7 +441,7 @@ fn a_node_leaves_forgets_everything_and_can_join_again() {
             "contexts",
             "txs",
             "kv",
-            "merkle_nodes",
+            "merkle_paths",
             "tx_meta",
             "dag_order",
             "author_seqs",

@@ -17,7 +17,7 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 type Pairs = BTreeMap<[u8; 32], Vec<u8>>;
 type Bytes = &'static [u8];
-/// Node entries of one context: crit(1) ++ prefix(32) → the two encoded children.
+/// Node entries of one context: prefix(32) ++ crit(1) → the two encoded children.
 type NodeEntries = BTreeMap<Vec<u8>, Vec<u8>>;
 
 struct Store {
@@ -83,7 +83,7 @@ fn spec_subtree(pairs: &[(&[u8; 32], &Vec<u8>)], nodes: &mut NodeEntries) -> ([u
     let hash = spec_node(crit, &left_hash, &right_hash);
     let prefix = spec_prefix(keys[0], crit);
     nodes.insert(
-        [&[crit as u8][..], &prefix].concat(),
+        [&prefix[..], &[crit as u8]].concat(),
         [left_child, right_child].concat(),
     );
     (hash, [&[1, crit as u8][..], &hash, &prefix].concat())
@@ -103,7 +103,7 @@ fn spec_tree(pairs: &Pairs) -> ([u8; 32], Option<Vec<u8>>, NodeEntries) {
 // ---- reading the tables ----
 
 /// The context's NODES entries: its root entry, and its node entries as
-/// (crit ++ prefix) → value, checking the key layout.
+/// (prefix ++ crit) → value, checking the key layout.
 fn stored_tree(nodes: &impl ReadableTable<Bytes, Bytes>, context: &[u8; 32]) -> (Option<Vec<u8>>, NodeEntries) {
     let mut high = context.to_vec();
     high.extend([0xffu8; 33]);
@@ -857,7 +857,9 @@ fn fixed_vector() {
         assert_eq!(to_hex0x(&root), VECTOR_ROOT);
         // Three branching nodes: crits 0, 1 and 255.
         let stored = stored_nodes(&nodes, &context);
-        assert_eq!(stored.keys().map(|node| node[0]).collect::<Vec<_>>(), vec![0, 1, 255]);
+        let mut crits: Vec<u8> = stored.keys().map(|node| node[32]).collect();
+        crits.sort_unstable();
+        assert_eq!(crits, vec![0, 1, 255]);
         let proof = merkle::prove(&kv, &nodes, &context, &k2).expect("prove");
         assert_eq!(
             proof.steps,
@@ -959,7 +961,7 @@ fn keys_differing_in_the_last_bit_make_one_node() {
     let stored = stored_nodes(&nodes, &context);
     assert_eq!(
         stored.keys().cloned().collect::<Vec<_>>(),
-        vec![[&[255][..], &b].concat()]
+        vec![[&b[..], &[255]].concat()]
     );
     for (key, value) in [(a, b"a"), (b, b"b")] {
         let proof = merkle::prove(&kv, &nodes, &context, &key).expect("prove");
@@ -1121,7 +1123,7 @@ fn a_damaged_store_is_an_error_not_a_panic() {
     for key in &keys[..4] {
         merkle::set(&mut kv, &mut nodes, &context, key, Some(b"v")).expect("set");
     }
-    let node_key = |crit: u8, prefix: [u8; 32]| [&context[..], &[crit], &prefix].concat();
+    let node_key = |crit: u8, prefix: [u8; 32]| [&context[..], &prefix, &[crit]].concat();
     let top = node_key(1, [0; 32]);
     let low = node_key(255, [0; 32]);
     let root = merkle::root(&nodes, &context).expect("root");
