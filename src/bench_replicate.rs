@@ -287,6 +287,18 @@ async fn settle(ledger: &Mutex<Ledger>, txs: &[String], members: usize) -> (Opti
     }
 }
 
+/// Over every member: broadcast transactions that came before their parents, and the
+/// catch-ups run (`ctx.status`).
+async fn repairs(members: &[Member], context: &str) -> anyhow::Result<(u64, u64)> {
+    let (mut parked, mut catch_ups) = (0, 0);
+    for member in members {
+        let status = member.client.rpc("ctx.status", json!({ "context": context })).await?;
+        parked += status["parked"].as_u64().unwrap_or(0);
+        catch_ups += status["catch_ups"].as_u64().unwrap_or(0);
+    }
+    Ok((parked, catch_ups))
+}
+
 fn settling_of(ledger: &Mutex<Ledger>) -> anyhow::Result<Settling> {
     Ok(ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?.settling)
 }
@@ -389,6 +401,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     // 1. Throughput, closed loop through every member.
     let cpu_from = cpu_of(&members);
     let settling_from = settling_of(&ledger)?;
+    let repairs_from = repairs(&members, &context).await?;
     let started = Instant::now();
     let until = started + duration;
     let mut loops = Vec::new();
@@ -414,7 +427,10 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     }
     let (last, missing) = settle(&ledger, &written, size).await;
     let cpu_to = cpu_of(&members);
-    let settling = settling_of(&ledger)?.since(settling_from);
+    let mut settling = settling_of(&ledger)?.since(settling_from);
+    let repairs_to = repairs(&members, &context).await?;
+    settling["parked"] = json!(repairs_to.0 - repairs_from.0);
+    settling["catch_ups"] = json!(repairs_to.1 - repairs_from.1);
     let Some(last) = last else {
         bail!("no write reached every member");
     };
@@ -582,8 +598,9 @@ fn print_readable(report: &Value) {
     );
     let s = &t["settling"];
     println!(
-        "settling: {} received in {} settles; per received transaction {} undone and {} applied",
-        s["received"], s["settles"], s["undone_per_received"], s["applied_per_received"]
+        "settling: {} received in {} settles; per received transaction {} undone and {} applied; \
+         {} came before their parents; {} catch-ups",
+        s["received"], s["settles"], s["undone_per_received"], s["applied_per_received"], s["parked"], s["catch_ups"]
     );
     println!(
         "convergence at {} tx/s: p50 {} ms, p99 {} ms (goal p99 ≤ {} ms); {} of {} not everywhere; \

@@ -18,7 +18,7 @@ use cmesh_router::registrar::RegistrarActor;
 use cmesh_router::router::RouterActor;
 use cmesh_router::services::Services;
 use cmesh_state::runtime::RuntimeConfig;
-use cmesh_state::{StateActor, StateConfig};
+use cmesh_state::{Persist, StateActor, StateConfig};
 use futures::StreamExt;
 
 use crate::config::NodeConfig;
@@ -184,10 +184,11 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         iam: iam.clone(),
         events: events.clone(),
         registrar,
-        state,
+        state: state.clone(),
         replicator,
         client: client.clone(),
     };
+    let persist = state;
     let router = RouterActor::new(services).start();
 
     let endpoints = endpoint_specs(&address);
@@ -241,6 +242,12 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         handle.abort();
     }
     micro.stop().await;
+    // Batches of broadcast transactions alone were committed without fsync.
+    match persist.send(Persist).await {
+        Ok(Ok(())) => tracing::info!("state made durable"),
+        Ok(Err(e)) => tracing::error!(error = %e, "making the state durable failed"),
+        Err(e) => tracing::error!(error = %e, "state actor gone before it was made durable"),
+    }
     match events.send(Shutdown).await {
         Ok(Ok(head)) => tracing::info!(audit_head = head, "audit trail flushed"),
         Ok(Err(e)) => tracing::error!(error = %e, "audit trail flush failed"),

@@ -22,11 +22,12 @@ use bytes::Bytes;
 use cmesh_common::Address;
 use cmesh_state::tx::VerifiedTx;
 use cmesh_state::{Committed, FetchTransactions, Forget, GetSyncState, HeldContexts, Id, Leave, StateError};
+use futures::channel::oneshot;
 use futures::stream::{select_all, Stream, StreamExt};
 
 use crate::error::ReplicationError;
 use crate::messages::{ContextStatus, JoinContext, LeaveContext, LeftReply, Phase, StatusReply};
-use crate::sync::{Link, Outcome, Progress};
+use crate::sync::{Link, Outcome, Progress, Turn};
 use crate::wire::{self, HeadsNotice, TxBatch, MESSAGE_OVERHEAD, NODE_HEADER};
 
 /// Transactions of one author kept while their parents are fetched; beyond it the oldest
@@ -86,6 +87,11 @@ struct Tracked {
     error: Option<String>,
     invalid: u64,
     dropped: u64,
+    /// Catch-ups started, and received transactions that had to wait for parents.
+    catch_ups: u64,
+    parked: u64,
+    /// Fires once the last broadcast batch received was handed to the state actor.
+    last_turn: Option<oneshot::Receiver<()>>,
 }
 
 impl Tracked {
@@ -102,6 +108,9 @@ impl Tracked {
             error: None,
             invalid: 0,
             dropped: 0,
+            catch_ups: 0,
+            parked: 0,
+            last_turn: None,
         }
     }
 
@@ -138,6 +147,7 @@ impl Replicator {
             return;
         }
         tracked.syncing = true;
+        tracked.catch_ups += 1;
         tracked.started = Some(Instant::now());
         tracked.elapsed = None;
         tracked.progress = Progress::default();
@@ -232,7 +242,8 @@ impl Replicator {
         };
         let link = self.link.clone();
         let encoded = batch.txs.into_iter().map(|tx| tx.into_vec()).collect();
-        let work = async move { link.deliver(context, encoded, false).await };
+        let turn = Turn::next(&mut tracked.last_turn);
+        let work = async move { link.deliver(context, encoded, turn).await };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             let delivered = match result {
                 Ok(delivered) => delivered,
@@ -248,6 +259,7 @@ impl Replicator {
             if delivered.waiting.is_empty() {
                 return;
             }
+            tracked.parked += delivered.waiting.len() as u64;
             let mut authors = Vec::new();
             for tx in delivered.waiting.into_values() {
                 let author = tx.tx().body.author;
@@ -399,6 +411,8 @@ impl Replicator {
             invalid: tracked.invalid,
             dropped: tracked.dropped,
             waiting: tracked.waiting_count(),
+            catch_ups: tracked.catch_ups,
+            parked: tracked.parked,
             applied: None,
             root: None,
             heads: None,

@@ -65,6 +65,10 @@ pub struct StatusReply {
     pub dropped: u64,
     /// Transactions waiting for their parents.
     pub waiting: u64,
+    /// Since the node started: catch-ups run, and broadcast transactions that arrived
+    /// before their parents and had to wait.
+    pub catch_ups: u64,
+    pub parked: u64,
     /// This node's copy, once it holds the context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applied: Option<u64>,

@@ -23,6 +23,7 @@ use cmesh_state::tx::{Op, VerifiedTx};
 use cmesh_state::{
     AppCode, Deploy, GetSyncState, Id, Lacking, OrderKey, Receive, ReceiveReport, StateActor, StateError, SyncState,
 };
+use futures::channel::oneshot;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -87,6 +88,28 @@ pub struct Delivered {
     pub rejected: Vec<Rejected>,
     /// The checked transactions still waiting for parents, by id.
     pub waiting: HashMap<Id, VerifiedTx>,
+}
+
+/// A broadcast batch's place among its context's: its transactions reach the state actor
+/// after those of the batches that arrived before it, whichever is checked first. (A
+/// member's transaction usually names another member's that arrived just before it;
+/// handed over in the wrong order, it would wait for that parent and start a catch-up.)
+pub struct Turn {
+    /// Fires once the batch before has been handed over.
+    pub after: Option<oneshot::Receiver<()>>,
+    /// Fired once this one has.
+    pub then: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// The next turn after `last` (the previous batch's signal, replaced by this one's).
+    pub fn next(last: &mut Option<oneshot::Receiver<()>>) -> Turn {
+        let (then, after_this) = oneshot::channel();
+        Turn {
+            after: last.replace(after_this),
+            then,
+        }
+    }
 }
 
 /// Transactions that passed the checks that need no state, and those refused.
@@ -205,19 +228,16 @@ impl Link {
         }
     }
 
-    /// Checks encoded transactions on the verifier pool and hands the good ones to the
-    /// state actor. `joining`: the context may start from its genesis among them.
-    pub async fn deliver(
-        &self,
-        context: Id,
-        encoded: Vec<Vec<u8>>,
-        joining: bool,
-    ) -> Result<Delivered, ReplicationError> {
-        self.deliver_with(context, encoded, Vec::new(), joining).await
+    /// Checks a broadcast batch on the verifier pool and hands the good transactions to
+    /// the state actor in `turn`.
+    pub async fn deliver(&self, context: Id, encoded: Vec<Vec<u8>>, turn: Turn) -> Result<Delivered, ReplicationError> {
+        let verified = self.check(context, encoded).await?;
+        self.hand_over(context, verified, false, Some(turn)).await
     }
 
-    /// [`Link::deliver`] of `encoded`, together with `checked` transactions (ones that
-    /// waited for parents), which are not checked again.
+    /// Checks `encoded` transactions on the verifier pool and hands the good ones to the
+    /// state actor, together with `checked` ones (that waited for parents), which are not
+    /// checked again. `joining`: the context may start from its genesis among them.
     pub async fn deliver_with(
         &self,
         context: Id,
@@ -227,7 +247,7 @@ impl Link {
     ) -> Result<Delivered, ReplicationError> {
         let mut verified = self.check(context, encoded).await?;
         verified.txs.extend(checked);
-        self.hand_over(context, verified, joining).await
+        self.hand_over(context, verified, joining, None).await
     }
 
     /// Checks encoded transactions on the verifier pool; says which were refused.
@@ -246,21 +266,37 @@ impl Link {
         Ok(verified)
     }
 
-    /// Hands checked transactions to the state actor.
-    async fn hand_over(&self, context: Id, verified: Verified, joining: bool) -> Result<Delivered, ReplicationError> {
+    /// Hands checked transactions to the state actor, after the batches before `turn`.
+    async fn hand_over(
+        &self,
+        context: Id,
+        verified: Verified,
+        joining: bool,
+        turn: Option<Turn>,
+    ) -> Result<Delivered, ReplicationError> {
         let Verified { txs, rejected } = verified;
         let mut delivered = Delivered {
             rejected,
             ..Delivered::default()
         };
         let mut by_id: HashMap<Id, VerifiedTx> = txs.iter().map(|tx| (tx.id(), tx.clone())).collect();
-        if !txs.is_empty() {
-            let joining = joining.then_some(context);
-            delivered.report = self
-                .state
-                .send(Receive { txs, joining })
-                .await
-                .map_err(mailbox("state"))??;
+        let mut turn = turn;
+        if let Some(before) = turn.as_mut().and_then(|turn| turn.after.take()) {
+            // A batch given up on (its task gone) counts as handed over.
+            let _ = before.await;
+        }
+        // `send` queues the message at once; the answer comes later.
+        let request = (!txs.is_empty()).then(|| {
+            self.state.send(Receive {
+                txs,
+                joining: joining.then_some(context),
+            })
+        });
+        if let Some(turn) = turn {
+            let _ = turn.then.send(());
+        }
+        if let Some(request) = request {
+            delivered.report = request.await.map_err(mailbox("state"))??;
         }
         for (id, _) in &delivered.report.missing {
             if let Some(tx) = by_id.remove(id) {
@@ -342,7 +378,7 @@ impl Link {
                         None => None,
                     }
                 };
-                let (delivered, upcoming) = futures::join!(self.hand_over(context, verified, joining), prefetch);
+                let (delivered, upcoming) = futures::join!(self.hand_over(context, verified, joining, None), prefetch);
                 let delivered = delivered?;
                 outcome.added += delivered.report.added.len() as u64;
                 waiting.extend(delivered.waiting);

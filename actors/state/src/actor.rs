@@ -15,8 +15,8 @@ use crate::ids::Id;
 use crate::messages::{
     AppCode, CallContext, CallReply, Committed, ContextInfo, ContextMembers, ContextRoot, CreateContext, Deploy,
     FetchTransactions, Forget, ForgetReply, GetSyncState, HeldContexts, Invite, Lacking, Leave, LeaveReply, ListApps,
-    ListContexts, MemberReply, MembersReply, MissingTransactions, Receive, ReceiveReport, ResolveContext, RoleReply,
-    RootReply, SetRole, Stats, SyncPage, SyncState,
+    ListContexts, MemberReply, MembersReply, MissingTransactions, Persist, Receive, ReceiveReport, ResolveContext,
+    RoleReply, RootReply, SetRole, Stats, SyncPage, SyncState,
 };
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{self, AppRecord};
@@ -197,6 +197,14 @@ impl Handler<Forget> for StateActor {
 
     fn handle(&mut self, msg: Forget, _: &mut Context<Self>) -> Self::Result {
         self.submit(|answer| Job::Forget(msg, answer))
+    }
+}
+
+impl Handler<Persist> for StateActor {
+    type Result = ResponseFuture<Result<(), StateError>>;
+
+    fn handle(&mut self, _: Persist, _: &mut Context<Self>) -> Self::Result {
+        self.submit(Job::Persist)
     }
 }
 

@@ -77,6 +77,8 @@ pub enum Job {
     Receive(Receive, Answer<ReceiveReport>),
     Leave(Leave, Answer<LeaveReply>),
     Forget(Forget, Answer<ForgetReply>),
+    /// Nothing but a durable commit.
+    Persist(Answer<()>),
 }
 
 /// A job's answer, held until its batch is durable.
@@ -88,6 +90,7 @@ enum Done {
     Receive(Answer<ReceiveReport>, Result<ReceiveReport, StateError>),
     Leave(Answer<LeaveReply>, Result<LeaveReply, StateError>),
     Forget(Answer<ForgetReply>, Result<ForgetReply, StateError>),
+    Persist(Answer<()>, Result<(), StateError>),
 }
 
 impl Job {
@@ -113,6 +116,7 @@ impl Done {
             Done::Receive(tx, r) => tx.send(r).map_err(drop),
             Done::Leave(tx, r) => tx.send(r).map_err(drop),
             Done::Forget(tx, r) => tx.send(r).map_err(drop),
+            Done::Persist(tx, r) => tx.send(r).map_err(drop),
         };
     }
 
@@ -125,6 +129,7 @@ impl Done {
             Done::Receive(tx, _) => Done::Receive(tx, not_committed(message)),
             Done::Leave(tx, _) => Done::Leave(tx, not_committed(message)),
             Done::Forget(tx, _) => Done::Forget(tx, not_committed(message)),
+            Done::Persist(tx, _) => Done::Persist(tx, not_committed(message)),
         }
     }
 }
@@ -329,6 +334,7 @@ impl Executor {
                     Job::Forget(msg, answer) => self
                         .forget(&mut tables, staged, effects, msg)
                         .into_done(|r| Done::Forget(answer, r)),
+                    Job::Persist(answer) => (Done::Persist(answer, Ok(())), None),
                 };
                 let (answer, failure) = result;
                 done.push(answer);
@@ -967,6 +973,7 @@ fn pending(job: Job) -> Done {
         Job::Receive(_, answer) => Done::Receive(answer, not_committed(MESSAGE)),
         Job::Leave(_, answer) => Done::Leave(answer, not_committed(MESSAGE)),
         Job::Forget(_, answer) => Done::Forget(answer, not_committed(MESSAGE)),
+        Job::Persist(answer) => Done::Persist(answer, not_committed(MESSAGE)),
     }
 }
 

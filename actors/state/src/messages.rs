@@ -322,6 +322,12 @@ pub struct RootReply {
     pub applied: u64,
 }
 
+/// Makes everything committed so far durable (a batch of broadcast transactions alone
+/// skips the fsync): what a node does before it stops.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<(), StateError>")]
+pub struct Persist;
+
 /// Counters of the write path, for tests, benchmarks and metrics.
 #[derive(Message)]
 #[rtype(result = "WriteStats")]

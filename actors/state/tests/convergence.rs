@@ -23,7 +23,8 @@ use cmesh_state::runtime::RuntimeConfig;
 use cmesh_state::tx::Transaction;
 use cmesh_state::{
     CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions, GetSyncState, Id, Invite,
-    MissingTransactions, Receive, ReceiveReport, Requester, Role, RootReply, SetRole, StateActor, StateConfig, Stats,
+    MissingTransactions, Persist, Receive, ReceiveReport, Requester, Role, RootReply, SetRole, StateActor, StateConfig,
+    Stats,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -591,9 +592,21 @@ fn broadcast_transactions_skip_the_fsync_and_the_next_durable_commit_keeps_them(
         let written = b.send(Stats).await.expect("stats");
         assert_eq!(written.commits - received.commits, 1);
         assert_eq!(written.unsynced, received.unsynced, "an answered write is durable");
+
+        // More broadcast transactions, then what a stopping node asks for: a durable commit.
+        let later = vec![call(&a, admin, context, "set", json!(["a3", 3])).await];
+        receive(&b, &later, None).await;
+        let received = b.send(Stats).await.expect("stats");
+        assert_eq!(received.unsynced - written.unsynced, 1);
+        b.send(Persist).await.expect("mailbox").expect("persist");
+        let persisted = b.send(Stats).await.expect("stats");
+        assert_eq!(
+            (persisted.commits - received.commits, persisted.unsynced),
+            (1, received.unsynced)
+        );
         let held = root(&b, admin, context).await;
 
-        // B stops and starts again: the durable commit kept what came before it.
+        // B stops and starts again: the durable commits kept what came before them.
         drop(b);
         let mut freed = false;
         for _ in 0..400 {
@@ -611,5 +624,6 @@ fn broadcast_transactions_skip_the_fsync_and_the_next_durable_commit_keeps_them(
             (held.root, &held.heads, held.applied)
         );
         assert_eq!(get(&b, admin, context, "a2").await, json!(2));
+        assert_eq!(get(&b, admin, context, "a3").await, json!(3));
     });
 }
