@@ -465,6 +465,37 @@ fn a_newcomer_catches_up_page_by_page_and_later_only_what_it_lacks() {
     });
 }
 
+/// Two members of a new kv context: A made it, B joined.
+struct Pair {
+    dir: tempfile::TempDir,
+    cache: PathBuf,
+    admin: Address,
+    a: Addr<StateActor>,
+    b: Addr<StateActor>,
+    context: Id,
+}
+
+async fn pair() -> Pair {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("modules");
+    let admin = SigningKey::generate().expect("admin").address();
+    let (a, _) = start(dir.path(), &cache, "a");
+    let (b, b_address) = start(dir.path(), &cache, "b");
+    deploy(&a, admin).await;
+    deploy(&b, admin).await;
+    let context = create_kv_context(&a, admin).await;
+    invite(&a, admin, context, b_address).await;
+    catch_up(&a, &b, context, true, 16).await;
+    Pair {
+        dir,
+        cache,
+        admin,
+        a,
+        b,
+        context,
+    }
+}
+
 /// Makes a write through `state`; answers its id and encoding.
 async fn call(
     state: &Addr<StateActor>,
@@ -507,16 +538,14 @@ async fn get(state: &Addr<StateActor>, admin: Address, context: Id, key: &str) -
 fn a_received_write_that_commutes_undoes_nothing_and_one_that_read_a_later_write_rolls_back() {
     let system = actix::System::new();
     system.block_on(async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = dir.path().join("modules");
-        let admin = SigningKey::generate().expect("admin").address();
-        let (a, _) = start(dir.path(), &cache, "a");
-        let (b, b_address) = start(dir.path(), &cache, "b");
-        deploy(&a, admin).await;
-        deploy(&b, admin).await;
-        let context = create_kv_context(&a, admin).await;
-        invite(&a, admin, context, b_address).await;
-        catch_up(&a, &b, context, true, 16).await;
+        let Pair {
+            dir,
+            cache,
+            admin,
+            a,
+            b,
+            context,
+        } = pair().await;
 
         // Apart: A writes five keys in a chain; B writes another key, then copies one
         // of A's keys (absent at B, so B's copy wrote nothing).
@@ -564,16 +593,14 @@ fn a_received_write_that_commutes_undoes_nothing_and_one_that_read_a_later_write
 fn broadcast_transactions_skip_the_fsync_and_the_next_durable_commit_keeps_them() {
     let system = actix::System::new();
     system.block_on(async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = dir.path().join("modules");
-        let admin = SigningKey::generate().expect("admin").address();
-        let (a, _) = start(dir.path(), &cache, "a");
-        let (b, b_address) = start(dir.path(), &cache, "b");
-        deploy(&a, admin).await;
-        deploy(&b, admin).await;
-        let context = create_kv_context(&a, admin).await;
-        invite(&a, admin, context, b_address).await;
-        catch_up(&a, &b, context, true, 16).await;
+        let Pair {
+            dir,
+            cache,
+            admin,
+            a,
+            b,
+            context,
+        } = pair().await;
         let mut made = Vec::new();
         for i in 0..3 {
             made.push(call(&a, admin, context, "set", json!([format!("a{i}"), i])).await);
