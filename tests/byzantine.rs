@@ -136,11 +136,7 @@ impl Members {
                 for &i in nodes {
                     roots.push(self.root(i).await);
                 }
-                let first = &roots[0];
-                let same = roots.iter().all(|r| {
-                    r["root"] == first["root"] && r["heads"] == first["heads"] && r["applied"] == json!(applied)
-                });
-                same.then(|| first.clone())
+                converged_roots(&roots, applied)
             },
         )
         .await

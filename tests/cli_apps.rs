@@ -31,19 +31,7 @@ impl Cli<'_> {
 
     /// Runs a command that must succeed; its stdout as JSON.
     async fn ok(&self, args: &[&str]) -> Value {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "cmesh {args:?} failed: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "cmesh {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        cli_json(args, &self.run(args).await)
     }
 }
 

@@ -140,11 +140,7 @@ impl Members {
                 for &i in nodes {
                     roots.push(self.root(i).await);
                 }
-                let first = &roots[0];
-                let same = roots.iter().all(|r| {
-                    r["root"] == first["root"] && r["heads"] == first["heads"] && r["applied"] == json!(applied)
-                });
-                same.then(|| first.clone())
+                converged_roots(&roots, applied)
             },
         )
         .await
@@ -650,19 +646,7 @@ impl Cli {
 
     /// Runs a command that must succeed; its stdout as JSON.
     async fn ok(&self, args: &[&str]) -> Value {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "cmesh {args:?} failed: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "cmesh {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        cli_json(args, &self.run(args).await)
     }
 }
 

@@ -99,6 +99,32 @@ pub async fn sleep_until_unix_ms(target: u64) {
     }
 }
 
+/// The stdout of a `cmesh` command that must have succeeded, as JSON.
+pub fn cli_json(args: &[&str], out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "cmesh {args:?} failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cmesh {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The first of `roots` (`ctx.root` answers, one per node) if all hold `applied`
+/// transactions and agree on heads and root.
+pub fn converged_roots(roots: &[Value], applied: u64) -> Option<Value> {
+    let first = roots.first()?;
+    roots
+        .iter()
+        .all(|r| r["root"] == first["root"] && r["heads"] == first["heads"] && r["applied"] == json!(applied))
+        .then(|| first.clone())
+}
+
 pub fn new_key() -> SigningKey {
     SigningKey::generate().expect("generate a key")
 }
