@@ -224,6 +224,56 @@ async fn write(client: &async_nats::Client, member: &Member, context: &str, n: u
         .with_context(|| format!("a write answered without tx: {body}"))
 }
 
+/// A new kv context made through `member`; its id.
+async fn create_kv_context(member: &Member) -> anyhow::Result<String> {
+    let created = member.client.rpc("ctx.create", json!({ "app": "kv" })).await?;
+    Ok(created["context"]
+        .as_str()
+        .context("ctx.create answered without a context")?
+        .to_string())
+}
+
+/// Closed-loop writes to `context` for `duration`, `concurrency` at once: loop `i` writes
+/// through member `through(i)` on client `i` (modulo their number), each write noted in
+/// `ledger` if there is one. Answers the transactions made.
+#[allow(clippy::too_many_arguments)]
+async fn closed_loop(
+    clients: &[async_nats::Client],
+    members: &Arc<Vec<Member>>,
+    ledger: Option<&Arc<Mutex<Ledger>>>,
+    counter: &Arc<AtomicU64>,
+    context: &str,
+    concurrency: u32,
+    duration: Duration,
+    through: impl Fn(usize) -> usize,
+) -> anyhow::Result<Vec<String>> {
+    let until = Instant::now() + duration;
+    let mut loops = Vec::new();
+    for i in 0..concurrency as usize {
+        let (members, ledger, counter) = (members.clone(), ledger.cloned(), counter.clone());
+        let (client, member, context) = (clients[i % clients.len()].clone(), through(i), context.to_string());
+        loops.push(tokio::spawn(async move {
+            let member = &members[member];
+            let mut txs = Vec::new();
+            while Instant::now() < until {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                let tx = write(&client, member, &context, n).await?;
+                if let Some(ledger) = &ledger {
+                    acknowledged(ledger, tx.clone(), member.address, sent, Instant::now());
+                }
+                txs.push(tx);
+            }
+            anyhow::Ok(txs)
+        }));
+    }
+    let mut written = Vec::new();
+    for handle in loops {
+        written.extend(handle.await??);
+    }
+    Ok(written)
+}
+
 /// Follows every member's `state.received` events into the ledger.
 async fn follow_events(events: async_nats::Subscriber, ledger: Arc<Mutex<Ledger>>) {
     let mut events = events;
@@ -345,11 +395,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
         .rpc("app.deploy", crate::apps::deploy_params("kv", "1.0.0", KV_WASM))
         .await
         .context("deploying kv")?;
-    let created = first.client.rpc("ctx.create", json!({ "app": "kv" })).await?;
-    let context = created["context"]
-        .as_str()
-        .context("ctx.create answered without a context")?
-        .to_string();
+    let context = create_kv_context(first).await?;
     for other in &members[1..] {
         first
             .client
@@ -372,30 +418,20 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
 
     // 0. The baseline of this run (the machine's speed varies from day to day): the same
     // writes through member 0 to a context that only it holds.
-    let solo = members[0].client.rpc("ctx.create", json!({ "app": "kv" })).await?["context"]
-        .as_str()
-        .context("ctx.create answered without a context")?
-        .to_string();
+    let solo = create_kv_context(&members[0]).await?;
     let solo_started = Instant::now();
-    let solo_until = solo_started + duration;
-    let mut loops = Vec::new();
-    for i in 0..args.concurrency as usize {
-        let (members, counter, solo) = (members.clone(), counter.clone(), solo.clone());
-        let client = clients[i % size].clone();
-        loops.push(tokio::spawn(async move {
-            let mut written = 0u64;
-            while Instant::now() < solo_until {
-                write(&client, &members[0], &solo, counter.fetch_add(1, Ordering::Relaxed)).await?;
-                written += 1;
-            }
-            anyhow::Ok(written)
-        }));
-    }
-    let mut solo_written = 0;
-    for handle in loops {
-        solo_written += handle.await??;
-    }
-    let solo_rate = solo_written as f64 / solo_started.elapsed().as_secs_f64();
+    let solo_written = closed_loop(
+        &clients,
+        &members,
+        None,
+        &counter,
+        &solo,
+        args.concurrency,
+        duration,
+        |_| 0,
+    )
+    .await?;
+    let solo_rate = solo_written.len() as f64 / solo_started.elapsed().as_secs_f64();
     tracing::info!(tx_per_s = solo_rate, "one member alone");
 
     // 1. Throughput, closed loop through every member.
@@ -403,28 +439,17 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     let settling_from = settling_of(&ledger)?;
     let repairs_from = repairs(&members, &context).await?;
     let started = Instant::now();
-    let until = started + duration;
-    let mut loops = Vec::new();
-    for i in 0..args.concurrency as usize {
-        let (members, ledger, counter, context) = (members.clone(), ledger.clone(), counter.clone(), context.clone());
-        let client = clients[i % size].clone();
-        loops.push(tokio::spawn(async move {
-            let member = &members[i % members.len()];
-            let mut txs = Vec::new();
-            while Instant::now() < until {
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let sent = Instant::now();
-                let tx = write(&client, member, &context, n).await?;
-                acknowledged(&ledger, tx.clone(), member.address, sent, Instant::now());
-                txs.push(tx);
-            }
-            anyhow::Ok(txs)
-        }));
-    }
-    let mut written = Vec::new();
-    for handle in loops {
-        written.extend(handle.await??);
-    }
+    let written = closed_loop(
+        &clients,
+        &members,
+        Some(&ledger),
+        &counter,
+        &context,
+        args.concurrency,
+        duration,
+        |i| i % size,
+    )
+    .await?;
     let (last, missing) = settle(&ledger, &written, size).await;
     let cpu_to = cpu_of(&members);
     let mut settling = settling_of(&ledger)?.since(settling_from);
