@@ -20,23 +20,19 @@ use std::sync::Arc;
 use actix::Addr;
 use cmesh_common::{Address, SigningKey};
 use cmesh_state::runtime::RuntimeConfig;
-use cmesh_state::tx::Transaction;
 use cmesh_state::{
-    CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions, GetSyncState, Id, Invite,
-    MissingTransactions, Persist, Receive, ReceiveReport, Requester, Role, RootReply, SetRole, StateActor, StateConfig,
-    Stats,
+    CallContext, ContextMembers, ContextRoot, GetSyncState, Id, MissingTransactions, Persist, Receive, ReceiveReport,
+    Requester, Role, RootReply, SetRole, StateActor, StateConfig, Stats,
 };
 use proptest::prelude::*;
 use serde_json::json;
 
+mod common;
+use common::*;
+
 const MEMBERS: usize = 3;
 /// Keys written: few enough that concurrent writes often touch the same ones.
 const KEYS: u8 = 6;
-
-fn kv_wasm() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../apps/kv/kv.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -103,53 +99,6 @@ fn start(base: &Path, cache: &Path, name: &str) -> (Addr<StateActor>, Address) {
         StateActor::start(config, key, None, None).expect("state actor"),
         address,
     )
-}
-
-async fn deploy(state: &Addr<StateActor>, by: Address) {
-    let deploy = Deploy {
-        by,
-        name: "kv".into(),
-        version: "1.0.0".into(),
-        wasm: kv_wasm(),
-    };
-    state.send(deploy).await.expect("mailbox").expect("deploy");
-}
-
-async fn create_kv_context(state: &Addr<StateActor>, admin: Address) -> Id {
-    let create = CreateContext {
-        by: Requester::new(admin),
-        app: "kv".into(),
-        version: None,
-    };
-    state.send(create).await.expect("mailbox").expect("create").context
-}
-
-/// Invites `member` (one seat); answers the invitation's transaction id.
-async fn invite(state: &Addr<StateActor>, admin: Address, context: Id, member: Address) -> Id {
-    let invite = Invite {
-        by: Requester::new(admin),
-        context: context.to_string(),
-        member,
-        seats: 1,
-    };
-    state.send(invite).await.expect("mailbox").expect("invite").tx
-}
-
-fn decode(encoded: &[u8]) -> cmesh_state::tx::VerifiedTx {
-    Transaction::decode(encoded)
-        .expect("decodes")
-        .checked()
-        .expect("a member's transaction checks")
-}
-
-async fn fetch(state: &Addr<StateActor>, context: Id, id: Id) -> Vec<u8> {
-    let mut found = state
-        .send(FetchTransactions { context, ids: vec![id] })
-        .await
-        .expect("mailbox")
-        .expect("fetch");
-    assert_eq!(found.len(), 1, "the author holds its transaction {id}");
-    found.remove(0)
 }
 
 async fn receive(state: &Addr<StateActor>, txs: &[(Id, Vec<u8>)], joining: Option<Id>) -> ReceiveReport {
@@ -634,16 +583,7 @@ fn broadcast_transactions_skip_the_fsync_and_the_next_durable_commit_keeps_them(
         let held = root(&b, admin, context).await;
 
         // B stops and starts again: the durable commits kept what came before them.
-        drop(b);
-        let mut freed = false;
-        for _ in 0..400 {
-            if redb::Database::open(dir.path().join("b").join("state.redb")).is_ok() {
-                freed = true;
-                break;
-            }
-            actix::clock::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        assert!(freed, "the store is still open after the actor stopped");
+        drop(stop(b, &dir.path().join("b").join("state.redb")).await);
         let (b, _) = start(dir.path(), &cache, "b");
         let again = root(&b, admin, context).await;
         assert_eq!(

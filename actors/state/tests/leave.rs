@@ -7,25 +7,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Addr;
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey, Status};
 use cmesh_state::runtime::RuntimeConfig;
-use cmesh_state::tx::{Op, Transaction, TxBody, VerifiedTx, TX_FORMAT};
+use cmesh_state::tx::{Op, TxBody, VerifiedTx, TX_FORMAT};
 use cmesh_state::{
-    CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, FetchTransactions, Forget, GetSyncState, Id,
-    Invite, Leave, ListContexts, MissingTransactions, Receive, ReceiveReport, Requester, RootReply, StateActor,
-    StateConfig, StateError,
+    CallContext, ContextMembers, ContextRoot, FetchTransactions, Forget, GetSyncState, Id, Leave, ListContexts,
+    MissingTransactions, Receive, ReceiveReport, Requester, RootReply, StateActor, StateConfig, StateError,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde_json::json;
 
-fn kv_wasm() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../apps/kv/kv.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
+mod common;
+use common::*;
 
 /// A node: its directory and key, so that it can be stopped and started again.
 struct Node {
@@ -64,48 +60,6 @@ impl Node {
     }
 }
 
-/// Stops a state actor (its executor and view threads let go of `state.redb` once its
-/// last address is gone) and opens the store itself once it is free.
-async fn stop(state: Addr<StateActor>, node: &Node) -> redb::Database {
-    drop(state);
-    for _ in 0..400 {
-        match redb::Database::open(node.store()) {
-            Ok(db) => return db,
-            Err(_) => actix::clock::sleep(Duration::from_millis(25)).await,
-        }
-    }
-    panic!("{} is still open after the actor stopped", node.store().display());
-}
-
-async fn deploy(state: &Addr<StateActor>, by: Address) {
-    let deploy = Deploy {
-        by,
-        name: "kv".into(),
-        version: "1.0.0".into(),
-        wasm: kv_wasm(),
-    };
-    state.send(deploy).await.expect("mailbox").expect("deploy");
-}
-
-async fn create_kv_context(state: &Addr<StateActor>, admin: Address) -> Id {
-    let create = CreateContext {
-        by: Requester::new(admin),
-        app: "kv".into(),
-        version: None,
-    };
-    state.send(create).await.expect("mailbox").expect("create").context
-}
-
-async fn invite(state: &Addr<StateActor>, admin: Address, context: Id, member: Address) -> Id {
-    let invite = Invite {
-        by: Requester::new(admin),
-        context: context.to_string(),
-        member,
-        seats: 1,
-    };
-    state.send(invite).await.expect("mailbox").expect("invite").tx
-}
-
 fn set(by: Address, context: Id, key: &str, value: u32) -> CallContext {
     CallContext {
         by: Requester::new(by),
@@ -120,23 +74,6 @@ fn set(by: Address, context: Id, key: &str, value: u32) -> CallContext {
 async fn write(state: &Addr<StateActor>, by: Address, context: Id, key: &str, value: u32) -> Result<Id, StateError> {
     let reply = state.send(set(by, context, key, value)).await.expect("mailbox")?;
     Ok(reply.tx.expect("a write is a transaction"))
-}
-
-fn decode(encoded: &[u8]) -> VerifiedTx {
-    Transaction::decode(encoded)
-        .expect("decodes")
-        .checked()
-        .expect("a member's transaction checks")
-}
-
-async fn fetch(state: &Addr<StateActor>, context: Id, id: Id) -> Vec<u8> {
-    let mut found = state
-        .send(FetchTransactions { context, ids: vec![id] })
-        .await
-        .expect("mailbox")
-        .expect("fetch");
-    assert_eq!(found.len(), 1, "the author holds its transaction {id}");
-    found.remove(0)
 }
 
 async fn receive(state: &Addr<StateActor>, txs: Vec<VerifiedTx>, joining: Option<Id>) -> ReceiveReport {
@@ -427,7 +364,7 @@ fn a_node_leaves_forgets_everything_and_can_join_again() {
         assert_forgotten(&b, admin, context, &ids).await;
 
         // Nothing of the context is left in B's store; its other context and the app are.
-        let db = stop(b, &node_b).await;
+        let db = stop(b, &node_b.store()).await;
         let held = tables(&db);
         for (table, _) in &held {
             assert_eq!(naming(&held, table, &context), Vec::<&Vec<u8>>::new(), "{table}");
