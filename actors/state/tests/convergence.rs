@@ -21,8 +21,8 @@ use actix::Addr;
 use cmesh_common::{Address, SigningKey};
 use cmesh_state::runtime::RuntimeConfig;
 use cmesh_state::{
-    CallContext, ContextMembers, ContextRoot, GetSyncState, Id, MissingTransactions, Persist, Receive, ReceiveReport,
-    Requester, Role, RootReply, SetRole, StateActor, StateConfig, Stats,
+    CallContext, ContextMembers, ContextRoot, Id, Persist, Receive, ReceiveReport, Requester, Role, RootReply, SetRole,
+    StateActor, StateConfig, Stats,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -321,42 +321,6 @@ proptest! {
             let fresh_root = root(&fresh, mesh.admin, mesh.context).await;
             assert_eq!((fresh_root.root, &fresh_root.heads), (first.root, &first.heads));
         });
-    }
-}
-
-async fn catch_up(from: &Addr<StateActor>, to: &Addr<StateActor>, context: Id, joining: bool, page: usize) -> usize {
-    let have = if joining {
-        Vec::new()
-    } else {
-        to.send(GetSyncState { context })
-            .await
-            .expect("mailbox")
-            .expect("sync state")
-            .seqs
-    };
-    let mut after = None;
-    let mut fetched = 0;
-    loop {
-        let page = from
-            .send(MissingTransactions {
-                context,
-                have: have.clone(),
-                after,
-                limit: page,
-                max_bytes: usize::MAX,
-            })
-            .await
-            .expect("mailbox")
-            .expect("page");
-        fetched += page.txs.len();
-        let txs: Vec<(Id, Vec<u8>)> = page.txs.into_iter().map(|tx| (Id::ZERO, tx)).collect();
-        let report = receive(to, &txs, joining.then_some(context)).await;
-        assert!(report.missing.is_empty() && report.invalid.is_empty(), "{report:?}");
-        assert_eq!(report.added.len(), txs.len(), "pages come parents first: {report:?}");
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return fetched,
-        }
     }
 }
 

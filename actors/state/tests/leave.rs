@@ -122,34 +122,8 @@ async fn all_transactions(from: &Addr<StateActor>, context: Id) -> Vec<Vec<u8>> 
 /// `to` joins `context` from `from`'s pages (three transactions a page), parents first,
 /// or takes what it lacks if it holds some already. Answers how many it took.
 async fn join(from: &Addr<StateActor>, to: &Addr<StateActor>, context: Id) -> usize {
-    let have = match to.send(GetSyncState { context }).await.expect("mailbox") {
-        Ok(state) => state.seqs,
-        Err(_) => Vec::new(),
-    };
-    let mut after = None;
-    let mut fetched = 0;
-    loop {
-        let page = from
-            .send(MissingTransactions {
-                context,
-                have: have.clone(),
-                after,
-                limit: 3,
-                max_bytes: usize::MAX,
-            })
-            .await
-            .expect("mailbox")
-            .expect("page");
-        fetched += page.txs.len();
-        let txs: Vec<VerifiedTx> = page.txs.iter().map(|tx| decode(tx)).collect();
-        let report = receive(to, txs, Some(context)).await;
-        assert!(report.missing.is_empty() && report.invalid.is_empty(), "{report:?}");
-        assert_eq!(report.added.len(), page.txs.len(), "{report:?}");
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return fetched,
-        }
-    }
+    let held = to.send(GetSyncState { context }).await.expect("mailbox").is_ok();
+    catch_up(from, to, context, !held, 3).await
 }
 
 async fn members(state: &Addr<StateActor>, by: Address, context: Id) -> Vec<Address> {

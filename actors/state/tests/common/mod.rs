@@ -8,7 +8,10 @@ use std::time::Duration;
 use actix::Addr;
 use cmesh_common::Address;
 use cmesh_state::tx::{Transaction, VerifiedTx};
-use cmesh_state::{CreateContext, Deploy, FetchTransactions, Id, Invite, Requester, StateActor};
+use cmesh_state::{
+    CreateContext, Deploy, FetchTransactions, GetSyncState, Id, Invite, MissingTransactions, Receive, Requester,
+    StateActor,
+};
 
 pub fn kv_wasm() -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../apps/kv/kv.wasm");
@@ -60,6 +63,55 @@ pub async fn fetch(state: &Addr<StateActor>, context: Id, id: Id) -> Vec<u8> {
         .expect("fetch");
     assert_eq!(found.len(), 1, "the author holds its transaction {id}");
     found.remove(0)
+}
+
+/// `to` takes `context` from `from`'s pages of `page` transactions, parents first: all
+/// of it when `joining`, else what it lacks. Answers how many it took.
+pub async fn catch_up(
+    from: &Addr<StateActor>,
+    to: &Addr<StateActor>,
+    context: Id,
+    joining: bool,
+    page: usize,
+) -> usize {
+    let have = if joining {
+        Vec::new()
+    } else {
+        to.send(GetSyncState { context })
+            .await
+            .expect("mailbox")
+            .expect("sync state")
+            .seqs
+    };
+    let mut after = None;
+    let mut fetched = 0;
+    loop {
+        let page = from
+            .send(MissingTransactions {
+                context,
+                have: have.clone(),
+                after,
+                limit: page,
+                max_bytes: usize::MAX,
+            })
+            .await
+            .expect("mailbox")
+            .expect("page");
+        fetched += page.txs.len();
+        let txs: Vec<VerifiedTx> = page.txs.iter().map(|tx| decode(tx)).collect();
+        let count = txs.len();
+        let receive = Receive {
+            txs,
+            joining: joining.then_some(context),
+        };
+        let report = to.send(receive).await.expect("mailbox").expect("receive");
+        assert!(report.missing.is_empty() && report.invalid.is_empty(), "{report:?}");
+        assert_eq!(report.added.len(), count, "pages come parents first: {report:?}");
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return fetched,
+        }
+    }
 }
 
 /// Stops a state actor (its executor and view threads let go of the store once its last
