@@ -23,6 +23,12 @@ use serde_json::{json, Value};
 use crate::client::{MeshClient, Target};
 use crate::config::{NodeArgs, NodeConfig};
 
+/// mimalloc rather than the system allocator: a node allocates and frees many small,
+/// short-lived buffers per request on several threads, where glibc's malloc spends a
+/// tenth of the node's time (consolidating free lists); see docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A node of an authenticated-by-default, decentralized mesh on NATS, and its client.
 ///
 /// Clients address functions by FQMN (e.g. `I:whoami`, `R:hello.mcom:["Dexter"]`) or
