@@ -17,12 +17,16 @@ use crate::ids::Id;
 use crate::membership::{self, Change, ChangeRecord, ChangeSource, Members};
 use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
-use crate::tx::{Op, TxBody};
+use crate::tx::{Op, Transaction, TxBody};
 
-/// Transaction id (32) → [`TxMeta`].
-pub const TX_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tx_meta");
-/// Context (32) ++ height (8, big-endian) ++ transaction id (32): the apply order.
-pub const DAG_ORDER: TableDefinition<&[u8], ()> = TableDefinition::new("dag_order");
+/// Transaction id (32) → a [`TxRow`]: what the node keeps about the transaction and the
+/// signed transaction itself, in one row, so that adding a transaction writes one row at a
+/// random place in the table rather than two.
+pub const TRANSACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transactions");
+/// Context (32) ++ height (8, big-endian) ++ transaction id (32) → an encoded
+/// [`Undo`](crate::replay::Undo), or nothing while the transaction is not applied yet
+/// (inside a batch): the apply order and the undo rows in one table, keyed alike.
+pub const APPLY_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("apply_order");
 /// Context (32) ++ author (20) ++ seq (8, big-endian) ++ transaction id (32).
 pub const AUTHOR_SEQS: TableDefinition<&[u8], ()> = TableDefinition::new("author_seqs");
 /// Context (32) ++ transaction id (32) → [`ChangeRecord`] of a membership change.
@@ -41,6 +45,73 @@ pub struct TxMeta {
     pub frontier: Vec<Id>,
     /// Whether this transaction is itself a membership change (in [`CHANGES`]).
     pub change: bool,
+}
+
+/// A row of [`TRANSACTIONS`]: the length of the encoded [`TxMeta`] (2 bytes, big-endian),
+/// the encoded meta, then the encoded signed transaction. A node's own transaction has its
+/// meta row as soon as it is added to the DAG (later transactions of the same batch name it
+/// as a parent) and gets its signed encoding at the end of the batch; the row is never
+/// committed without it.
+pub struct TxRow<'a> {
+    meta: &'a [u8],
+    tx: &'a [u8],
+}
+
+impl<'a> TxRow<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<TxRow<'a>, StateError> {
+        let corrupt = || StateError::Record(format!("a transaction row of {} bytes", bytes.len()));
+        let (len, rest) = bytes.split_first_chunk::<2>().ok_or_else(corrupt)?;
+        let (meta, tx) = rest
+            .split_at_checked(usize::from(u16::from_be_bytes(*len)))
+            .ok_or_else(corrupt)?;
+        Ok(TxRow { meta, tx })
+    }
+
+    pub fn meta(&self) -> Result<TxMeta, StateError> {
+        store::decode(self.meta)
+    }
+
+    /// The encoded signed transaction.
+    pub fn tx(&self) -> &'a [u8] {
+        self.tx
+    }
+
+    /// A row of `meta` and the encoded transaction `tx` (empty: not signed yet).
+    pub fn encode(meta: &[u8], tx: &[u8]) -> Result<Vec<u8>, StateError> {
+        let len = u16::try_from(meta.len())
+            .map_err(|_| StateError::Record(format!("transaction metadata of {} bytes", meta.len())))?;
+        let mut row = Vec::with_capacity(2 + meta.len() + tx.len());
+        row.extend_from_slice(&len.to_be_bytes());
+        row.extend_from_slice(meta);
+        row.extend_from_slice(tx);
+        Ok(row)
+    }
+}
+
+/// The meta of the transaction `id` in its [`TRANSACTIONS`] row, if it is held.
+pub fn read_meta(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &Id,
+) -> Result<Option<TxMeta>, StateError> {
+    match table.get(id.0.as_slice())? {
+        Some(bytes) => Ok(Some(TxRow::parse(bytes.value())?.meta()?)),
+        None => Ok(None),
+    }
+}
+
+/// Puts the signed encoding of a transaction this node made into its row, which
+/// [`add`] wrote with the meta alone.
+pub fn attach_signed(tables: &mut Tables, id: &Id, tx: &[u8]) -> Result<(), StateError> {
+    let row = {
+        let bytes = tables
+            .txs
+            .get(id.0.as_slice())?
+            .ok_or_else(|| StateError::Record(format!("transaction {id} has no row to sign into")))?;
+        let row = TxRow::parse(bytes.value())?;
+        TxRow::encode(row.meta, tx)?
+    };
+    tables.txs.insert(id.0.as_slice(), row.as_slice())?;
+    Ok(())
 }
 
 /// Where a transaction sorts in its context.
@@ -178,16 +249,15 @@ impl<T: ChangeTable> ChangeSource for StoredChanges<'_, T> {
     }
 }
 
-pub fn meta(tables: &Tables, id: &Id) -> Result<Option<TxMeta>, StateError> {
-    match tables.meta.get(id.0.as_slice())? {
-        Some(bytes) => Ok(Some(store::decode(bytes.value())?)),
-        None => Ok(None),
-    }
-}
-
 /// Adds a genesis: the context's first transaction. Answers the new context's record
-/// (nothing applied yet), or `None` if the context is held already.
-pub fn add_genesis(tables: &mut Tables, body: &TxBody, id: Id) -> Result<Option<ContextRecord>, StateError> {
+/// (nothing applied yet), or `None` if the context is held already. `signed` is the
+/// signed transaction, `None` for this node's own (see [`attach_signed`]).
+pub fn add_genesis(
+    tables: &mut Tables,
+    body: &TxBody,
+    id: Id,
+    signed: Option<&Transaction>,
+) -> Result<Option<ContextRecord>, StateError> {
     let Op::Create {
         app,
         name,
@@ -198,7 +268,7 @@ pub fn add_genesis(tables: &mut Tables, body: &TxBody, id: Id) -> Result<Option<
     else {
         return Err(StateError::Record(format!("transaction {id} is not a genesis")));
     };
-    if tables.meta.get(id.0.as_slice())?.is_some() {
+    if tables.txs.get(id.0.as_slice())?.is_some() {
         return Ok(None);
     }
     let mut record = ContextRecord {
@@ -217,19 +287,21 @@ pub fn add_genesis(tables: &mut Tables, body: &TxBody, id: Id) -> Result<Option<
         frontier: Vec::new(),
         seqs: Vec::new(),
     };
-    store_new(tables, &mut record, body, id, 1, Vec::new())?;
+    store_new(tables, &mut record, body, id, signed, 1, Vec::new())?;
     Ok(Some(record))
 }
 
-/// Adds a transaction of a held context, if its causal past allows it.
+/// Adds a transaction of a held context, if its causal past allows it. `signed` is the
+/// signed transaction, `None` for this node's own (see [`attach_signed`]).
 pub fn add(
     tables: &mut Tables,
     members: &mut MemberCache,
     record: &mut ContextRecord,
     body: &TxBody,
     id: Id,
+    signed: Option<&Transaction>,
 ) -> Result<Added, StateError> {
-    if tables.meta.get(id.0.as_slice())?.is_some() {
+    if tables.txs.get(id.0.as_slice())?.is_some() {
         return Ok(Added::Duplicate);
     }
     if body.is_genesis() || body.context != record.id {
@@ -241,7 +313,7 @@ pub fn add(
     let mut parents = Vec::with_capacity(body.parents.len());
     let mut missing = Vec::new();
     for parent in &body.parents {
-        match meta(tables, parent)? {
+        match read_meta(&tables.txs, parent)? {
             Some(meta) => parents.push((*parent, meta)),
             None => missing.push(*parent),
         }
@@ -283,18 +355,19 @@ pub fn add(
             body.author, record.id
         )));
     }
-    let key = store_new(tables, record, body, id, height, frontier)?;
+    let key = store_new(tables, record, body, id, signed, height, frontier)?;
     Ok(Added::New(key))
 }
 
-/// Writes the rows of a transaction that passed the checks (all but the transaction
-/// itself, which may still wait for its signature) and updates the record's heads,
-/// frontier, author counts and time.
+/// Writes the rows of a transaction that passed the checks (this node's own, `signed` =
+/// `None`, waits for its signature) and updates the record's heads, frontier, author
+/// counts and time. Its place in the apply order is marked not applied yet.
 fn store_new(
     tables: &mut Tables,
     record: &mut ContextRecord,
     body: &TxBody,
     id: Id,
+    signed: Option<&Transaction>,
     height: u64,
     frontier: Vec<Id>,
 ) -> Result<OrderKey, StateError> {
@@ -310,8 +383,12 @@ fn store_new(
         frontier: frontier.clone(),
         change: change.is_some(),
     };
-    tables.meta.insert(id.0.as_slice(), store::encode(&meta)?.as_slice())?;
-    tables.order.insert(key.in_context(&context).as_slice(), ())?;
+    let tx = signed.map(Transaction::encode).transpose()?.unwrap_or_default();
+    let row = TxRow::encode(&store::encode(&meta)?, &tx)?;
+    tables.txs.insert(id.0.as_slice(), row.as_slice())?;
+    tables
+        .order
+        .insert(key.in_context(&context).as_slice(), [].as_slice())?;
     tables
         .seqs
         .insert(seq_key(&context, &body.author, body.seq, &id).as_slice(), ())?;

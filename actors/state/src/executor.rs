@@ -358,7 +358,7 @@ impl Executor {
                 let context = body.context_of(id);
                 let tx = Transaction { body, signature };
                 let encoded = tx.encode()?;
-                tables.txs.insert(id.0.as_slice(), encoded.as_slice())?;
+                dag::attach_signed(&mut tables, &id, &encoded)?;
                 effects.made.entry(context).or_default().push(encoded);
             }
         }
@@ -417,11 +417,12 @@ impl Executor {
         };
         let id = body.id().map_err(|e| fatal(e.into()))?;
         let (effect, undo) = replay::apply(&self.runtime, tables, &mut record, &body, id).map_err(fatal)?;
+        replay::refresh_root(tables, &mut record).map_err(fatal)?;
         let effect = match effect {
             Ok(effect) => effect,
             Err(err) => return Ok(Err(err)),
         };
-        match dag::add(tables, &mut self.members, &mut record, &body, id).map_err(fatal)? {
+        match dag::add(tables, &mut self.members, &mut record, &body, id, None).map_err(fatal)? {
             Added::New(key) => replay::mark_applied(tables, &mut record, key, &undo).map_err(fatal)?,
             other => {
                 return Err(fatal(StateError::Record(format!(
@@ -469,7 +470,7 @@ impl Executor {
             },
         };
         let id = body.id().map_err(|e| fatal(e.into()))?;
-        let mut record = dag::add_genesis(tables, &body, id)
+        let mut record = dag::add_genesis(tables, &body, id, None)
             .map_err(fatal)?
             .ok_or_else(|| fatal(StateError::Record(format!("context {id} exists already"))))?;
         let (effect, undo) = replay::apply(&self.runtime, tables, &mut record, &body, id).map_err(fatal)?;
@@ -684,7 +685,9 @@ impl Executor {
                         }
                         continue;
                     };
-                    match dag::add(tables, &mut self.members, &mut record, body, id).map_err(fatal)? {
+                    match dag::add(tables, &mut self.members, &mut record, body, id, Some(verified.tx()))
+                        .map_err(fatal)?
+                    {
                         Added::New(key) => {
                             staged.insert(context, record);
                             key
@@ -710,11 +713,6 @@ impl Executor {
                         }
                     }
                 };
-                let encoded = verified.tx().encode().map_err(|e| fatal(e.into()))?;
-                tables
-                    .txs
-                    .insert(id.0.as_slice(), encoded.as_slice())
-                    .map_err(|e| fatal(e.into()))?;
                 earliest
                     .entry(context)
                     .and_modify(|k| *k = (*k).min(key))
@@ -820,7 +818,7 @@ impl Executor {
                 ))));
             }
         }
-        let record = dag::add_genesis(tables, body, id)
+        let record = dag::add_genesis(tables, body, id, Some(verified.tx()))
             .map_err(fatal)?
             .ok_or_else(|| fatal(StateError::Record(format!("context {id} exists already"))))?;
         start_context(tables, staged, record).map_err(fatal)?;

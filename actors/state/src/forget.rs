@@ -19,8 +19,8 @@ use crate::store;
 use crate::tables::Tables;
 
 /// Deletes every row of `context`: its record, its transactions and their metadata, its
-/// apply order, author counts, membership changes and undo rows, its key-value state and
-/// tree, and its roles (with the matching memberships of users). Answers how many
+/// apply order with the undo rows, author counts, membership changes, its key-value state
+/// and tree, and its roles (with the matching memberships of users). Answers how many
 /// transactions were deleted. The caller drops the context's record from its caches.
 pub fn forget(tables: &mut Tables, context: &Id) -> Result<u64, StateError> {
     let low = context.0.as_slice();
@@ -33,10 +33,8 @@ pub fn forget(tables: &mut Tables, context: &Id) -> Result<u64, StateError> {
     }
     for id in &ids {
         tables.txs.remove(id.0.as_slice())?;
-        tables.meta.remove(id.0.as_slice())?;
     }
     remove_range(&mut tables.order, low, &last)?;
-    remove_range(&mut tables.undo, low, &last)?;
     let last_seq = dag::seq_key(context, &Address([0xff; 20]), u64::MAX, &Id([0xff; 32]));
     remove_range(&mut tables.seqs, low, &last_seq)?;
     remove_range(&mut tables.changes, low, &dag::change_key(context, &Id([0xff; 32])))?;

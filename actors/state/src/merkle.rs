@@ -16,6 +16,12 @@
 //! [`set`] and [`clear`] reach the node entries through [`NodeStore`], so they run on the
 //! redb table directly or through the state executor's cache of it
 //! ([`NodeCache`](crate::node_cache::NodeCache)); the tree algorithm is the same.
+//!
+//! Hashing can wait: [`write`] changes the tree's shape at once but only marks the nodes
+//! on the key's path stale, and [`refresh`] hashes every stale node once, bottom up. A
+//! batch of writes (a catch-up page, a received batch) then hashes the top of the tree,
+//! which all their paths share, once instead of once per write. Stale marks live only in
+//! the executor's cache: a flush refuses to store one, so a stored tree is always hashed.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +49,14 @@ const NODE_TAG: u8 = 0x01;
 const KEY_BITS: usize = 256;
 /// Length of one encoded child, in a node entry or the root entry.
 const CHILD_LEN: usize = 66;
+/// The kind byte of a stale child; never stored (see [`is_stale_entry`]).
+const STALE_TAG: u8 = 2;
+
+/// Whether an entry's bytes (a root entry or a node entry) name a stale child: such an
+/// entry must not be stored.
+pub fn is_stale_entry(bytes: &[u8]) -> bool {
+    bytes.chunks(CHILD_LEN).any(|child| child.first() == Some(&STALE_TAG))
+}
 
 /// What went wrong reading or updating a context's tree.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +82,18 @@ pub enum MerkleError {
         crit: u8,
         prefix: [u8; 32],
     },
+    /// A node's hash was asked for, or it was about to be stored, before [`refresh`]
+    /// computed it.
+    #[error("tree node at crit {crit} (prefix {}) in context {} is not hashed yet", to_hex0x(.prefix), to_hex0x(.context))]
+    Unhashed {
+        context: [u8; 32],
+        crit: u8,
+        prefix: [u8; 32],
+    },
+    /// A tree entry not hashed yet was about to be stored: a write was not followed by a
+    /// refresh. Nothing of the batch is kept.
+    #[error("a tree entry was about to be stored before its hashes were computed")]
+    StaleEntry,
     /// The tree and the pair table disagree on whether a key is present.
     #[error("tree and pairs disagree on key {} in context {}", to_hex0x(.key), to_hex0x(.context))]
     Inconsistent { context: [u8; 32], key: [u8; 32] },
@@ -188,38 +214,70 @@ pub fn set(
     key: &[u8; 32],
     value: Option<&[u8]>,
 ) -> Result<[u8; 32], MerkleError> {
-    replace(kv, nodes, context, key, value).map(|(root, _)| root)
+    write(kv, nodes, context, key, value)?;
+    refresh(nodes, context)
 }
 
-/// [`set`], answering the value the key had as well (what undoing the write restores).
-pub fn replace(
+/// [`set`] without hashing: the nodes on the key's path are left stale until [`refresh`].
+/// Answers the value the key had (what undoing the write restores).
+pub fn write(
     kv: &mut Table<'_, &'static [u8], &'static [u8]>,
     nodes: &mut impl NodeStore,
     context: &[u8; 32],
     key: &[u8; 32],
     value: Option<&[u8]>,
-) -> Result<([u8; 32], Option<Vec<u8>>), MerkleError> {
+) -> Result<Option<Vec<u8>>, MerkleError> {
     let full_key = kv_key(context, key);
     let old = match value {
         Some(value) => kv.insert(full_key.as_slice(), value)?,
         None => kv.remove(full_key.as_slice())?,
     }
     .map(|old| old.value().to_vec());
-    if old.as_deref() == value {
-        return Ok((root_in(nodes, context)?, old));
+    if old.as_deref() != value {
+        update_tree(nodes, context, key, value)?;
     }
-    let root = update_tree(nodes, context, key, value)?;
-    Ok((root, old))
+    Ok(old)
+}
+
+/// Hashes the context's stale nodes, each once, children before parents, and answers its
+/// root. Cheap when nothing is stale: it reads the root entry.
+pub fn refresh(nodes: &mut impl NodeStore, context: &[u8; 32]) -> Result<[u8; 32], MerkleError> {
+    let Some(top) = read_root(nodes, context)? else {
+        return Ok(EMPTY_ROOT);
+    };
+    let fresh = hashed(nodes, context, top)?;
+    if fresh != top {
+        nodes.insert_entry(&EntryKey::root(context), fresh.encode().as_slice())?;
+    }
+    fresh.hash(context)
+}
+
+/// `child` with its hash computed, and the entries below it that were stale rewritten
+/// with theirs. Recursion goes at most 256 deep: crits grow strictly downwards.
+fn hashed(nodes: &mut impl NodeStore, context: &[u8; 32], child: Child) -> Result<Child, MerkleError> {
+    let Child::Stale { crit, prefix } = child else {
+        return Ok(child);
+    };
+    let mut children = read_node(nodes, context, crit, &prefix)?;
+    for child in &mut children {
+        *child = hashed(nodes, context, *child)?;
+    }
+    nodes.insert_entry(
+        &EntryKey::node(context, crit, &prefix),
+        encode_children(&children).as_slice(),
+    )?;
+    Child::node(context, crit, prefix, &children)
 }
 
 /// Puts the new value's leaf (or its absence) into the tree; the pair table already
-/// holds the change.
+/// holds the change. The nodes above it are marked stale, up to the first one that is
+/// already: its ancestors are too, since marks are only ever made up to the top.
 fn update_tree(
     nodes: &mut impl NodeStore,
     context: &[u8; 32],
     key: &[u8; 32],
     value: Option<&[u8]>,
-) -> Result<[u8; 32], MerkleError> {
+) -> Result<(), MerkleError> {
     let (mut path, end) = descend(nodes, context, key)?;
     // The child that replaces `end` in its parent (or at the top).
     let mut current = match (value, end) {
@@ -242,14 +300,14 @@ fn update_tree(
                         &EntryKey::node(context, crit, &prefix),
                         encode_children(&children).as_slice(),
                     )?;
-                    Child::node(crit, prefix, &children)
+                    Child::Stale { crit, prefix }
                 }
             }
         }
         (None, Some(Child::Leaf { key: found, .. })) if found == *key => match path.pop() {
             None => {
                 nodes.remove_entry(&EntryKey::root(context))?;
-                return Ok(EMPTY_ROOT);
+                return Ok(());
             }
             // The leaf's parent goes; its other child takes the parent's place.
             Some(parent) => {
@@ -265,15 +323,21 @@ fn update_tree(
         }
     };
     for node in path.iter_mut().rev() {
+        if node.children[node.side] == current {
+            return Ok(());
+        }
         node.children[node.side] = current;
         nodes.insert_entry(
             &EntryKey::node(context, node.crit, &node.prefix),
             encode_children(&node.children).as_slice(),
         )?;
-        current = Child::node(node.crit, node.prefix, &node.children);
+        current = Child::Stale {
+            crit: node.crit,
+            prefix: node.prefix,
+        };
     }
     nodes.insert_entry(&EntryKey::root(context), current.encode().as_slice())?;
-    Ok(*current.hash())
+    Ok(())
 }
 
 /// The context's current root ([`EMPTY_ROOT`] if it has no pairs). The root entry holds
@@ -286,7 +350,7 @@ pub fn root(
 }
 
 fn root_in(nodes: &mut impl NodeSource, context: &[u8; 32]) -> Result<[u8; 32], MerkleError> {
-    Ok(read_root(nodes, context)?.map_or(EMPTY_ROOT, |top| *top.hash()))
+    read_root(nodes, context)?.map_or(Ok(EMPTY_ROOT), |top| top.hash(context))
 }
 
 /// Proof of `key`'s value (or absence) against the context's current root.
@@ -309,6 +373,13 @@ pub fn prove(
     let (found, hash) = loop {
         match end {
             Child::Leaf { key, hash } => break (key, hash),
+            Child::Stale { crit, prefix } => {
+                return Err(MerkleError::Unhashed {
+                    context: *context,
+                    crit,
+                    prefix,
+                })
+            }
             Child::Node { crit, prefix, .. } => {
                 let children = read_node(&mut nodes, context, crit, &prefix)?;
                 end = children[0];
@@ -336,11 +407,13 @@ pub fn prove(
     }
     let steps = path
         .iter()
-        .map(|node| Step {
-            crit: node.crit,
-            sibling: *node.children[1 - node.side].hash(),
+        .map(|node| {
+            Ok(Step {
+                crit: node.crit,
+                sibling: node.children[1 - node.side].hash(context)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, MerkleError>>()?;
     Ok(Proof {
         steps,
         end: Some(ProofLeaf { key: found, value_hash }),
@@ -455,23 +528,49 @@ fn hash_of_sorted(leaves: &[([u8; 32], [u8; 32])]) -> [u8; 32] {
 /// A subtree as its parent (or the root entry) sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Child {
-    Leaf { key: [u8; 32], hash: [u8; 32] },
-    Node { crit: u8, prefix: [u8; 32], hash: [u8; 32] },
+    Leaf {
+        key: [u8; 32],
+        hash: [u8; 32],
+    },
+    Node {
+        crit: u8,
+        prefix: [u8; 32],
+        hash: [u8; 32],
+    },
+    /// A branching node changed since it was last hashed (see [`refresh`]).
+    Stale {
+        crit: u8,
+        prefix: [u8; 32],
+    },
 }
 
 impl Child {
-    /// The branching node at `crit`/`prefix` over `children`.
-    fn node(crit: u8, prefix: [u8; 32], children: &[Child; 2]) -> Child {
-        Child::Node {
+    /// The branching node at `crit`/`prefix` over `children`, hashed.
+    fn node(context: &[u8; 32], crit: u8, prefix: [u8; 32], children: &[Child; 2]) -> Result<Child, MerkleError> {
+        Ok(Child::Node {
             crit,
             prefix,
-            hash: node_hash(crit, children[0].hash(), children[1].hash()),
+            hash: node_hash(crit, &children[0].hash(context)?, &children[1].hash(context)?),
+        })
+    }
+
+    /// Its hash; an error for a stale node, whose hash is not known yet.
+    fn hash(&self, context: &[u8; 32]) -> Result<[u8; 32], MerkleError> {
+        match self {
+            Child::Leaf { hash, .. } | Child::Node { hash, .. } => Ok(*hash),
+            Child::Stale { crit, prefix } => Err(MerkleError::Unhashed {
+                context: *context,
+                crit: *crit,
+                prefix: *prefix,
+            }),
         }
     }
 
-    fn hash(&self) -> &[u8; 32] {
-        match self {
-            Child::Leaf { hash, .. } | Child::Node { hash, .. } => hash,
+    /// The crit and prefix of a branching node, hashed or not.
+    fn branch(&self) -> Option<(u8, [u8; 32])> {
+        match *self {
+            Child::Leaf { .. } => None,
+            Child::Node { crit, prefix, .. } | Child::Stale { crit, prefix } => Some((crit, prefix)),
         }
     }
 
@@ -480,17 +579,25 @@ impl Child {
     fn label(&self) -> &[u8; 32] {
         match self {
             Child::Leaf { key, .. } => key,
-            Child::Node { prefix, .. } => prefix,
+            Child::Node { prefix, .. } | Child::Stale { prefix, .. } => prefix,
         }
     }
 
+    /// Kind (0 leaf, 1 node, 2 stale node) ++ crit ++ hash (zeros while stale) ++ label.
     fn encode(&self) -> [u8; CHILD_LEN] {
         let mut out = [0u8; CHILD_LEN];
-        if let Child::Node { crit, .. } = self {
-            out[0] = 1;
-            out[1] = *crit;
+        match self {
+            Child::Leaf { hash, .. } => out[2..34].copy_from_slice(hash),
+            Child::Node { crit, hash, .. } => {
+                out[0] = 1;
+                out[1] = *crit;
+                out[2..34].copy_from_slice(hash);
+            }
+            Child::Stale { crit, .. } => {
+                out[0] = STALE_TAG;
+                out[1] = *crit;
+            }
         }
-        out[2..34].copy_from_slice(self.hash());
         out[34..].copy_from_slice(self.label());
         out
     }
@@ -510,6 +617,7 @@ impl Child {
                 prefix: label,
                 hash: *hash,
             }),
+            [STALE_TAG, crit] if *hash == [0; 32] => Some(Child::Stale { crit, prefix: label }),
             _ => None,
         }
     }
@@ -542,7 +650,7 @@ fn descend(
     let Some(mut child) = read_root(nodes, context)? else {
         return Ok((path, None));
     };
-    while let Child::Node { crit, prefix, .. } = child {
+    while let Some((crit, prefix)) = child.branch() {
         if common_prefix_bits(key, &prefix) < usize::from(crit) {
             break;
         }
@@ -581,10 +689,7 @@ fn read_node(
     crit: u8,
     prefix: &[u8; 32],
 ) -> Result<[Child; 2], MerkleError> {
-    let valid = |child: &Child| match child {
-        Child::Leaf { .. } => true,
-        Child::Node { crit: below, .. } => *below > crit,
-    };
+    let valid = |child: &Child| child.branch().is_none_or(|(below, _)| below > crit);
     nodes.read_entry(&EntryKey::node(context, crit, prefix), |entry| {
         let bytes = entry.ok_or(MerkleError::MissingNode {
             context: *context,
@@ -705,11 +810,20 @@ mod tests {
             prefix: [5; 32],
             hash: [6; 32],
         };
-        for child in [leaf, node] {
+        let stale = Child::Stale {
+            crit: 9,
+            prefix: [7; 32],
+        };
+        for child in [leaf, node, stale] {
             let bytes = child.encode();
             assert_eq!(Child::decode(&bytes), Some(child));
             assert_eq!(Child::decode(&bytes[..65]), None);
         }
+        assert!(is_stale_entry(&[node.encode(), stale.encode()].concat()));
+        assert!(!is_stale_entry(&[node.encode(), leaf.encode()].concat()));
+        let mut hashed_stale = stale.encode();
+        hashed_stale[2] = 1;
+        assert_eq!(Child::decode(&hashed_stale), None, "a stale node has no hash");
         assert_eq!(leaf.encode()[..3], [0, 0, 4]);
         assert_eq!(node.encode()[..3], [1, 200, 6]);
         let mut bad = leaf.encode();

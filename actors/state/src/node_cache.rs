@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, Table};
 
-use crate::merkle::{EntryKey, MerkleError, NodeSource, NodeStore};
+use crate::merkle::{is_stale_entry, EntryKey, MerkleError, NodeSource, NodeStore};
 
 /// Node entries (and root entries) as read or written, some changed since they were last
 /// written to the table.
@@ -100,7 +100,11 @@ pub struct CachedNodes<'c, 't> {
 
 impl CachedNodes<'_, '_> {
     /// Writes every changed entry to the table once, in key order; they stay cached, now
-    /// clean. After an error, abort the transaction and drop the cache.
+    /// clean. Refuses an entry that is not hashed yet ([`merkle::refresh`] was not called
+    /// after a [`merkle::write`]). After an error, abort the transaction and drop the cache.
+    ///
+    /// [`merkle::refresh`]: crate::merkle::refresh
+    /// [`merkle::write`]: crate::merkle::write
     pub fn flush(&mut self) -> Result<(), MerkleError> {
         let cache = &mut *self.cache;
         cache.dirty.sort_unstable_by(|a, b| a.as_slice().cmp(b.as_slice()));
@@ -112,6 +116,7 @@ impl CachedNodes<'_, '_> {
                 continue;
             };
             match &entry.value {
+                Some(value) if is_stale_entry(value) => return Err(MerkleError::StaleEntry),
                 Some(value) => self.table.insert(key.as_slice(), value.as_slice())?,
                 None => self.table.remove(key.as_slice())?,
             };

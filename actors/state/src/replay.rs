@@ -1,6 +1,8 @@
 //! Applying transactions to a context's state, and taking them back. Every applied
-//! transaction leaves an undo row (keyed like its place in the order) with the values it
-//! replaced and the keys it read.
+//! transaction leaves an undo row (its row of the apply order, [`APPLY_ORDER`]) with the
+//! values it replaced and the keys it read.
+//!
+//! [`APPLY_ORDER`]: crate::dag::APPLY_ORDER
 //!
 //! Received transactions usually sort before some already applied (they were made
 //! concurrently, a few ms ago). Settling them first tries each one at the end of the
@@ -19,10 +21,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use cmesh_common::Address;
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::dag::OrderKey;
+use crate::dag::{OrderKey, TxRow};
 use crate::error::StateError;
 use crate::executor::{check_role, load_code, output_value};
 use crate::ids::{address_bytes, Id};
@@ -33,10 +35,6 @@ use crate::runtime::{AppEvent, Call, Runtime};
 use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
 use crate::tx::{Op, Transaction, TxBody};
-
-/// Context (32) ++ height (8) ++ transaction id (32) → [`Undo`]: one row per applied
-/// transaction.
-pub const UNDO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("undo");
 
 /// How to take one applied transaction back (its steps undone in reverse order), and
 /// what it read.
@@ -120,7 +118,8 @@ pub enum Effect {
 
 /// Applies one transaction to the state. The inner error says why it changes nothing
 /// (the caller's role, the app's failure); the outer one is a storage failure. The undo
-/// steps are those of what was changed (none if nothing was).
+/// steps are those of what was changed (none if nothing was). The tree is left unhashed:
+/// call [`refresh_root`] before `record.root` is read.
 #[allow(clippy::type_complexity)]
 pub fn apply(
     runtime: &Runtime,
@@ -171,9 +170,7 @@ pub fn apply(
                 Err(err) => return Ok((Err(err), undo)),
             };
             for (key, value) in &outcome.writes {
-                let (root, old) =
-                    merkle::replace(&mut tables.kv, &mut tables.nodes, &context.0, key, value.as_deref())?;
-                record.root = Id(root);
+                let old = merkle::write(&mut tables.kv, &mut tables.nodes, &context.0, key, value.as_deref())?;
                 undo.steps.push(UndoStep::Kv { key: Id(*key), old });
             }
             Ok(Effect::Call {
@@ -230,6 +227,14 @@ pub fn check_role_change(
     Ok(Ok(()))
 }
 
+/// Hashes what applying and taking back left stale in the context's tree, and sets
+/// `record.root`: once per settled batch, so the top of the tree is hashed once for all
+/// its writes.
+pub fn refresh_root(tables: &mut Tables, record: &mut ContextRecord) -> Result<(), StateError> {
+    record.root = Id(merkle::refresh(&mut tables.nodes, &record.id.0)?);
+    Ok(())
+}
+
 /// Records that the transaction at `key` is applied, with how to undo it.
 pub fn mark_applied(
     tables: &mut Tables,
@@ -238,7 +243,7 @@ pub fn mark_applied(
     undo: &Undo,
 ) -> Result<(), StateError> {
     tables
-        .undo
+        .order
         .insert(key.in_context(&record.id).as_slice(), store::encode(undo)?.as_slice())?;
     if record.top.is_none_or(|top| key > top) {
         record.top = Some(key);
@@ -271,17 +276,13 @@ pub fn settle(
     let start = from.in_context(&context);
     let end = OrderKey::last_in(&context);
     let mut applied = Vec::new();
-    for entry in tables.undo.range(start.as_slice()..=end.as_slice())? {
-        let (key, undo) = entry?;
-        let undo: Undo = store::decode(undo.value())?;
-        applied.push((OrderKey::from_table_key(key.value())?, undo.footprint()));
-    }
     let mut new = Vec::new();
-    let mut held = applied.iter().map(|(key, _)| *key).peekable();
     for entry in tables.order.range(start.as_slice()..=end.as_slice())? {
-        let key = OrderKey::from_table_key(entry?.0.value())?;
-        if held.next_if_eq(&key).is_none() {
-            new.push(key);
+        let (key, undo) = entry?;
+        let key = OrderKey::from_table_key(key.value())?;
+        match undo.value() {
+            [] => new.push(key),
+            undo => applied.push((key, store::decode::<Undo>(undo)?.footprint())),
         }
     }
     let mut settled = Settled::default();
@@ -312,28 +313,36 @@ pub fn settle(
         settled.failed += failed;
         break;
     }
+    refresh_root(tables, record)?;
     Ok(settled)
 }
 
-/// Undoes every applied transaction at or after `from`, newest first. Answers how many.
+/// Undoes every applied transaction at or after `from`, newest first, and marks them not
+/// applied. Answers how many.
 fn rollback(tables: &mut Tables, record: &mut ContextRecord, from: OrderKey) -> Result<u64, StateError> {
     let context = record.id;
     let start = from.in_context(&context);
     let end = OrderKey::last_in(&context);
     let mut rows = Vec::new();
-    for entry in tables.undo.range(start.as_slice()..=end.as_slice())? {
+    for entry in tables.order.range(start.as_slice()..=end.as_slice())? {
         let (key, undo) = entry?;
-        rows.push((key.value().to_vec(), store::decode::<Undo>(undo.value())?));
+        if !undo.value().is_empty() {
+            rows.push((key.value().to_vec(), store::decode::<Undo>(undo.value())?));
+        }
     }
     for (key, undo) in rows.iter().rev() {
         take_back(tables, record, undo)?;
-        tables.undo.remove(key.as_slice())?;
+        tables.order.insert(key.as_slice(), [].as_slice())?;
     }
     let first = OrderKey::first_in(&context);
-    record.top = match tables.undo.range(first.as_slice()..start.as_slice())?.next_back() {
-        Some(entry) => Some(OrderKey::from_table_key(entry?.0.value())?),
-        None => None,
-    };
+    record.top = None;
+    for entry in tables.order.range(first.as_slice()..start.as_slice())?.rev() {
+        let (key, undo) = entry?;
+        if !undo.value().is_empty() {
+            record.top = Some(OrderKey::from_table_key(key.value())?);
+            break;
+        }
+    }
     Ok(rows.len() as u64)
 }
 
@@ -343,8 +352,7 @@ fn take_back(tables: &mut Tables, record: &mut ContextRecord, undo: &Undo) -> Re
     for step in undo.steps.iter().rev() {
         match step {
             UndoStep::Kv { key, old } => {
-                let (root, _) = merkle::replace(&mut tables.kv, &mut tables.nodes, &context.0, &key.0, old.as_deref())?;
-                record.root = Id(root);
+                merkle::write(&mut tables.kv, &mut tables.nodes, &context.0, &key.0, old.as_deref())?;
             }
             UndoStep::Role { user, old } => {
                 set_role(tables, &context, user, *old)?;
@@ -398,7 +406,8 @@ fn body_of<'a>(tables: &Tables, known: &'a Known, id: &Id) -> Result<Cow<'a, TxB
         .txs
         .get(id.0.as_slice())?
         .ok_or_else(|| StateError::Record(format!("transaction {id} is missing")))?;
-    let tx = Transaction::decode(bytes.value()).map_err(|e| StateError::Record(format!("transaction {id}: {e}")))?;
+    let tx = Transaction::decode(TxRow::parse(bytes.value())?.tx())
+        .map_err(|e| StateError::Record(format!("transaction {id}: {e}")))?;
     Ok(Cow::Owned(tx.body))
 }
 

@@ -24,8 +24,6 @@ pub const CONTEXTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contex
 pub const ROLES: TableDefinition<&[u8], u8> = TableDefinition::new("roles");
 /// User address (20) ++ context id (32) → role byte: the contexts of a user.
 pub const MEMBERSHIPS: TableDefinition<&[u8], u8> = TableDefinition::new("memberships");
-/// Transaction id (32) → the encoded [`crate::tx::Transaction`].
-pub const TXS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("txs");
 /// Context id (32) ++ key (32) → value: the contexts' key-value state.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -79,9 +77,18 @@ impl ContextRecord {
 
 /// Tables of earlier versions whose contents this version cannot read (the sparse Merkle
 /// tree, whose roots differ from the crit-bit tree's; the linear transaction order of
-/// format 1, before the DAG; the crit-bit nodes keyed crit first): a store holding one is
+/// format 1, before the DAG; the crit-bit nodes keyed crit first; transactions and their
+/// meta in two tables, the apply order apart from the undo rows): a store holding one is
 /// refused, never misread.
-const FORMER_TABLES: [&str; 3] = ["smt_nodes", "tx_order", "merkle_nodes"];
+const FORMER_TABLES: [&str; 7] = [
+    "smt_nodes",
+    "tx_order",
+    "merkle_nodes",
+    "txs",
+    "tx_meta",
+    "dag_order",
+    "undo",
+];
 
 pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(dir) = path.parent() {
@@ -103,16 +110,14 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
     for table in [
         APP_CODE,
         CONTEXTS,
-        TXS,
         KV,
         crate::merkle::NODES,
-        dag::TX_META,
+        dag::TRANSACTIONS,
         dag::CHANGES,
-        crate::replay::UNDO,
+        dag::APPLY_ORDER,
     ] {
         txn.open_table(table)?;
     }
-    txn.open_table(dag::DAG_ORDER)?;
     txn.open_table(dag::AUTHOR_SEQS)?;
     txn.open_table(APP_VERSIONS)?;
     txn.open_table(ROLES)?;

@@ -7,7 +7,6 @@ use crate::dag;
 use crate::error::StateError;
 use crate::merkle;
 use crate::node_cache::{CachedNodes, NodeCache};
-use crate::replay;
 use crate::store;
 
 pub struct Tables<'t> {
@@ -18,12 +17,12 @@ pub struct Tables<'t> {
     pub memberships: Table<'t, &'static [u8], u8>,
     pub kv: Table<'t, &'static [u8], &'static [u8]>,
     pub nodes: CachedNodes<'t, 't>,
+    /// [`dag::TRANSACTIONS`]: each transaction and its meta.
     pub txs: Table<'t, &'static [u8], &'static [u8]>,
-    pub meta: Table<'t, &'static [u8], &'static [u8]>,
-    pub order: Table<'t, &'static [u8], ()>,
+    /// [`dag::APPLY_ORDER`]: the apply order and the undo rows.
+    pub order: Table<'t, &'static [u8], &'static [u8]>,
     pub seqs: Table<'t, &'static [u8], ()>,
     pub changes: Table<'t, &'static [u8], &'static [u8]>,
-    pub undo: Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -36,12 +35,10 @@ impl<'t> Tables<'t> {
             memberships: txn.open_table(store::MEMBERSHIPS)?,
             kv: txn.open_table(store::KV)?,
             nodes: nodes.over(txn.open_table(merkle::NODES)?),
-            txs: txn.open_table(store::TXS)?,
-            meta: txn.open_table(dag::TX_META)?,
-            order: txn.open_table(dag::DAG_ORDER)?,
+            txs: txn.open_table(dag::TRANSACTIONS)?,
+            order: txn.open_table(dag::APPLY_ORDER)?,
             seqs: txn.open_table(dag::AUTHOR_SEQS)?,
             changes: txn.open_table(dag::CHANGES)?,
-            undo: txn.open_table(replay::UNDO)?,
         })
     }
 }

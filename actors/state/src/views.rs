@@ -12,7 +12,7 @@ use cmesh_events::{Emit, EventsActor};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::json;
 
-use crate::dag::{self, MemberCache};
+use crate::dag::{self, MemberCache, TxRow};
 use crate::error::StateError;
 use crate::executor::{check_role, check_version, load_code, output_value};
 use crate::ids::Id;
@@ -290,18 +290,15 @@ impl Handler<FetchTransactions> for ViewWorker {
 
     fn handle(&mut self, msg: FetchTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(dag::TX_META)?;
-        let txs = txn.open_table(store::TXS)?;
+        let txs = txn.open_table(dag::TRANSACTIONS)?;
         let mut out = Vec::with_capacity(msg.ids.len());
         for id in &msg.ids {
-            let Some(bytes) = meta.get(id.0.as_slice())? else {
+            let Some(bytes) = txs.get(id.0.as_slice())? else {
                 continue;
             };
-            if store::decode::<dag::TxMeta>(bytes.value())?.context != msg.context {
-                continue;
-            }
-            if let Some(tx) = txs.get(id.0.as_slice())? {
-                out.push(tx.value().to_vec());
+            let row = TxRow::parse(bytes.value())?;
+            if row.meta()?.context == msg.context {
+                out.push(row.tx().to_vec());
             }
         }
         Ok(out)
@@ -338,9 +335,8 @@ impl Handler<MissingTransactions> for ViewWorker {
     fn handle(&mut self, msg: MissingTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
         let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
-        let order = txn.open_table(dag::DAG_ORDER)?;
-        let meta = txn.open_table(dag::TX_META)?;
-        let txs = txn.open_table(store::TXS)?;
+        let order = txn.open_table(dag::APPLY_ORDER)?;
+        let txs = txn.open_table(dag::TRANSACTIONS)?;
         let have: std::collections::HashMap<Address, u64> = msg.have.into_iter().collect();
         let limit = msg.limit.clamp(1, MAX_SYNC_PAGE);
         // A member that lags a little (the usual case: a lost broadcast, a heads notice)
@@ -364,21 +360,23 @@ impl Handler<MissingTransactions> for ViewWorker {
                         .get(60..)
                         .and_then(|id| id.try_into().ok())
                         .ok_or_else(|| StateError::Record("an author seq key is not 92 bytes".into()))?;
-                    let Some(bytes) = meta.get(id.as_slice())? else {
-                        return Err(StateError::Record(format!("transaction {} has no metadata", Id(id))));
+                    let Some(meta) = dag::read_meta(&txs, &Id(id))? else {
+                        return Err(StateError::Record(format!("transaction {} is missing", Id(id))));
                     };
-                    let height = store::decode::<dag::TxMeta>(bytes.value())?.height;
-                    keys.push(OrderKey { height, id: Id(id) });
+                    keys.push(OrderKey {
+                        height: meta.height,
+                        id: Id(id),
+                    });
                 }
             }
             keys.sort_unstable();
             let mut page = Vec::new();
             let mut page_bytes = 0;
             for key in keys {
-                let tx = txs
+                let row = txs
                     .get(key.id.0.as_slice())?
                     .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
-                let tx = tx.value();
+                let tx = TxRow::parse(row.value())?.tx();
                 if !page.is_empty() && page_bytes + tx.len() > msg.max_bytes {
                     // The rest comes from the apply order, after the last one sent.
                     let next = page.last().map(|(key, _): &(OrderKey, Vec<u8>)| *key);
@@ -410,18 +408,16 @@ impl Handler<MissingTransactions> for ViewWorker {
             if Some(key) == msg.after {
                 continue;
             }
-            let Some(bytes) = meta.get(key.id.0.as_slice())? else {
-                return Err(StateError::Record(format!("transaction {} has no metadata", key.id)));
+            let Some(bytes) = txs.get(key.id.0.as_slice())? else {
+                return Err(StateError::Record(format!("transaction {} is missing", key.id)));
             };
-            let info: dag::TxMeta = store::decode(bytes.value())?;
+            let row = TxRow::parse(bytes.value())?;
+            let info = row.meta()?;
             if have.get(&info.author).is_some_and(|held| info.seq <= *held) {
                 covered = Some(key);
                 continue;
             }
-            let tx = txs
-                .get(key.id.0.as_slice())?
-                .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
-            let tx = tx.value();
+            let tx = row.tx();
             if !page.is_empty() && (page.len() == limit || page_bytes + tx.len() > msg.max_bytes) {
                 return Ok(SyncPage {
                     txs: page,
@@ -441,13 +437,10 @@ impl Handler<Lacking> for ViewWorker {
 
     fn handle(&mut self, msg: Lacking, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(dag::TX_META)?;
+        let txs = txn.open_table(dag::TRANSACTIONS)?;
         let mut lacking = Vec::new();
         for id in msg.ids {
-            let held = match meta.get(id.0.as_slice())? {
-                Some(bytes) => store::decode::<dag::TxMeta>(bytes.value())?.context == msg.context,
-                None => false,
-            };
+            let held = dag::read_meta(&txs, &id)?.is_some_and(|meta| meta.context == msg.context);
             if !held {
                 lacking.push(id);
             }

@@ -200,10 +200,10 @@ fn tables(db: &redb::Database) -> Vec<(String, Vec<Vec<u8>>)> {
     for table in txn.list_tables().expect("tables") {
         let name = table.name().to_string();
         let keys = match name.as_str() {
-            "app_code" | "contexts" | "txs" | "kv" | "merkle_paths" | "tx_meta" | "membership_changes" | "undo" => {
+            "app_code" | "contexts" | "transactions" | "kv" | "merkle_paths" | "membership_changes" | "apply_order" => {
                 keys::<&[u8]>(&txn, &name)
             }
-            "dag_order" | "author_seqs" => keys::<()>(&txn, &name),
+            "author_seqs" => keys::<()>(&txn, &name),
             "roles" | "memberships" => keys::<u8>(&txn, &name),
             // Keyed by app name and version: nothing of a context.
             "app_versions" => continue,
@@ -343,20 +343,16 @@ fn a_node_leaves_forgets_everything_and_can_join_again() {
         for (table, _) in &held {
             assert_eq!(naming(&held, table, &context), Vec::<&Vec<u8>>::new(), "{table}");
         }
-        for table in ["txs", "tx_meta"] {
-            let (_, keys) = held.iter().find(|(name, _)| name == table).expect("table");
-            let left: Vec<&Id> = ids.iter().filter(|id| keys.contains(&id.0.to_vec())).collect();
-            assert!(left.is_empty(), "{table} still holds {left:?}");
-        }
+        let (_, keys) = held.iter().find(|(name, _)| name == "transactions").expect("table");
+        let left: Vec<&Id> = ids.iter().filter(|id| keys.contains(&id.0.to_vec())).collect();
+        assert!(left.is_empty(), "transactions still holds {left:?}");
         for table in [
             "contexts",
-            "txs",
+            "transactions",
             "kv",
             "merkle_paths",
-            "tx_meta",
-            "dag_order",
+            "apply_order",
             "author_seqs",
-            "undo",
             "roles",
             "memberships",
             "membership_changes",

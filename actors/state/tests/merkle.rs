@@ -606,6 +606,120 @@ proptest! {
     }
 }
 
+/// One write of [`deferred_hashing_changes_nothing`]: context, key, value (`None`:
+/// remove), and whether the tree is refreshed after it.
+type DeferredWrite = (usize, usize, Option<Vec<u8>>, bool);
+
+fn deferred_write() -> impl Strategy<Value = DeferredWrite> {
+    (
+        0..CONTEXTS.len(),
+        0..wide_pool().len(),
+        proptest::option::weighted(0.7, proptest::collection::vec(any::<u8>(), 0..6)),
+        proptest::bool::weighted(0.2),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Writes whose hashing waits (through the node cache, refreshed at random points, as
+    /// the executor does for a batch) give the definition's root at every refresh, and
+    /// leave tables byte-identical to those of the same writes hashed one by one.
+    #[test]
+    fn deferred_hashing_changes_nothing(writes in proptest::collection::vec(deferred_write(), 1..120)) {
+        let keys = wide_pool();
+        let (eager, deferred) = (store(), store());
+        let mut cache = NodeCache::new(usize::MAX);
+        let mut models = [Pairs::new(), Pairs::new()];
+        let (eager_txn, deferred_txn) = (
+            eager.db.begin_write().expect("write txn"),
+            deferred.db.begin_write().expect("write txn"),
+        );
+        {
+            let mut eager_kv = eager_txn.open_table(KV).expect("kv");
+            let mut eager_nodes = eager_txn.open_table(NODES).expect("nodes");
+            let mut kv = deferred_txn.open_table(KV).expect("kv");
+            let mut nodes = cache.over(deferred_txn.open_table(NODES).expect("nodes"));
+            for (context, key, value, refresh) in writes {
+                let (context_id, key) = (&CONTEXTS[context], &keys[key]);
+                merkle::set(&mut eager_kv, &mut eager_nodes, context_id, key, value.as_deref()).map_err(fail)?;
+                merkle::write(&mut kv, &mut nodes, context_id, key, value.as_deref()).map_err(fail)?;
+                match value {
+                    Some(value) => models[context].insert(*key, value),
+                    None => models[context].remove(key),
+                };
+                if refresh {
+                    let root = merkle::refresh(&mut nodes, context_id).map_err(fail)?;
+                    prop_assert_eq!(to_hex0x(&root), to_hex0x(&merkle::root_of(&models[context])));
+                }
+            }
+            for (context, model) in CONTEXTS.iter().zip(&models) {
+                let root = merkle::refresh(&mut nodes, context).map_err(fail)?;
+                prop_assert_eq!(to_hex0x(&root), to_hex0x(&merkle::root_of(model)));
+            }
+            nodes.flush().map_err(fail)?;
+        }
+        eager_txn.commit().expect("commit");
+        deferred_txn.commit().expect("commit");
+        prop_assert_eq!(committed_entries(&eager.db), committed_entries(&deferred.db));
+    }
+}
+
+/// A tree written but not refreshed cannot be stored: the flush refuses it and the
+/// store keeps what it had. Refreshed, the same changes are stored.
+#[test]
+fn a_tree_not_hashed_is_never_stored() {
+    let keys = wide_pool();
+    let context = CONTEXTS[0];
+    let store = store();
+    let mut cache = NodeCache::new(usize::MAX);
+    let txn = store.db.begin_write().expect("write txn");
+    let root = {
+        let mut kv = txn.open_table(KV).expect("kv");
+        let mut nodes = cache.over(txn.open_table(NODES).expect("nodes"));
+        merkle::set(&mut kv, &mut nodes, &context, &keys[0], Some(b"a")).expect("set");
+        let root = merkle::set(&mut kv, &mut nodes, &context, &keys[1], Some(b"b")).expect("set");
+        nodes.flush().expect("flush");
+        root
+    };
+    txn.commit().expect("commit");
+    let before = committed_entries(&store.db);
+
+    let txn = store.db.begin_write().expect("write txn");
+    {
+        let mut kv = txn.open_table(KV).expect("kv");
+        let mut nodes = cache.over(txn.open_table(NODES).expect("nodes"));
+        merkle::write(&mut kv, &mut nodes, &context, &keys[2], Some(b"c")).expect("write");
+        let err = nodes.flush().expect_err("a stale entry was stored");
+        assert!(matches!(err, MerkleError::StaleEntry), "{err}");
+    }
+    txn.abort().expect("abort");
+    assert_eq!(committed_entries(&store.db), before);
+    let read = store.db.begin_read().expect("read txn");
+    assert_eq!(
+        merkle::root(&read.open_table(NODES).expect("nodes"), &context).expect("root"),
+        root
+    );
+
+    let mut cache = NodeCache::new(usize::MAX);
+    let txn = store.db.begin_write().expect("write txn");
+    {
+        let mut kv = txn.open_table(KV).expect("kv");
+        let mut nodes = cache.over(txn.open_table(NODES).expect("nodes"));
+        merkle::write(&mut kv, &mut nodes, &context, &keys[2], Some(b"c")).expect("write");
+        let root = merkle::refresh(&mut nodes, &context).expect("refresh");
+        let expected: Pairs = [
+            (keys[0], b"a".to_vec()),
+            (keys[1], b"b".to_vec()),
+            (keys[2], b"c".to_vec()),
+        ]
+        .into();
+        assert_eq!(root, merkle::root_of(&expected));
+        nodes.flush().expect("flush");
+    }
+    txn.commit().expect("commit");
+}
+
 /// Proofs verify exactly the true claims: the right value (or absence) under the right
 /// root, and nothing else — not a wrong value, a wrong presence, a wrong root, a tampered
 /// path, nor a claim about another key that is false. (A proof legitimately shows the
