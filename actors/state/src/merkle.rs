@@ -258,14 +258,18 @@ fn hashed(nodes: &mut impl NodeStore, context: &[u8; 32], child: Child) -> Resul
     let Child::Stale { crit, prefix } = child else {
         return Ok(child);
     };
-    let mut children = read_node(nodes, context, crit, &prefix)?;
+    let read = read_node(nodes, context, crit, &prefix)?;
+    let mut children = read;
     for child in &mut children {
         *child = hashed(nodes, context, *child)?;
     }
-    nodes.insert_entry(
-        &EntryKey::node(context, crit, &prefix),
-        encode_children(&children).as_slice(),
-    )?;
+    // Its entry already holds its children as they are when none of them was stale.
+    if children != read {
+        nodes.insert_entry(
+            &EntryKey::node(context, crit, &prefix),
+            encode_children(&children).as_slice(),
+        )?;
+    }
     Child::node(context, crit, prefix, &children)
 }
 
