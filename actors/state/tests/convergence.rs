@@ -328,15 +328,14 @@ proptest! {
 fn a_newcomer_catches_up_page_by_page_and_later_only_what_it_lacks() {
     let system = actix::System::new();
     system.block_on(async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cache = dir.path().join("modules");
-        let admin = SigningKey::generate().expect("admin").address();
-        let (a, _) = start(dir.path(), &cache, "a");
-        let (b, b_address) = start(dir.path(), &cache, "b");
-        deploy(&a, admin).await;
-        deploy(&b, admin).await;
-        let context = create_kv_context(&a, admin).await;
-        invite(&a, admin, context, b_address).await;
+        let Pair {
+            dir: _dir,
+            admin,
+            a,
+            b,
+            context,
+            ..
+        } = invited_pair().await;
         let write = |i: u32| CallContext {
             by: Requester::new(admin),
             context: context.to_string(),
@@ -389,6 +388,13 @@ struct Pair {
 }
 
 async fn pair() -> Pair {
+    let pair = invited_pair().await;
+    catch_up(&pair.a, &pair.b, pair.context, true, 16).await;
+    pair
+}
+
+/// [`pair`] before B joins: B is invited but holds nothing of the context yet.
+async fn invited_pair() -> Pair {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("modules");
     let admin = SigningKey::generate().expect("admin").address();
@@ -398,7 +404,6 @@ async fn pair() -> Pair {
     deploy(&b, admin).await;
     let context = create_kv_context(&a, admin).await;
     invite(&a, admin, context, b_address).await;
-    catch_up(&a, &b, context, true, 16).await;
     Pair {
         dir,
         cache,
