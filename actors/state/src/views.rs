@@ -348,7 +348,8 @@ impl Handler<MissingTransactions> for ViewWorker {
             .sum();
         if msg.after.is_none() && behind <= limit as u64 {
             let seqs = txn.open_table(dag::AUTHOR_SEQS)?;
-            let mut keys = Vec::new();
+            // Each row read once: its place in the order and the transaction.
+            let mut rows = Vec::new();
             for (author, _) in &record.seqs {
                 let from = have.get(author).copied().unwrap_or(0).saturating_add(1);
                 let start = dag::seq_key(&msg.context, author, from, &Id([0; 32]));
@@ -360,23 +361,21 @@ impl Handler<MissingTransactions> for ViewWorker {
                         .get(60..)
                         .and_then(|id| id.try_into().ok())
                         .ok_or_else(|| StateError::Record("an author seq key is not 92 bytes".into()))?;
-                    let Some(meta) = dag::read_meta(&txs, &Id(id))? else {
+                    let Some(bytes) = txs.get(id.as_slice())? else {
                         return Err(StateError::Record(format!("transaction {} is missing", Id(id))));
                     };
-                    keys.push(OrderKey {
-                        height: meta.height,
+                    let row = TxRow::parse(bytes.value())?;
+                    let key = OrderKey {
+                        height: row.meta()?.height,
                         id: Id(id),
-                    });
+                    };
+                    rows.push((key, row.tx().to_vec()));
                 }
             }
-            keys.sort_unstable();
+            rows.sort_unstable_by_key(|(key, _)| *key);
             let mut page = Vec::new();
             let mut page_bytes = 0;
-            for key in keys {
-                let row = txs
-                    .get(key.id.0.as_slice())?
-                    .ok_or_else(|| StateError::Record(format!("transaction {} is missing", key.id)))?;
-                let tx = TxRow::parse(row.value())?.tx();
+            for (key, tx) in rows {
                 if !page.is_empty() && page_bytes + tx.len() > msg.max_bytes {
                     // The rest comes from the apply order, after the last one sent.
                     let next = page.last().map(|(key, _): &(OrderKey, Vec<u8>)| *key);
@@ -386,7 +385,7 @@ impl Handler<MissingTransactions> for ViewWorker {
                     });
                 }
                 page_bytes += tx.len();
-                page.push((key, tx.to_vec()));
+                page.push((key, tx));
             }
             return Ok(SyncPage {
                 txs: page.into_iter().map(|(_, tx)| tx).collect(),
