@@ -19,10 +19,15 @@ use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
 use crate::tx::{Op, Transaction, TxBody};
 
-/// Transaction id (32) → a [`TxRow`]: what the node keeps about the transaction and the
-/// signed transaction itself, in one row, so that adding a transaction writes one row at a
-/// random place in the table rather than two.
-pub const TRANSACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transactions");
+/// Context (32) ++ height (8, big-endian) ++ transaction id (32), the key of its place in
+/// the apply order → a [`TxRow`]: what the node keeps about the transaction and the signed
+/// transaction itself. Keyed by its place rather than by its id so that a catch-up page,
+/// which comes in apply order, appends rows at the end of the table instead of writing
+/// into a random leaf per transaction (most of what a large batch wrote).
+pub const TRANSACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transactions_in_order");
+/// Transaction id (32) → its height: where to find its [`TRANSACTIONS`] row. The one
+/// random-keyed row a transaction adds, and a small one.
+pub const HEIGHTS: TableDefinition<&[u8], u64> = TableDefinition::new("transaction_heights");
 /// Context (32) ++ height (8, big-endian) ++ transaction id (32) → an encoded
 /// [`Undo`](crate::replay::Undo), or nothing while the transaction is not applied yet
 /// (inside a batch): the apply order and the undo rows in one table, keyed alike.
@@ -32,11 +37,10 @@ pub const AUTHOR_SEQS: TableDefinition<&[u8], ()> = TableDefinition::new("author
 /// Context (32) ++ transaction id (32) → [`ChangeRecord`] of a membership change.
 pub const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("membership_changes");
 
-/// What a node keeps about each transaction besides the transaction itself.
+/// What a node keeps about each transaction besides the transaction itself and its place
+/// (the row's key). Encoded as a MessagePack array: it is in every row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxMeta {
-    pub context: Id,
-    pub height: u64,
     pub time_ms: u64,
     #[serde(with = "crate::ids::address_bytes")]
     pub author: Address,
@@ -68,7 +72,7 @@ impl<'a> TxRow<'a> {
     }
 
     pub fn meta(&self) -> Result<TxMeta, StateError> {
-        store::decode(self.meta)
+        rmp_serde::from_slice(self.meta).map_err(|e| StateError::Record(format!("transaction meta: {e}")))
     }
 
     /// The encoded signed transaction.
@@ -77,7 +81,12 @@ impl<'a> TxRow<'a> {
     }
 
     /// A row of `meta` and the encoded transaction `tx` (empty: not signed yet).
-    pub fn encode(meta: &[u8], tx: &[u8]) -> Result<Vec<u8>, StateError> {
+    pub fn encode(meta: &TxMeta, tx: &[u8]) -> Result<Vec<u8>, StateError> {
+        let meta = rmp_serde::to_vec(meta).map_err(|e| StateError::Record(format!("transaction meta: {e}")))?;
+        Self::join(&meta, tx)
+    }
+
+    fn join(meta: &[u8], tx: &[u8]) -> Result<Vec<u8>, StateError> {
         let len = u16::try_from(meta.len())
             .map_err(|_| StateError::Record(format!("transaction metadata of {} bytes", meta.len())))?;
         let mut row = Vec::with_capacity(2 + meta.len() + tx.len());
@@ -88,29 +97,56 @@ impl<'a> TxRow<'a> {
     }
 }
 
-/// The meta of the transaction `id` in its [`TRANSACTIONS`] row, if it is held.
-pub fn read_meta(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+/// Where the transaction `id` sorts in `context`, if `context` holds it. `None` also for a
+/// transaction held in another context.
+pub fn locate(
+    heights: &impl ReadableTable<&'static [u8], u64>,
+    txs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    context: &Id,
     id: &Id,
-) -> Result<Option<TxMeta>, StateError> {
-    match table.get(id.0.as_slice())? {
-        Some(bytes) => Ok(Some(TxRow::parse(bytes.value())?.meta()?)),
+) -> Result<Option<OrderKey>, StateError> {
+    let Some(height) = heights.get(id.0.as_slice())? else {
+        return Ok(None);
+    };
+    let key = OrderKey {
+        height: height.value(),
+        id: *id,
+    };
+    Ok(txs.get(key.in_context(context).as_slice())?.map(|_| key))
+}
+
+/// The place and meta of the transaction `id` in `context`, if `context` holds it.
+pub fn read_meta(
+    heights: &impl ReadableTable<&'static [u8], u64>,
+    txs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    context: &Id,
+    id: &Id,
+) -> Result<Option<(OrderKey, TxMeta)>, StateError> {
+    let Some(height) = heights.get(id.0.as_slice())? else {
+        return Ok(None);
+    };
+    let key = OrderKey {
+        height: height.value(),
+        id: *id,
+    };
+    match txs.get(key.in_context(context).as_slice())? {
+        Some(bytes) => Ok(Some((key, TxRow::parse(bytes.value())?.meta()?))),
         None => Ok(None),
     }
 }
 
 /// Puts the signed encoding of a transaction this node made into its row, which
 /// [`add`] wrote with the meta alone.
-pub fn attach_signed(tables: &mut Tables, id: &Id, tx: &[u8]) -> Result<(), StateError> {
+pub fn attach_signed(tables: &mut Tables, context: &Id, id: &Id, tx: &[u8]) -> Result<(), StateError> {
+    let unsigned = || StateError::Record(format!("transaction {id} has no row to sign into"));
+    let height = tables.heights.get(id.0.as_slice())?.ok_or_else(unsigned)?.value();
+    let key = OrderKey { height, id: *id }.in_context(context);
     let row = {
-        let bytes = tables
-            .txs
-            .get(id.0.as_slice())?
-            .ok_or_else(|| StateError::Record(format!("transaction {id} has no row to sign into")))?;
+        let bytes = tables.txs.get(key.as_slice())?.ok_or_else(unsigned)?;
         let row = TxRow::parse(bytes.value())?;
-        TxRow::encode(row.meta, tx)?
+        TxRow::join(row.meta, tx)?
     };
-    tables.txs.insert(id.0.as_slice(), row.as_slice())?;
+    tables.txs.insert(key.as_slice(), row.as_slice())?;
     Ok(())
 }
 
@@ -268,7 +304,7 @@ pub fn add_genesis(
     else {
         return Err(StateError::Record(format!("transaction {id} is not a genesis")));
     };
-    if tables.txs.get(id.0.as_slice())?.is_some() {
+    if tables.heights.get(id.0.as_slice())?.is_some() {
         return Ok(None);
     }
     let mut record = ContextRecord {
@@ -301,7 +337,7 @@ pub fn add(
     id: Id,
     signed: Option<&Transaction>,
 ) -> Result<Added, StateError> {
-    if tables.txs.get(id.0.as_slice())?.is_some() {
+    if tables.heights.get(id.0.as_slice())?.is_some() {
         return Ok(Added::Duplicate);
     }
     if body.is_genesis() || body.context != record.id {
@@ -313,18 +349,18 @@ pub fn add(
     let mut parents = Vec::with_capacity(body.parents.len());
     let mut missing = Vec::new();
     for parent in &body.parents {
-        match read_meta(&tables.txs, parent)? {
-            Some(meta) => parents.push((*parent, meta)),
+        match read_meta(&tables.heights, &tables.txs, &record.id, parent)? {
+            Some((key, meta)) => parents.push((key, meta)),
+            None if tables.heights.get(parent.0.as_slice())?.is_some() => {
+                return Ok(Added::Invalid(format!("its parent {parent} is of another context")));
+            }
             None => missing.push(*parent),
         }
     }
     if !missing.is_empty() {
         return Ok(Added::Missing(missing));
     }
-    if let Some((parent, _)) = parents.iter().find(|(_, meta)| meta.context != record.id) {
-        return Ok(Added::Invalid(format!("its parent {parent} is of another context")));
-    }
-    let height = parents.iter().map(|(_, meta)| meta.height).max().unwrap_or(0) + 1;
+    let height = parents.iter().map(|(key, _)| key.height).max().unwrap_or(0) + 1;
     let latest_parent = parents.iter().map(|(_, meta)| meta.time_ms).max().unwrap_or(0);
     if body.time_ms < latest_parent {
         return Ok(Added::Invalid(format!(
@@ -336,7 +372,7 @@ pub fn add(
     for (parent, meta) in &parents {
         candidates.extend(meta.frontier.iter().copied());
         if meta.change {
-            candidates.insert(*parent);
+            candidates.insert(parent.id);
         }
     }
     let frontier = membership::frontier(
@@ -375,8 +411,6 @@ fn store_new(
     let key = OrderKey { height, id };
     let change = Change::of(body);
     let meta = TxMeta {
-        context,
-        height,
         time_ms: body.time_ms,
         author: body.author,
         seq: body.seq,
@@ -384,11 +418,11 @@ fn store_new(
         change: change.is_some(),
     };
     let tx = signed.map(Transaction::encode).transpose()?.unwrap_or_default();
-    let row = TxRow::encode(&store::encode(&meta)?, &tx)?;
-    tables.txs.insert(id.0.as_slice(), row.as_slice())?;
-    tables
-        .order
-        .insert(key.in_context(&context).as_slice(), [].as_slice())?;
+    let row = TxRow::encode(&meta, &tx)?;
+    let place = key.in_context(&context);
+    tables.txs.insert(place.as_slice(), row.as_slice())?;
+    tables.heights.insert(id.0.as_slice(), height)?;
+    tables.order.insert(place.as_slice(), [].as_slice())?;
     tables
         .seqs
         .insert(seq_key(&context, &body.author, body.seq, &id).as_slice(), ())?;

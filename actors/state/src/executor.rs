@@ -358,7 +358,7 @@ impl Executor {
                 let context = body.context_of(id);
                 let tx = Transaction { body, signature };
                 let encoded = tx.encode()?;
-                dag::attach_signed(&mut tables, &id, &encoded)?;
+                dag::attach_signed(&mut tables, &context, &id, &encoded)?;
                 effects.made.entry(context).or_default().push(encoded);
             }
         }

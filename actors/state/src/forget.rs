@@ -32,8 +32,9 @@ pub fn forget(tables: &mut Tables, context: &Id) -> Result<u64, StateError> {
         ids.push(OrderKey::from_table_key(entry?.0.value())?.id);
     }
     for id in &ids {
-        tables.txs.remove(id.0.as_slice())?;
+        tables.heights.remove(id.0.as_slice())?;
     }
+    remove_range(&mut tables.txs, low, &last)?;
     remove_range(&mut tables.order, low, &last)?;
     let last_seq = dag::seq_key(context, &Address([0xff; 20]), u64::MAX, &Id([0xff; 32]));
     remove_range(&mut tables.seqs, low, &last_seq)?;

@@ -290,7 +290,7 @@ pub fn settle(
         let later = &applied[applied.partition_point(|(k, _)| *k < key)..];
         // One that commutes with nothing after this place needs no trial.
         if later.iter().all(|(_, footprint)| footprint.is_some()) {
-            let body = body_of(tables, known, &key.id)?;
+            let body = body_of(tables, known, &record.id, &key)?;
             let (effect, undo) = apply(runtime, tables, record, &body, key.id)?;
             let commutes = later.is_empty()
                 || undo.footprint().is_some_and(|mine| {
@@ -380,7 +380,7 @@ fn replay(
     }
     let mut failed = 0;
     for key in &keys {
-        let body = body_of(tables, known, &key.id)?;
+        let body = body_of(tables, known, &record.id, key)?;
         let (effect, undo) = apply(runtime, tables, record, &body, key.id)?;
         if effect.is_err() {
             failed += 1;
@@ -398,13 +398,14 @@ pub struct Known<'a> {
 }
 
 /// The body of a held transaction: at hand, or from its row.
-fn body_of<'a>(tables: &Tables, known: &'a Known, id: &Id) -> Result<Cow<'a, TxBody>, StateError> {
+fn body_of<'a>(tables: &Tables, known: &'a Known, context: &Id, key: &OrderKey) -> Result<Cow<'a, TxBody>, StateError> {
+    let id = &key.id;
     if let Some(body) = known.own.get(id).or_else(|| known.received.get(id).copied()) {
         return Ok(Cow::Borrowed(body));
     }
     let bytes = tables
         .txs
-        .get(id.0.as_slice())?
+        .get(key.in_context(context).as_slice())?
         .ok_or_else(|| StateError::Record(format!("transaction {id} is missing")))?;
     let tx = Transaction::decode(TxRow::parse(bytes.value())?.tx())
         .map_err(|e| StateError::Record(format!("transaction {id}: {e}")))?;

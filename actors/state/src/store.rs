@@ -78,9 +78,9 @@ impl ContextRecord {
 /// Tables of earlier versions whose contents this version cannot read (the sparse Merkle
 /// tree, whose roots differ from the crit-bit tree's; the linear transaction order of
 /// format 1, before the DAG; the crit-bit nodes keyed crit first; transactions and their
-/// meta in two tables, the apply order apart from the undo rows): a store holding one is
-/// refused, never misread.
-const FORMER_TABLES: [&str; 7] = [
+/// meta in two tables, the apply order apart from the undo rows; transactions keyed by id):
+/// a store holding one is refused, never misread.
+const FORMER_TABLES: [&str; 8] = [
     "smt_nodes",
     "tx_order",
     "merkle_nodes",
@@ -88,6 +88,7 @@ const FORMER_TABLES: [&str; 7] = [
     "tx_meta",
     "dag_order",
     "undo",
+    "transactions",
 ];
 
 pub fn open(path: &Path) -> Result<Database, StateError> {
@@ -119,6 +120,7 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
         txn.open_table(table)?;
     }
     txn.open_table(dag::AUTHOR_SEQS)?;
+    txn.open_table(dag::HEIGHTS)?;
     txn.open_table(APP_VERSIONS)?;
     txn.open_table(ROLES)?;
     txn.open_table(MEMBERSHIPS)?;

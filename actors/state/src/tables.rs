@@ -17,8 +17,10 @@ pub struct Tables<'t> {
     pub memberships: Table<'t, &'static [u8], u8>,
     pub kv: Table<'t, &'static [u8], &'static [u8]>,
     pub nodes: CachedNodes<'t, 't>,
-    /// [`dag::TRANSACTIONS`]: each transaction and its meta.
+    /// [`dag::TRANSACTIONS`]: each transaction and its meta, in apply order.
     pub txs: Table<'t, &'static [u8], &'static [u8]>,
+    /// [`dag::HEIGHTS`]: where each transaction's row is.
+    pub heights: Table<'t, &'static [u8], u64>,
     /// [`dag::APPLY_ORDER`]: the apply order and the undo rows.
     pub order: Table<'t, &'static [u8], &'static [u8]>,
     pub seqs: Table<'t, &'static [u8], ()>,
@@ -36,6 +38,7 @@ impl<'t> Tables<'t> {
             kv: txn.open_table(store::KV)?,
             nodes: nodes.over(txn.open_table(merkle::NODES)?),
             txs: txn.open_table(dag::TRANSACTIONS)?,
+            heights: txn.open_table(dag::HEIGHTS)?,
             order: txn.open_table(dag::APPLY_ORDER)?,
             seqs: txn.open_table(dag::AUTHOR_SEQS)?,
             changes: txn.open_table(dag::CHANGES)?,

@@ -291,14 +291,19 @@ impl Handler<FetchTransactions> for ViewWorker {
     fn handle(&mut self, msg: FetchTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
         let txs = txn.open_table(dag::TRANSACTIONS)?;
+        let heights = txn.open_table(dag::HEIGHTS)?;
         let mut out = Vec::with_capacity(msg.ids.len());
         for id in &msg.ids {
-            let Some(bytes) = txs.get(id.0.as_slice())? else {
+            let Some(height) = heights.get(id.0.as_slice())? else {
                 continue;
             };
-            let row = TxRow::parse(bytes.value())?;
-            if row.meta()?.context == msg.context {
-                out.push(row.tx().to_vec());
+            let key = OrderKey {
+                height: height.value(),
+                id: *id,
+            };
+            // Not there: it is of another context.
+            if let Some(bytes) = txs.get(key.in_context(&msg.context).as_slice())? {
+                out.push(TxRow::parse(bytes.value())?.tx().to_vec());
             }
         }
         Ok(out)
@@ -335,7 +340,6 @@ impl Handler<MissingTransactions> for ViewWorker {
     fn handle(&mut self, msg: MissingTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
         let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
-        let order = txn.open_table(dag::APPLY_ORDER)?;
         let txs = txn.open_table(dag::TRANSACTIONS)?;
         let have: std::collections::HashMap<Address, u64> = msg.have.into_iter().collect();
         let limit = msg.limit.clamp(1, MAX_SYNC_PAGE);
@@ -348,7 +352,7 @@ impl Handler<MissingTransactions> for ViewWorker {
             .sum();
         if msg.after.is_none() && behind <= limit as u64 {
             let seqs = txn.open_table(dag::AUTHOR_SEQS)?;
-            // Each row read once: its place in the order and the transaction.
+            let heights = txn.open_table(dag::HEIGHTS)?;
             let mut rows = Vec::new();
             for (author, _) in &record.seqs {
                 let from = have.get(author).copied().unwrap_or(0).saturating_add(1);
@@ -361,15 +365,11 @@ impl Handler<MissingTransactions> for ViewWorker {
                         .get(60..)
                         .and_then(|id| id.try_into().ok())
                         .ok_or_else(|| StateError::Record("an author seq key is not 92 bytes".into()))?;
-                    let Some(bytes) = txs.get(id.as_slice())? else {
-                        return Err(StateError::Record(format!("transaction {} is missing", Id(id))));
-                    };
-                    let row = TxRow::parse(bytes.value())?;
-                    let key = OrderKey {
-                        height: row.meta()?.height,
-                        id: Id(id),
-                    };
-                    rows.push((key, row.tx().to_vec()));
+                    let missing = || StateError::Record(format!("transaction {} is missing", Id(id)));
+                    let height = heights.get(id.as_slice())?.ok_or_else(missing)?.value();
+                    let key = OrderKey { height, id: Id(id) };
+                    let bytes = txs.get(key.in_context(&msg.context).as_slice())?.ok_or_else(missing)?;
+                    rows.push((key, TxRow::parse(bytes.value())?.tx().to_vec()));
                 }
             }
             rows.sort_unstable_by_key(|(key, _)| *key);
@@ -402,14 +402,12 @@ impl Handler<MissingTransactions> for ViewWorker {
         let mut page_bytes = 0;
         // The last position this page covers: the next page starts after it.
         let mut covered = None;
-        for entry in order.range(start.as_slice()..=end.as_slice())? {
-            let key = OrderKey::from_table_key(entry?.0.value())?;
+        for entry in txs.range(start.as_slice()..=end.as_slice())? {
+            let (key, bytes) = entry?;
+            let key = OrderKey::from_table_key(key.value())?;
             if Some(key) == msg.after {
                 continue;
             }
-            let Some(bytes) = txs.get(key.id.0.as_slice())? else {
-                return Err(StateError::Record(format!("transaction {} is missing", key.id)));
-            };
             let row = TxRow::parse(bytes.value())?;
             let info = row.meta()?;
             if have.get(&info.author).is_some_and(|held| info.seq <= *held) {
@@ -437,10 +435,10 @@ impl Handler<Lacking> for ViewWorker {
     fn handle(&mut self, msg: Lacking, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
         let txs = txn.open_table(dag::TRANSACTIONS)?;
+        let heights = txn.open_table(dag::HEIGHTS)?;
         let mut lacking = Vec::new();
         for id in msg.ids {
-            let held = dag::read_meta(&txs, &id)?.is_some_and(|meta| meta.context == msg.context);
-            if !held {
+            if dag::locate(&heights, &txs, &msg.context, &id)?.is_none() {
                 lacking.push(id);
             }
         }

@@ -200,9 +200,15 @@ fn tables(db: &redb::Database) -> Vec<(String, Vec<Vec<u8>>)> {
     for table in txn.list_tables().expect("tables") {
         let name = table.name().to_string();
         let keys = match name.as_str() {
-            "app_code" | "contexts" | "transactions" | "kv" | "merkle_paths" | "membership_changes" | "apply_order" => {
-                keys::<&[u8]>(&txn, &name)
-            }
+            "app_code"
+            | "contexts"
+            | "transactions_in_order"
+            | "kv"
+            | "merkle_paths"
+            | "membership_changes"
+            | "apply_order" => keys::<&[u8]>(&txn, &name),
+            // Keyed by transaction id; a genesis's id is its context's.
+            "transaction_heights" => keys::<u64>(&txn, &name),
             "author_seqs" => keys::<()>(&txn, &name),
             "roles" | "memberships" => keys::<u8>(&txn, &name),
             // Keyed by app name and version: nothing of a context.
@@ -343,12 +349,16 @@ fn a_node_leaves_forgets_everything_and_can_join_again() {
         for (table, _) in &held {
             assert_eq!(naming(&held, table, &context), Vec::<&Vec<u8>>::new(), "{table}");
         }
-        let (_, keys) = held.iter().find(|(name, _)| name == "transactions").expect("table");
+        let (_, keys) = held
+            .iter()
+            .find(|(name, _)| name == "transaction_heights")
+            .expect("table");
         let left: Vec<&Id> = ids.iter().filter(|id| keys.contains(&id.0.to_vec())).collect();
-        assert!(left.is_empty(), "transactions still holds {left:?}");
+        assert!(left.is_empty(), "transaction_heights still holds {left:?}");
         for table in [
             "contexts",
-            "transactions",
+            "transactions_in_order",
+            "transaction_heights",
             "kv",
             "merkle_paths",
             "apply_order",
