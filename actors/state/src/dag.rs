@@ -17,7 +17,7 @@ use crate::ids::Id;
 use crate::membership::{self, Change, ChangeRecord, ChangeSource, Members};
 use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
-use crate::tx::{Op, Transaction, TxBody};
+use crate::tx::{Op, TxBody};
 
 /// Context (32) ++ height (8, big-endian) ++ transaction id (32), the key of its place in
 /// the apply order → a [`TxRow`]: what the node keeps about the transaction and the signed
@@ -287,12 +287,12 @@ impl<T: ChangeTable> ChangeSource for StoredChanges<'_, T> {
 
 /// Adds a genesis: the context's first transaction. Answers the new context's record
 /// (nothing applied yet), or `None` if the context is held already. `signed` is the
-/// signed transaction, `None` for this node's own (see [`attach_signed`]).
+/// encoded signed transaction, `None` for this node's own (see [`attach_signed`]).
 pub fn add_genesis(
     tables: &mut Tables,
     body: &TxBody,
     id: Id,
-    signed: Option<&Transaction>,
+    signed: Option<&[u8]>,
 ) -> Result<Option<ContextRecord>, StateError> {
     let Op::Create {
         app,
@@ -328,14 +328,14 @@ pub fn add_genesis(
 }
 
 /// Adds a transaction of a held context, if its causal past allows it. `signed` is the
-/// signed transaction, `None` for this node's own (see [`attach_signed`]).
+/// encoded signed transaction, `None` for this node's own (see [`attach_signed`]).
 pub fn add(
     tables: &mut Tables,
     members: &mut MemberCache,
     record: &mut ContextRecord,
     body: &TxBody,
     id: Id,
-    signed: Option<&Transaction>,
+    signed: Option<&[u8]>,
 ) -> Result<Added, StateError> {
     if tables.heights.get(id.0.as_slice())?.is_some() {
         return Ok(Added::Duplicate);
@@ -403,7 +403,7 @@ fn store_new(
     record: &mut ContextRecord,
     body: &TxBody,
     id: Id,
-    signed: Option<&Transaction>,
+    signed: Option<&[u8]>,
     height: u64,
     frontier: Vec<Id>,
 ) -> Result<OrderKey, StateError> {
@@ -417,8 +417,7 @@ fn store_new(
         frontier: frontier.clone(),
         change: change.is_some(),
     };
-    let tx = signed.map(Transaction::encode).transpose()?.unwrap_or_default();
-    let row = TxRow::encode(&meta, &tx)?;
+    let row = TxRow::encode(&meta, signed.unwrap_or_default())?;
     let place = key.in_context(&context);
     tables.txs.insert(place.as_slice(), row.as_slice())?;
     tables.heights.insert(id.0.as_slice(), height)?;

@@ -685,8 +685,15 @@ impl Executor {
                         }
                         continue;
                     };
-                    match dag::add(tables, &mut self.members, &mut record, body, id, Some(verified.tx()))
-                        .map_err(fatal)?
+                    match dag::add(
+                        tables,
+                        &mut self.members,
+                        &mut record,
+                        body,
+                        id,
+                        Some(verified.encoded()),
+                    )
+                    .map_err(fatal)?
                     {
                         Added::New(key) => {
                             staged.insert(context, record);
@@ -818,7 +825,7 @@ impl Executor {
                 ))));
             }
         }
-        let record = dag::add_genesis(tables, body, id, Some(verified.tx()))
+        let record = dag::add_genesis(tables, body, id, Some(verified.encoded()))
             .map_err(fatal)?
             .ok_or_else(|| fatal(StateError::Record(format!("context {id} exists already"))))?;
         start_context(tables, staged, record).map_err(fatal)?;

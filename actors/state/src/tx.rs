@@ -127,6 +127,8 @@ pub struct Transaction {
 pub struct VerifiedTx {
     id: Id,
     tx: Transaction,
+    /// `tx` as [`Transaction::encode`] gives it, made while checking.
+    encoded: Vec<u8>,
 }
 
 impl VerifiedTx {
@@ -136,6 +138,11 @@ impl VerifiedTx {
 
     pub fn tx(&self) -> &Transaction {
         &self.tx
+    }
+
+    /// The transaction's own encoding (not necessarily the bytes it arrived as).
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
     }
 }
 
@@ -189,7 +196,23 @@ impl TxBody {
 
 impl Transaction {
     pub fn encode(&self) -> Result<Vec<u8>, TxError> {
-        Ok(rmp_serde::to_vec(self)?)
+        Ok(Self::encode_with(&self.body.canonical_bytes()?, &self.signature))
+    }
+
+    /// The encoding of a transaction whose body's canonical bytes are `body`, assembled
+    /// around them: checking a transaction encodes its body for the id anyway, and the
+    /// executor stores the encoding. It is what `rmp_serde` writes for the struct, a
+    /// two-element array of the body and the signature's 65 bytes (a unit test holds the
+    /// two together).
+    fn encode_with(body: &[u8], signature: &Signature65) -> Vec<u8> {
+        const ARRAY_OF_TWO: u8 = 0x92;
+        const BIN_8: u8 = 0xc4;
+        let mut out = Vec::with_capacity(1 + body.len() + 2 + signature.0.len());
+        out.push(ARRAY_OF_TWO);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&[BIN_8, signature.0.len() as u8]);
+        out.extend_from_slice(&signature.0);
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Transaction, TxError> {
@@ -198,8 +221,11 @@ impl Transaction {
 
     /// [`Transaction::check`]ed, as a value only checking makes.
     pub fn checked(self) -> Result<VerifiedTx, TxError> {
-        let id = self.check()?;
-        Ok(VerifiedTx { id, tx: self })
+        self.check_shape()?;
+        let body = self.body.canonical_bytes()?;
+        let id = self.verify_id(Id(keccak256(&body)))?;
+        let encoded = Self::encode_with(&body, &self.signature);
+        Ok(VerifiedTx { id, tx: self, encoded })
     }
 
     /// Checks everything a transaction must meet on its own: the rules of
@@ -245,7 +271,11 @@ impl Transaction {
     /// Checks the signatures (author's over the id, and the caller's proof if any) and
     /// answers the id.
     pub fn verify(&self) -> Result<Id, TxError> {
-        let id = self.body.id()?;
+        self.verify_id(self.body.id()?)
+    }
+
+    /// [`Transaction::verify`] with the id already computed.
+    fn verify_id(&self, id: Id) -> Result<Id, TxError> {
         let (_, signer) = self.signature.recover_digest(id.0)?;
         if signer != self.body.author {
             return Err(TxError::WrongSigner {
@@ -294,6 +324,36 @@ mod tests {
         let decoded = Transaction::decode(&tx.encode().expect("encode")).expect("decode");
         assert_eq!(decoded, tx);
         assert_eq!(decoded.verify().expect("verify"), id);
+    }
+
+    #[test]
+    fn the_assembled_encoding_is_what_serde_writes() {
+        let key = SigningKey::generate().expect("key");
+        let mut genesis = body(&key);
+        (genesis.parents, genesis.context) = (Vec::new(), Id::ZERO);
+        genesis.op = Op::Create {
+            app: Id([3; 32]),
+            name: "kv".into(),
+            version: "1.0.0".into(),
+            salt: Id([4; 32]),
+            limits: Limits {
+                gas: 1_000_000,
+                memory_bytes: 1 << 20,
+            },
+        };
+        let mut many_parents = body(&key);
+        many_parents.parents = (0..MAX_PARENTS as u8).map(|i| Id([i; 32])).collect();
+        many_parents.op = Op::Call {
+            method: "set".into(),
+            args: vec![b'x'; 70_000],
+        };
+        for body in [body(&key), genesis, many_parents] {
+            let (tx, id) = body.sign(&key).expect("sign");
+            let serde = rmp_serde::to_vec(&tx).expect("serde");
+            assert_eq!(tx.encode().expect("encode"), serde);
+            let verified = tx.checked().expect("checked");
+            assert_eq!((verified.id(), verified.encoded()), (id, serde.as_slice()));
+        }
     }
 
     #[test]
