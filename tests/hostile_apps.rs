@@ -432,19 +432,21 @@ async fn a_context_whose_module_no_longer_loads_fails_alone() {
     let alice = new_key();
     let token = mesh.client.login(&alice, node).await;
     let a = Some(token.as_str());
-    deploy(&mesh.client, node, a, "kv", "1.0.0").await;
+    deploy_bytes(&mesh.client, node, a, "roomy", "1.0.0", &wat_module("roomy"))
+        .await
+        .ok();
     deploy_bytes(&mesh.client, node, a, "hostile", "1.0.0", &wat_module("hostile"))
         .await
         .ok();
-    let kv = create(&mesh.client, node, a, "kv").await;
+    let roomy = create(&mesh.client, node, a, "roomy").await;
     let hostile = create(&mesh.client, node, a, "hostile").await;
-    // kv declares 17 pages of memory; the hostile module one.
+    // roomy declares 17 pages of memory; the hostile module one.
     mesh.nodes[0].options.memory_limit_mib = Some(1);
     mesh.nodes[0].restart().await;
     let client = &mesh.client;
     let token = client.login(&alice, node).await;
     let a = Some(token.as_str());
-    let reply = client.fqmn(node, &format!(r#"S:{kv}:get:["k"]"#), a).await;
+    let reply = client.fqmn(node, &format!(r#"S:{roomy}:get:["k"]"#), a).await;
     reply.assert_fqmn_error(500);
     assert!(
         reply
@@ -454,9 +456,9 @@ async fn a_context_whose_module_no_longer_loads_fails_alone() {
         reply.body
     );
 
-    for (i, reply) in interleaved_writes(client, node, a, &kv, &format!("SW:{hostile}:ok")).await {
+    for (i, reply) in interleaved_writes(client, node, a, &roomy, &format!("SW:{hostile}:ok")).await {
         if i % 2 == 0 {
-            assert!(reply.status >= 500, "kv write {i}: {}", reply.body);
+            assert!(reply.status >= 500, "roomy write {i}: {}", reply.body);
         } else {
             assert_eq!(
                 reply.status, 200,
