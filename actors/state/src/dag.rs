@@ -97,6 +97,15 @@ impl<'a> TxRow<'a> {
     }
 }
 
+/// Where the transaction `id` sorts in its context, if it is held (in any context: the
+/// row under the context's prefix says whether it is that context's).
+pub fn place(heights: &impl ReadableTable<&'static [u8], u64>, id: &Id) -> Result<Option<OrderKey>, StateError> {
+    Ok(heights.get(id.0.as_slice())?.map(|height| OrderKey {
+        height: height.value(),
+        id: *id,
+    }))
+}
+
 /// Where the transaction `id` sorts in `context`, if `context` holds it. `None` also for a
 /// transaction held in another context.
 pub fn locate(
@@ -105,42 +114,17 @@ pub fn locate(
     context: &Id,
     id: &Id,
 ) -> Result<Option<OrderKey>, StateError> {
-    let Some(height) = heights.get(id.0.as_slice())? else {
+    let Some(key) = place(heights, id)? else {
         return Ok(None);
-    };
-    let key = OrderKey {
-        height: height.value(),
-        id: *id,
     };
     Ok(txs.get(key.in_context(context).as_slice())?.map(|_| key))
-}
-
-/// The place and meta of the transaction `id` in `context`, if `context` holds it.
-pub fn read_meta(
-    heights: &impl ReadableTable<&'static [u8], u64>,
-    txs: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    context: &Id,
-    id: &Id,
-) -> Result<Option<(OrderKey, TxMeta)>, StateError> {
-    let Some(height) = heights.get(id.0.as_slice())? else {
-        return Ok(None);
-    };
-    let key = OrderKey {
-        height: height.value(),
-        id: *id,
-    };
-    match txs.get(key.in_context(context).as_slice())? {
-        Some(bytes) => Ok(Some((key, TxRow::parse(bytes.value())?.meta()?))),
-        None => Ok(None),
-    }
 }
 
 /// Puts the signed encoding of a transaction this node made into its row, which
 /// [`add`] wrote with the meta alone.
 pub fn attach_signed(tables: &mut Tables, context: &Id, id: &Id, tx: &[u8]) -> Result<(), StateError> {
     let unsigned = || StateError::Record(format!("transaction {id} has no row to sign into"));
-    let height = tables.heights.get(id.0.as_slice())?.ok_or_else(unsigned)?.value();
-    let key = OrderKey { height, id: *id }.in_context(context);
+    let key = place(&tables.heights, id)?.ok_or_else(unsigned)?.in_context(context);
     let row = {
         let bytes = tables.txs.get(key.as_slice())?.ok_or_else(unsigned)?;
         let row = TxRow::parse(bytes.value())?;
@@ -349,13 +333,14 @@ pub fn add(
     let mut parents = Vec::with_capacity(body.parents.len());
     let mut missing = Vec::new();
     for parent in &body.parents {
-        match read_meta(&tables.heights, &tables.txs, &record.id, parent)? {
-            Some((key, meta)) => parents.push((key, meta)),
-            None if tables.heights.get(parent.0.as_slice())?.is_some() => {
-                return Ok(Added::Invalid(format!("its parent {parent} is of another context")));
-            }
-            None => missing.push(*parent),
-        }
+        let Some(key) = place(&tables.heights, parent)? else {
+            missing.push(*parent);
+            continue;
+        };
+        let Some(row) = tables.txs.get(key.in_context(&record.id).as_slice())? else {
+            return Ok(Added::Invalid(format!("its parent {parent} is of another context")));
+        };
+        parents.push((key, TxRow::parse(row.value())?.meta()?));
     }
     if !missing.is_empty() {
         return Ok(Added::Missing(missing));

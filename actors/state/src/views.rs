@@ -294,12 +294,8 @@ impl Handler<FetchTransactions> for ViewWorker {
         let heights = txn.open_table(dag::HEIGHTS)?;
         let mut out = Vec::with_capacity(msg.ids.len());
         for id in &msg.ids {
-            let Some(height) = heights.get(id.0.as_slice())? else {
+            let Some(key) = dag::place(&heights, id)? else {
                 continue;
-            };
-            let key = OrderKey {
-                height: height.value(),
-                id: *id,
             };
             // Not there: it is of another context.
             if let Some(bytes) = txs.get(key.in_context(&msg.context).as_slice())? {
@@ -366,8 +362,7 @@ impl Handler<MissingTransactions> for ViewWorker {
                         .and_then(|id| id.try_into().ok())
                         .ok_or_else(|| StateError::Record("an author seq key is not 92 bytes".into()))?;
                     let missing = || StateError::Record(format!("transaction {} is missing", Id(id)));
-                    let height = heights.get(id.as_slice())?.ok_or_else(missing)?.value();
-                    let key = OrderKey { height, id: Id(id) };
+                    let key = dag::place(&heights, &Id(id))?.ok_or_else(missing)?;
                     let bytes = txs.get(key.in_context(&msg.context).as_slice())?.ok_or_else(missing)?;
                     rows.push((key, TxRow::parse(bytes.value())?.tx().to_vec()));
                 }
