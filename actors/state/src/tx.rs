@@ -3,7 +3,7 @@
 //! carries, so any member can check a transaction on its own: the id is the keccak256 of
 //! the body's canonical MessagePack encoding and the signature recovers the author.
 //! A context's id is the id of its genesis transaction, so nobody can make a second
-//! genesis for it; [`Transaction::check`] holds the rules a transaction must meet on its
+//! genesis for it; [`Transaction::checked`] holds the rules a transaction must meet on its
 //! own, before its causal past is looked at.
 
 use cmesh_common::hash::keccak256;
@@ -219,20 +219,15 @@ impl Transaction {
         Ok(rmp_serde::from_slice(bytes)?)
     }
 
-    /// [`Transaction::check`]ed, as a value only checking makes.
+    /// Checks everything a transaction must meet on its own: the rules of
+    /// [`Transaction::check_shape`] and the signatures. Answers it with its id and
+    /// encoding, as a value only checking makes.
     pub fn checked(self) -> Result<VerifiedTx, TxError> {
         self.check_shape()?;
         let body = self.body.canonical_bytes()?;
         let id = self.verify_id(Id(keccak256(&body)))?;
         let encoded = Self::encode_with(&body, &self.signature);
         Ok(VerifiedTx { id, tx: self, encoded })
-    }
-
-    /// Checks everything a transaction must meet on its own: the rules of
-    /// [`Transaction::check_shape`] and the signatures. Answers the id.
-    pub fn check(&self) -> Result<Id, TxError> {
-        self.check_shape()?;
-        self.verify()
     }
 
     /// The rules that need neither a signature check nor the causal past: the format, a
@@ -418,7 +413,7 @@ mod tests {
             let mut b = body(&key);
             edit(&mut b);
             let (tx, _) = b.sign(&key).expect("sign");
-            tx.check().map(drop).map_err(|e| e.to_string())
+            tx.checked().map(drop).map_err(|e| e.to_string())
         };
         assert_eq!(check(&|_| {}), Ok(()));
         let genesis = |b: &mut TxBody| {
