@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use cmesh_common::hash::keccak256;
-use cmesh_state::runtime::{Call, MapState, Runtime, RuntimeConfig, StateReader, StorageError};
+use cmesh_runtime::{Call, MapState, Runtime, RuntimeConfig, StateReader, StorageError};
 use serde_json::json;
 
 /// The module measured: the greeter example app.

@@ -10,14 +10,14 @@ use bytes::Bytes;
 use cmesh_common::{Address, SigningKey};
 use cmesh_events::{EventsActor, Shutdown};
 use cmesh_iam::{Announcement, IamActor, IamConfig, OwnAnnouncement, PeerAnnounced, Verifier};
+use cmesh_registrar::RegistrarActor;
 use cmesh_replication::{Link, Replicator, Subscriptions, TxVerifier};
 use cmesh_router::forward::{ForwardedCalls, RegistrarHandle, REGISTRAR_SUBJECT};
 use cmesh_router::gateway::{endpoint_specs, Gateway};
 use cmesh_router::micro::{Micro, ServiceIdentity};
-use cmesh_router::registrar::RegistrarActor;
 use cmesh_router::router::RouterActor;
 use cmesh_router::services::Services;
-use cmesh_state::runtime::RuntimeConfig;
+use cmesh_runtime::RuntimeConfig;
 use cmesh_state::{Persist, StateActor, StateConfig};
 use futures::StreamExt;
 

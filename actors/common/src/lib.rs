@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod cmtp;
+pub mod event_name;
 pub mod hash;
 pub mod jcs;
 pub mod jwt;

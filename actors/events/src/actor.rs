@@ -18,12 +18,13 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use tracing::{debug, error, warn};
 
+use cmesh_common::event_name::is_context_event_name;
 use cmesh_common::{keccak256, Address};
 
 use crate::audit::{audit_subject, AuditEntry, AuditLog, AUDIT_FILE};
 use crate::envelope::{
-    check_subject_part, check_topics_for_service, context_topics, event_id, is_context_event_name, parse_remote,
-    EventEnvelope, APP_SERVICE, CONTEXT_SERVICE, MAX_KIND_LEN, MAX_SERVICE_LEN, REMOTE_SUBJECTS,
+    check_subject_part, check_topics_for_service, context_topics, event_id, parse_remote, EventEnvelope, APP_SERVICE,
+    CONTEXT_SERVICE, MAX_KIND_LEN, MAX_SERVICE_LEN, REMOTE_SUBJECTS,
 };
 use crate::error::EventsError;
 use crate::messages::{

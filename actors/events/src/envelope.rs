@@ -79,14 +79,6 @@ pub fn context_topics(context: &str, event: &str) -> Vec<String> {
     vec![format!("S:{context}"), format!("S:{context}:{event}")]
 }
 
-/// Whether `event` is a context event name: `[A-Za-z0-9_-]+` (one subject token).
-pub fn is_context_event_name(event: &str) -> bool {
-    !event.is_empty()
-        && event
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// Checks one part of a subject: dot-separated non-empty tokens without wildcards or
 /// whitespace. `dots` says whether several tokens are allowed.
 pub fn check_subject_part(text: &str, dots: bool, max_len: usize) -> Result<(), &'static str> {

@@ -19,7 +19,7 @@ use cmesh_iam::{IamActor, VerifyNodeSignature};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::registrar::{self, NameChange, RegistrarActor};
+use cmesh_registrar::{self as registrar, NameChange, RegistrarActor};
 
 /// The subject the registrar node listens on for forwarded calls.
 pub const REGISTRAR_SUBJECT: &str = "cmesh.registrar";

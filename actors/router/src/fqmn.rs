@@ -572,7 +572,7 @@ fn parse_context_publish(body: &str) -> Result<Fqmn, FqmnError> {
 fn parse_context_event(event: &str, what: &'static str, usage: &'static str) -> Result<String, FqmnError> {
     if event.is_empty() {
         Err(FqmnError::Missing { what, usage })
-    } else if cmesh_events::envelope::is_context_event_name(event) {
+    } else if cmesh_common::event_name::is_context_event_name(event) {
         Ok(event.to_owned())
     } else {
         Err(FqmnError::InvalidContextEvent {

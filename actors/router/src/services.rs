@@ -240,7 +240,7 @@ impl Services {
 
 /// A name's target must be an FQMN the router can dispatch.
 fn check_target(target: &str) -> Result<(), CmtpError> {
-    crate::registrar::check_target(target).map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
+    cmesh_registrar::check_target(target).map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
     target
         .parse::<crate::fqmn::Fqmn>()
         .map(|_| ())

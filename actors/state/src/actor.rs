@@ -18,9 +18,9 @@ use crate::messages::{
     ListContexts, MemberReply, MembersReply, MissingTransactions, Persist, Receive, ReceiveReport, ResolveContext,
     RoleReply, RootReply, SetRole, Stats, SyncPage, SyncState,
 };
-use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{self, AppRecord};
 use crate::views::ViewWorker;
+use cmesh_runtime::{Runtime, RuntimeConfig};
 
 /// How the state service runs.
 #[derive(Debug, Clone)]

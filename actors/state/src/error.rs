@@ -3,8 +3,8 @@
 
 use cmesh_common::{CmtpError, Status};
 
-use crate::runtime::{CallError, DeployError};
 use crate::tx::TxError;
+use cmesh_runtime::{CallError, DeployError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -40,11 +40,11 @@ use crate::messages::{
 use crate::node_cache::NodeCache;
 use crate::replay::{self, Effect};
 use crate::roles::Role;
-use crate::runtime::{Runtime, StorageError};
 use crate::signer::Signer;
 use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
 use crate::tx::{Limits, Op, Transaction, TxBody, MAX_SEATS, TX_FORMAT};
+use cmesh_runtime::{Runtime, StorageError};
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;

@@ -15,7 +15,6 @@ pub mod node_cache;
 mod reader;
 mod replay;
 pub mod roles;
-pub mod runtime;
 mod signer;
 pub mod store;
 mod tables;

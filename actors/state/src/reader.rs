@@ -8,8 +8,8 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Id;
-use crate::runtime::{StateReader, StorageError};
 use crate::store::kv_key;
+use cmesh_runtime::{StateReader, StorageError};
 
 pub struct ContextReader<'a, T> {
     table: &'a T,
@@ -149,7 +149,7 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::MapState;
+    use cmesh_runtime::MapState;
 
     fn k(byte: u8) -> [u8; 32] {
         let mut key = [0u8; 32];

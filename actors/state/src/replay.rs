@@ -31,10 +31,10 @@ use crate::ids::{address_bytes, Id};
 use crate::merkle;
 use crate::reader::{ContextReader, Span, TrackingReader};
 use crate::roles::Role;
-use crate::runtime::{AppEvent, Call, Runtime};
 use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
 use crate::tx::{Op, Transaction, TxBody};
+use cmesh_runtime::{AppEvent, Call, Runtime};
 
 /// How to take one applied transaction back (its steps undone in reverse order), and
 /// what it read.

@@ -23,8 +23,8 @@ use crate::messages::{
 };
 use crate::reader::ContextReader;
 use crate::roles::Role;
-use crate::runtime::{Call, Runtime};
 use crate::store::{self, AppRecord, ContextRecord};
+use cmesh_runtime::{Call, Runtime};
 
 /// Longest app name, in bytes.
 pub const MAX_APP_NAME: usize = 64;

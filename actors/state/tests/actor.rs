@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cmesh_common::SigningKey;
-use cmesh_state::runtime::RuntimeConfig;
+use cmesh_runtime::RuntimeConfig;
 use cmesh_state::{CallContext, ContextRoot, CreateContext, Deploy, Requester, StateActor, StateConfig, Stats};
 use serde_json::json;
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use cmesh_common::{Address, SigningKey};
-use cmesh_state::runtime::RuntimeConfig;
+use cmesh_runtime::RuntimeConfig;
 use cmesh_state::{
     CallContext, ContextMembers, ContextRoot, Id, Persist, Receive, ReceiveReport, Requester, Role, RootReply, SetRole,
     StateActor, StateConfig, Stats,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix::Addr;
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey, Status};
-use cmesh_state::runtime::RuntimeConfig;
+use cmesh_runtime::RuntimeConfig;
 use cmesh_state::tx::{Op, TxBody, VerifiedTx, TX_FORMAT};
 use cmesh_state::{
     CallContext, ContextMembers, ContextRoot, FetchTransactions, Forget, GetSyncState, Id, Leave, ListContexts,

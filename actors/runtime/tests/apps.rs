@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use cmesh_common::hash::keccak256;
-use cmesh_state::runtime::{Call, CallError, MapState, Outcome, Runtime, RuntimeConfig, StorageError};
+use cmesh_runtime::{Call, CallError, MapState, Outcome, Runtime, RuntimeConfig, StorageError};
 use serde_json::{json, Value};
 
 struct App {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cmesh_common::Status;
-use cmesh_state::runtime::{
+use cmesh_runtime::{
     AppEvent, Call, CallError, DeployError, Entry, MapState, Outcome, Runtime, RuntimeConfig, StateReader, StorageError,
 };
 

@@ -1,7 +1,7 @@
 //! The registrar: names like `hello.mcom`, each owned by an address and pointing at a
 //! target FQMN.
 //!
-//! Why it is split this way: this module is only the node-local part, pure rules plus
+//! Why it is split this way: this crate is only the node-local part, pure rules plus
 //! durable storage behind an actor, so it can be tested without NATS and later replicated
 //! (Raft) without touching the rules. The router authenticates the caller, checks that
 //! targets are valid FQMNs, forwards over NATS and publishes the [`NameChange`]s as

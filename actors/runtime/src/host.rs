@@ -599,7 +599,7 @@ fn emit(mut env: Env<'_>, name_ptr: i32, name_len: i32, data_ptr: i32, data_len:
     let name = read_vec(&view, name_ptr, name_len)?;
     let data = read_vec(&view, data_ptr, data_len)?;
     let name = match String::from_utf8(name) {
-        Ok(name) if cmesh_events::envelope::is_context_event_name(&name) => name,
+        Ok(name) if cmesh_common::event_name::is_context_event_name(&name) => name,
         Ok(name) => return Err(bad_event_name(name.as_bytes())),
         Err(e) => return Err(bad_event_name(e.as_bytes())),
     };
@@ -676,7 +676,7 @@ impl std::fmt::Display for Hex<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::MapState;
+    use crate::MapState;
     use proptest::prelude::*;
 
     fn key(n: u8) -> [u8; 32] {
