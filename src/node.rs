@@ -9,22 +9,19 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use cmesh_common::{Address, SigningKey};
 use cmesh_events::{EventsActor, Shutdown};
-use cmesh_iam::{Announcement, IamActor, IamConfig, OwnAnnouncement, PeerAnnounced, Verifier};
+use cmesh_iam::{IamActor, IamConfig, Verifier};
 use cmesh_registrar::RegistrarActor;
 use cmesh_replication::{Link, Replicator, Subscriptions, TxVerifier};
-use cmesh_router::forward::{ForwardedCalls, RegistrarHandle, REGISTRAR_SUBJECT};
+use cmesh_router::forward::{ForwardedCalls, RegistrarHandle};
 use cmesh_router::gateway::{endpoint_specs, Gateway};
 use cmesh_router::micro::{Micro, ServiceIdentity};
 use cmesh_router::router::RouterActor;
 use cmesh_router::services::Services;
 use cmesh_runtime::RuntimeConfig;
 use cmesh_state::{Persist, StateActor, StateConfig};
-use futures::StreamExt;
 
 use crate::config::NodeConfig;
 
-pub const ANNOUNCE_SUBJECT: &str = "cmesh.announce";
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 /// How long a stopping node waits for requests in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How often each held context's heads go out (what repairs lost broadcasts).
@@ -210,12 +207,13 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
 
     let mut forwarded_sub = match forwarded {
         Some(forwarded) => {
-            let subscriber = client.subscribe(REGISTRAR_SUBJECT).await.context("registrar subject")?;
-            Some(actix::spawn(serve_forwarded(client.clone(), subscriber, forwarded)))
+            let listening = forwarded.listen(client.clone()).await.context("registrar subject")?;
+            Some(actix::spawn(listening))
         }
         None => None,
     };
-    let announcer = actix::spawn(announce_loop(client.clone(), iam.clone(), config.registrar).await?);
+    let discovery = cmesh_iam::discovery(client.clone(), iam.clone(), config.registrar).await?;
+    let announcer = actix::spawn(discovery);
 
     let mut gateway = Gateway::start(
         client.clone(),
@@ -302,68 +300,6 @@ async fn self_check(client: &async_nats::Client, address: &Address) -> anyhow::R
         "the node's own ping answered {status:?}"
     );
     Ok(())
-}
-
-async fn publish_own(client: &async_nats::Client, iam: &Addr<IamActor>, registrar: bool) {
-    match iam.send(OwnAnnouncement { registrar }).await {
-        Ok(announcement) => match serde_json::to_vec(&announcement) {
-            Ok(bytes) => {
-                if let Err(e) = client.publish(ANNOUNCE_SUBJECT, Bytes::from(bytes)).await {
-                    tracing::warn!(error = %e, "could not announce this node");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not encode the announcement"),
-        },
-        Err(e) => tracing::warn!(error = %e, "IAM gone; cannot announce"),
-    }
-}
-
-/// Subscribes to announcements, announces this node, and returns the loop that keeps
-/// learning nodes: a newcomer is answered with our own announcement so it learns us too.
-async fn announce_loop(
-    client: async_nats::Client,
-    iam: Addr<IamActor>,
-    registrar: bool,
-) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let mut subscriber = client.subscribe(ANNOUNCE_SUBJECT).await.context("announce subject")?;
-    client.flush().await.context("flushing the announce subscription")?;
-    publish_own(&client, &iam, registrar).await;
-    Ok(async move {
-        let mut ticker = tokio::time::interval(ANNOUNCE_EVERY);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                message = subscriber.next() => {
-                    let Some(message) = message else { break };
-                    let Ok(announcement) = serde_json::from_slice::<Announcement>(&message.payload) else {
-                        tracing::debug!("ignored a malformed announcement");
-                        continue;
-                    };
-                    match iam.send(PeerAnnounced(announcement)).await {
-                        Ok(Ok(Some(_))) => publish_own(&client, &iam, registrar).await,
-                        Ok(Ok(None)) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e.message, "ignored an announcement"),
-                        Err(_) => break,
-                    }
-                }
-                _ = ticker.tick() => publish_own(&client, &iam, registrar).await,
-            }
-        }
-    })
-}
-
-async fn serve_forwarded(client: async_nats::Client, mut subscriber: async_nats::Subscriber, calls: ForwardedCalls) {
-    while let Some(message) = subscriber.next().await {
-        let Some(reply) = message.reply.clone() else { continue };
-        let calls = calls.clone();
-        let client = client.clone();
-        actix::spawn(async move {
-            let answer = calls.serve(&message.payload).await;
-            if let Err(e) = client.publish(reply, answer).await {
-                tracing::warn!(error = %e, "could not answer a forwarded registrar call");
-            }
-        });
-    }
 }
 
 /// Starts the events actor on its own arbiter with its own NATS connection, made on that

@@ -197,15 +197,21 @@ async fn bad_input_is_refused_and_changes_nothing() {
             reply.assert_rpc_error(-32602, 400);
         }
     }
-    // A registrar call spelt as the wrong kind of FQMN.
-    client
+    // A registrar write sent with the read prefix is a valid FQMN naming no read method:
+    // 404, saying how to spell it, and nothing is registered.
+    let wrong_prefix = client
         .fqmn(
             node,
             r#"R:register:{"name":"x.mcom","target":"I:whoami"}"#,
             Some(&alice_token),
         )
-        .await
-        .assert_fqmn_error(400);
+        .await;
+    wrong_prefix.assert_fqmn_error(404);
+    assert!(
+        wrong_prefix.error_message().is_some_and(|m| m.contains("RW:register")),
+        "{}",
+        wrong_prefix.body
+    );
     alive().await;
 
     // Bad and replayed signatures on a signed write.

@@ -9,6 +9,7 @@ pub mod hash;
 pub mod jcs;
 pub mod jwt;
 pub mod keys;
+pub mod method;
 pub mod rpc;
 pub mod time;
 
@@ -16,6 +17,7 @@ pub use address::Address;
 pub use cmtp::{CmtpError, Status};
 pub use hash::keccak256;
 pub use keys::{Signature65, SigningKey};
+pub use method::Method;
 
 /// `impl From<E> for $target` for every redb error type `E` (each converts into
 /// `redb::Error`), wrapping it in `$variant`, so `?` works on any redb call. The crate

@@ -66,11 +66,13 @@ pub fn event_id(node: &Address, seq: u64) -> String {
     format!("{node}:{seq}")
 }
 
-/// Registrar topic keys for an event about `name`: `R:<name>` and `R:<name>:<kind>`.
+/// Registrar topic keys for an event about `name`: `R:<name>`, `R:<name>:<kind>`, and
+/// `R:<kind>` for every name's events of that kind (names have a `.`, kinds do not).
 pub fn registrar_topics(name: &str, kind: &str) -> Vec<String> {
     vec![
         format!("{REGISTRAR_TOPIC_PREFIX}{name}"),
         format!("{REGISTRAR_TOPIC_PREFIX}{name}:{kind}"),
+        format!("{REGISTRAR_TOPIC_PREFIX}{kind}"),
     ]
 }
 
@@ -259,7 +261,7 @@ mod tests {
         registrar.topics = registrar_topics("helloworld.mcom", "transferred");
         assert_eq!(
             registrar.topics,
-            vec!["R:helloworld.mcom", "R:helloworld.mcom:transferred"]
+            vec!["R:helloworld.mcom", "R:helloworld.mcom:transferred", "R:transferred"]
         );
         assert!(parse_remote("cmesh.events.registrar.transferred", &encode(&registrar), 65_536).is_ok());
     }

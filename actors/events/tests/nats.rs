@@ -128,9 +128,9 @@ fn emit_publishes_the_envelope_on_its_subject() {
         let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
         assert_eq!(
             envelope.topics,
-            vec!["R:helloworld.mcom", "R:helloworld.mcom:transferred"]
+            vec!["R:helloworld.mcom", "R:helloworld.mcom:transferred", "R:transferred"]
         );
-        for topic in ["R:helloworld.mcom", "R:helloworld.mcom:transferred"] {
+        for topic in ["R:helloworld.mcom", "R:helloworld.mcom:transferred", "R:transferred"] {
             let recent = events
                 .send(Recent {
                     topic: topic.into(),

@@ -17,7 +17,9 @@ use crate::config::IamConfig;
 use crate::error::IamError;
 use crate::messages::*;
 use crate::peers::{Announcement, PeerTable};
-use crate::permissions::{is_attribute, Permission, Permissions};
+use cmesh_common::method::{is_attribute, Method, Permission};
+
+use crate::permissions::Permissions;
 use crate::sessions::{SessionId, Sessions};
 use crate::verifier::{RecoverRequestSigner, RecoverSigner, Verifier, VerifyToken};
 
@@ -84,7 +86,7 @@ impl IamActor {
         Ok(attributes)
     }
 
-    fn caller(&self, address: Address, expires_at: u64, method: &str) -> Result<Caller, CmtpError> {
+    fn caller(&self, address: Address, expires_at: u64, method: Option<Method>) -> Result<Caller, CmtpError> {
         let attributes = self.attributes_of(&address)?;
         let caller = Caller {
             address: Some(address),
@@ -96,19 +98,21 @@ impl IamActor {
         Ok(caller)
     }
 
-    fn authorize(&self, caller: &Caller, method: &str) -> Result<(), CmtpError> {
+    fn authorize(&self, caller: &Caller, method: Option<Method>) -> Result<(), CmtpError> {
         match (self.permissions.required(method), caller.address) {
             (Permission::Public, _) => Ok(()),
             (_, None) => Err(CmtpError::unauthorized(format!(
-                "`{method}` needs credentials: {LOG_IN}"
+                "{} needs credentials: {LOG_IN}",
+                named(method)
             ))),
             (Permission::Authenticated, Some(_)) => Ok(()),
             (Permission::Attribute(needed), Some(address)) => {
-                if caller.attributes.iter().any(|a| a == needed) {
+                if caller.attributes.contains(&needed) {
                     Ok(())
                 } else {
                     Err(CmtpError::forbidden(format!(
-                        "`{method}` needs the attribute {needed}, which {address} does not hold"
+                        "{} needs the attribute {needed}, which {address} does not hold",
+                        named(method)
                     )))
                 }
             }
@@ -143,6 +147,12 @@ impl Actor for IamActor {
     }
 }
 
+/// How a message names the method: `` `iam.grant` ``, or "this method" for one the node
+/// does not serve (the caller hears that once admitted).
+fn named(method: Option<Method>) -> String {
+    method.map_or_else(|| "this method".to_string(), |m| format!("`{m}`"))
+}
+
 fn parse_session(text: &str) -> Result<SessionId, CmtpError> {
     from_hex0x::<32>(text).ok_or_else(|| {
         CmtpError::new(
@@ -170,20 +180,21 @@ impl Handler<Admit> for IamActor {
 
     fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
         let method = msg.method;
-        if *self.permissions.required(&method) == Permission::Public {
+        if self.permissions.required(method) == Permission::Public {
             // Credentials are not needed, and stale ones must not stop a client logging in again.
             return Box::pin(fut::ready(Ok(Caller::anonymous())));
         }
         match msg.credentials {
             Credentials::None => Box::pin(fut::ready(Err(CmtpError::unauthorized(format!(
-                "`{method}` needs credentials: {LOG_IN}"
+                "{} needs credentials: {LOG_IN}",
+                named(method)
             ))))),
             Credentials::Bearer(token) => {
                 let now = unix_seconds();
                 if let Some(claims) = self.tokens.get(&token) {
                     if claims.exp > now {
                         let (sub, exp) = (claims.sub, claims.exp);
-                        return Box::pin(fut::ready(self.caller(sub, exp, &method)));
+                        return Box::pin(fut::ready(self.caller(sub, exp, method)));
                     }
                     self.tokens.remove(&token);
                     return Box::pin(fut::ready(Err(token_error(JwtError::Expired))));
@@ -202,7 +213,7 @@ impl Handler<Admit> for IamActor {
                             let claims = result.map_err(verifier_gone)?.map_err(token_error)?;
                             let (sub, exp) = (claims.sub, claims.exp);
                             actor.cache_token(token, claims);
-                            actor.caller(sub, exp, &method)
+                            actor.caller(sub, exp, method)
                         }),
                 )
             }
@@ -233,7 +244,7 @@ impl Handler<Admit> for IamActor {
                                 Instant::now(),
                                 unix_seconds(),
                             )?;
-                            let mut caller = actor.caller(address, expires_at, &method)?;
+                            let mut caller = actor.caller(address, expires_at, method)?;
                             caller.signed = Some(signed.proof);
                             Ok(caller)
                         }),
@@ -247,7 +258,7 @@ impl Handler<Authorize> for IamActor {
     type Result = Result<(), CmtpError>;
 
     fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
-        self.authorize(&msg.caller, &msg.method)
+        self.authorize(&msg.caller, Some(msg.method))
     }
 }
 

@@ -10,6 +10,7 @@
 mod actor;
 mod attributes;
 mod config;
+mod discovery;
 mod error;
 mod messages;
 mod peers;
@@ -18,9 +19,11 @@ mod sessions;
 mod verifier;
 
 pub use actor::IamActor;
+pub use cmesh_common::method::Permission;
 pub use config::IamConfig;
+pub use discovery::{discovery, DiscoveryError, ANNOUNCE_SUBJECT};
 pub use error::IamError;
 pub use messages::*;
 pub use peers::{Announcement, PeerInfo};
-pub use permissions::{Permission, Permissions};
+pub use permissions::Permissions;
 pub use verifier::Verifier;

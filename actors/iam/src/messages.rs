@@ -2,7 +2,7 @@
 //! Kami JSON-RPC code) the caller should see.
 
 use actix::Message;
-use cmesh_common::{Address, CmtpError, Signature65};
+use cmesh_common::{Address, CmtpError, Method, Signature65};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -63,12 +63,13 @@ impl Caller {
 }
 
 /// Authenticates the credentials and checks the caller may call `method`:
-/// 401 for missing or bad credentials, 403 for a missing permission.
+/// 401 for missing or bad credentials, 403 for a missing permission. `None`: a method the
+/// node does not serve, which needs an authenticated caller (who then gets 404).
 #[derive(Message)]
 #[rtype(result = "Result<Caller, CmtpError>")]
 pub struct Admit {
     pub credentials: Credentials,
-    pub method: String,
+    pub method: Option<Method>,
 }
 
 /// Checks an already admitted caller may also call `method` (a name's target, say).
@@ -76,7 +77,7 @@ pub struct Admit {
 #[rtype(result = "Result<(), CmtpError>")]
 pub struct Authorize {
     pub caller: Caller,
-    pub method: String,
+    pub method: Method,
 }
 
 /// Which other node issued `session` (from the tag its id starts with); `None` when this

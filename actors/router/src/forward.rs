@@ -16,6 +16,7 @@ use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, CmtpError, SigningKey, Status};
 use cmesh_events::{Emit, EventsActor};
 use cmesh_iam::{IamActor, VerifyNodeSignature};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -175,6 +176,28 @@ impl ForwardedCalls {
             iam,
             seen: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Subscribes to [`REGISTRAR_SUBJECT`] and returns the loop that answers every
+    /// forwarded call there, each in a task of its own; the caller spawns it.
+    pub async fn listen(
+        self,
+        client: async_nats::Client,
+    ) -> Result<impl std::future::Future<Output = ()>, async_nats::SubscribeError> {
+        let mut subscriber = client.subscribe(REGISTRAR_SUBJECT).await?;
+        Ok(async move {
+            while let Some(message) = subscriber.next().await {
+                let Some(reply) = message.reply.clone() else { continue };
+                let calls = self.clone();
+                let client = client.clone();
+                actix::spawn(async move {
+                    let answer = calls.serve(&message.payload).await;
+                    if let Err(e) = client.publish(reply, answer).await {
+                        tracing::warn!(error = %e, "could not answer a forwarded registrar call");
+                    }
+                });
+            }
+        })
     }
 
     /// Answers one forwarded call (MessagePack in, MessagePack out).

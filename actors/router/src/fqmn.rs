@@ -58,6 +58,12 @@ pub enum Fqmn {
         method: String,
         args: Option<Value>,
     },
+    /// `S:<context>` — a context itself: its root, heads and how many transactions it
+    /// holds (CMesh registers names for bare contracts like `0xS:0x001`).
+    Context {
+        /// `0x` followed by lower-case hex digits (at least one).
+        context: String,
+    },
     /// `R:<name>[:<args-json>]` — resolve a registrar name and dispatch its target with
     /// `args`.
     Resolve {
@@ -72,11 +78,17 @@ pub enum Fqmn {
         method: String,
         params: Option<Value>,
     },
-    /// `E:<topic>` — subscribe to events.
-    Events { topic: EventTopic },
-    /// `EW:<topic>:<payload-json>` — publish an application event, or
-    /// `EW:S:<context>:<event>:<payload-json>` — publish on a context's topic.
-    Publish { topic: PublishTopic, payload: Value },
+    /// `E:<topic>[:<verb>]` — read a topic's recent events.
+    Events {
+        topic: EventTopic,
+        /// A verb after the topic, as CMesh's events miner sends (`:read`), lower-case.
+        /// `read`, the only one served, is the default and canonically left out, so it is
+        /// `None`; any other verb is kept (and answered 404).
+        verb: Option<String>,
+    },
+    /// `EW:<topic>:<payload>` — publish an application event, or
+    /// `EW:S:<context>:<event>:<payload>` — publish on a context's topic.
+    Publish { topic: PublishTopic, payload: Payload },
     /// `C:` / `CW:<body>` — consensus (opaque text, not served yet).
     Consensus {
         write: bool,
@@ -96,6 +108,9 @@ pub enum EventTopic {
     /// `E:R:<name>[:<kind>]` — lifecycle events of a registrar name. `name` is canonical
     /// (lower-case), `kind` is lower-case `[a-z_]+` (e.g. `transferred`).
     Name { name: String, kind: Option<String> },
+    /// `E:R:<kind>` — registrar events of one kind, of every name (CMesh's
+    /// `0Ex:0Rx:Registered`). `kind` is lower-case `[a-z_]+`.
+    Names { kind: String },
     /// `E:S:<context>[:<event>]` — events of a context. `context` is canonical
     /// (`0x` + lower-case hex), `event` is `[A-Za-z0-9_-]+` as written.
     Context { context: String, event: Option<String> },
@@ -109,6 +124,48 @@ pub enum PublishTopic {
     /// `EW:S:<context>:<event>:<payload>` — a context's event. `context` is canonical
     /// (`0x` + lower-case hex), `event` is `[A-Za-z0-9_-]+` as written.
     Context { context: String, event: String },
+}
+
+/// What an `EW:` FQMN publishes: JSON, or text kept exactly as the client wrote it.
+///
+/// CMesh's events miner publishes two integers joined by a dot (`EW:events.mined:12345.67890`).
+/// That is a JSON number, but one JSON would print back as `12345.6789`, losing what the
+/// sender wrote; such payloads, and any that are not JSON at all, are text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A JSON value whose compact form says what the sender said.
+    Json(Value),
+    /// Anything else, exactly as sent.
+    Text(String),
+}
+
+impl Payload {
+    /// The payload as text after the last fixed segment: JSON when it is JSON that keeps
+    /// its meaning when printed again, else the text itself.
+    fn parse(text: &str) -> Payload {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Number(number)) if number.to_string() != trim_ascii_ws(text) => Payload::Text(text.to_owned()),
+            Ok(value) => Payload::Json(value),
+            Err(_) => Payload::Text(text.to_owned()),
+        }
+    }
+
+    /// What an event carries as its `data`: the JSON, or the text as a JSON string.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Payload::Json(value) => value.clone(),
+            Payload::Text(text) => Value::String(text.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Json(value) => write!(f, "{value}"),
+            Payload::Text(text) => f.write_str(text),
+        }
+    }
 }
 
 /// Why a string is not a valid FQMN. The messages are meant to be shown to clients.
@@ -177,8 +234,10 @@ pub enum FqmnError {
          `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`"
     )]
     NotSubscribable { prefix: String },
-    #[error("invalid event kind `{kind}`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>`")]
+    #[error("invalid event kind `{kind}`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>` or `E:R:<kind>`")]
     InvalidKind { kind: String },
+    #[error("invalid event verb `{verb}`: expected letters or `_` (e.g. `read`) after the topic")]
+    InvalidVerb { verb: String },
     #[error("invalid context event `{event}`: expected letters, digits, `_` or `-` in `{usage}`")]
     InvalidContextEvent { event: String, usage: &'static str },
     #[error("empty {what} after the last `:` — give JSON or drop the trailing `:` (expected `{usage}`)")]
@@ -208,12 +267,12 @@ const USAGE_A: &str = "A:<version-req>:<context>:<method>[:<args-json>]";
 const USAGE_R_NAME: &str = "R:<name>[:<args-json>]";
 const USAGE_R: &str = "R:<method>[:<params-json>]";
 const USAGE_RW: &str = "RW:<method>[:<params-json>]";
-const USAGE_EW: &str = "EW:<topic>:<payload-json>";
-const USAGE_EW_CONTEXT: &str = "EW:S:<context>:<event>:<payload-json>";
+const USAGE_EW: &str = "EW:<topic>:<payload>";
+const USAGE_EW_CONTEXT: &str = "EW:S:<context>:<event>:<payload>";
 const USAGE_C: &str = "C:<body>";
 const USAGE_CW: &str = "CW:<body>";
 const USAGE_P: &str = "P:<method>[:<args-json>]";
-const USAGE_E_NAME: &str = "E:R:<name>[:<kind>]";
+const USAGE_E_NAME: &str = "E:R:<name>[:<kind>[:<verb>]]";
 const USAGE_E_CONTEXT: &str = "E:S:<context>[:<event>]";
 
 impl Svc {
@@ -456,6 +515,9 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
             let usage = if write { USAGE_SW } else { USAGE_S };
             let (context, rest) = next_segment(body);
             let context = parse_context(context, usage)?;
+            if rest.is_none() && !write {
+                return Ok(Fqmn::Context { context });
+            }
             let rest = rest.ok_or(FqmnError::Missing {
                 what: "method after the context",
                 usage,
@@ -521,12 +583,13 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
             })?;
             Ok(Fqmn::Publish {
                 topic: PublishTopic::App(topic),
-                payload: parse_json(rest, "payload", USAGE_EW)?,
+                payload: parse_payload(rest, USAGE_EW)?,
             })
         }
-        Svc::Events => Ok(Fqmn::Events {
-            topic: parse_event_topic(body)?,
-        }),
+        Svc::Events => {
+            let (topic, verb) = parse_event_topic(body)?;
+            Ok(Fqmn::Events { topic, verb })
+        }
         Svc::Consensus => {
             let usage = if write { USAGE_CW } else { USAGE_C };
             let body = trim_ascii_ws(body);
@@ -548,7 +611,7 @@ fn parse_body(svc: Svc, write: bool, body: &str) -> Result<Fqmn, FqmnError> {
     }
 }
 
-/// The body of `EW:S:` after `S:`: `<context>:<event>:<payload-json>`.
+/// The body of `EW:S:` after `S:`: `<context>:<event>:<payload>`.
 fn parse_context_publish(body: &str) -> Result<Fqmn, FqmnError> {
     let (context, rest) = next_segment(body);
     let context = parse_context(context, USAGE_EW_CONTEXT)?;
@@ -564,9 +627,44 @@ fn parse_context_publish(body: &str) -> Result<Fqmn, FqmnError> {
     })?;
     Ok(Fqmn::Publish {
         topic: PublishTopic::Context { context, event },
-        payload: parse_json(rest, "payload", USAGE_EW_CONTEXT)?,
+        payload: parse_payload(rest, USAGE_EW_CONTEXT)?,
     })
 }
+
+/// An `EW:` payload: anything but nothing.
+fn parse_payload(text: &str, usage: &'static str) -> Result<Payload, FqmnError> {
+    if trim_ascii_ws(text).is_empty() {
+        return Err(FqmnError::EmptyJson { what: "payload", usage });
+    }
+    Ok(Payload::parse(text))
+}
+
+/// A registrar event kind: letters or `_`, lower-cased.
+fn parse_kind(kind: &str) -> Result<String, FqmnError> {
+    if kind.is_empty() {
+        Err(FqmnError::Missing {
+            what: "event kind after the last `:`",
+            usage: USAGE_E_NAME,
+        })
+    } else if kind.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_') {
+        Ok(kind.to_ascii_lowercase())
+    } else {
+        Err(FqmnError::InvalidKind { kind: excerpt(kind) })
+    }
+}
+
+/// The verb after an `E:` topic, lower-cased; `read`, the default, is `None`.
+fn parse_verb(verb: Option<&str>) -> Result<Option<String>, FqmnError> {
+    let Some(verb) = verb else { return Ok(None) };
+    if verb.is_empty() || !verb.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_') {
+        return Err(FqmnError::InvalidVerb { verb: excerpt(verb) });
+    }
+    let verb = verb.to_ascii_lowercase();
+    Ok((verb != READ_VERB).then_some(verb))
+}
+
+/// The events verb `E:` serves: read the topic's recent events.
+pub const READ_VERB: &str = "read";
 
 /// A context event name: `[A-Za-z0-9_-]+`, kept as written.
 fn parse_context_event(event: &str, what: &'static str, usage: &'static str) -> Result<String, FqmnError> {
@@ -582,50 +680,53 @@ fn parse_context_event(event: &str, what: &'static str, usage: &'static str) -> 
     }
 }
 
-fn parse_event_topic(body: &str) -> Result<EventTopic, FqmnError> {
+fn parse_event_topic(body: &str) -> Result<(EventTopic, Option<String>), FqmnError> {
     const NESTED: &str = ", `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`";
-    let Some((inner, rest)) = body.split_once(':') else {
-        return Ok(EventTopic::App(parse_app_topic(body, NESTED)?));
+    let (inner, rest) = next_segment(body);
+    let Some(rest) = rest else {
+        return Ok((EventTopic::App(parse_app_topic(body, NESTED)?), None));
     };
     match parse_prefix(inner) {
         Some((Svc::Registrar, false)) => {
-            let (name, kind) = next_segment(rest);
-            if !name.contains('.') {
-                return Err(FqmnError::InvalidName {
-                    name: excerpt(name),
-                    reason: "`E:R:` takes a registrar name with at least two labels separated by `.`",
-                });
+            let (first, rest) = next_segment(rest);
+            if !first.contains('.') {
+                // `E:R:<kind>[:<verb>]`: one kind, every name.
+                let kind = parse_kind(first).map_err(|_| FqmnError::InvalidName {
+                    name: excerpt(first),
+                    reason: "`E:R:` takes a registrar name with at least two labels separated by `.`, \
+                             or an event kind of letters and `_`",
+                })?;
+                return Ok((EventTopic::Names { kind }, parse_verb(rest)?));
             }
-            let name = parse_name(name)?;
-            let kind = kind
-                .map(|kind| {
-                    if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_') {
-                        Ok(kind.to_ascii_lowercase())
-                    } else if kind.is_empty() {
-                        Err(FqmnError::Missing {
-                            what: "event kind after the last `:`",
-                            usage: USAGE_E_NAME,
-                        })
-                    } else {
-                        Err(FqmnError::InvalidKind { kind: excerpt(kind) })
-                    }
-                })
-                .transpose()?;
-            Ok(EventTopic::Name { name, kind })
+            let name = parse_name(first)?;
+            let (kind, verb) = match rest.map(next_segment) {
+                None => (None, None),
+                Some((kind, verb)) => (Some(parse_kind(kind)?), verb),
+            };
+            Ok((EventTopic::Name { name, kind }, parse_verb(verb)?))
         }
         Some((Svc::State, false)) => {
-            let (context, event) = next_segment(rest);
+            let (context, rest) = next_segment(rest);
             let context = parse_context(context, USAGE_E_CONTEXT)?;
-            let event = event
-                .map(|event| parse_context_event(event, "context event after the last `:`", USAGE_E_CONTEXT))
-                .transpose()?;
-            Ok(EventTopic::Context { context, event })
+            let (event, verb) = match rest.map(next_segment) {
+                None => (None, None),
+                Some((event, verb)) => (
+                    Some(parse_context_event(
+                        event,
+                        "context event after the last `:`",
+                        USAGE_E_CONTEXT,
+                    )?),
+                    verb,
+                ),
+            };
+            Ok((EventTopic::Context { context, event }, parse_verb(verb)?))
         }
         Some(_) => Err(FqmnError::NotSubscribable { prefix: excerpt(inner) }),
-        None => Err(FqmnError::InvalidTopic {
-            topic: excerpt(body),
-            nested: NESTED,
-        }),
+        // `E:<topic>:<verb>`
+        None => {
+            let topic = parse_app_topic(inner, NESTED)?;
+            Ok((EventTopic::App(topic), parse_verb(Some(rest))?))
+        }
     }
 }
 
@@ -695,6 +796,7 @@ impl fmt::Display for EventTopic {
                     None => Ok(()),
                 }
             }
+            EventTopic::Names { kind } => write!(f, "R:{kind}"),
             EventTopic::Context { context, event } => {
                 write!(f, "S:{context}")?;
                 match event {
@@ -739,6 +841,7 @@ impl fmt::Display for Fqmn {
                 write!(f, "{prefix}:{version_req}:{context}:{method}")?;
                 write_args(f, args)
             }
+            Fqmn::Context { context } => write!(f, "{prefix}:{context}"),
             Fqmn::Resolve { name, args } => {
                 write!(f, "{prefix}:{name}")?;
                 write_args(f, args)
@@ -747,7 +850,13 @@ impl fmt::Display for Fqmn {
                 write!(f, "{prefix}:{method}")?;
                 write_args(f, params)
             }
-            Fqmn::Events { topic } => write!(f, "{prefix}:{topic}"),
+            Fqmn::Events { topic, verb } => {
+                write!(f, "{prefix}:{topic}")?;
+                match verb {
+                    Some(verb) => write!(f, ":{verb}"),
+                    None => Ok(()),
+                }
+            }
             Fqmn::Publish { topic, payload } => write!(f, "{prefix}:{topic}:{payload}"),
             Fqmn::Consensus { body, .. } => write!(f, "{prefix}:{body}"),
         }
@@ -761,6 +870,7 @@ impl Fqmn {
         let (svc, write) = match self {
             Fqmn::Iam { .. } => (Svc::Iam, false),
             Fqmn::State { write, .. } => (Svc::State, *write),
+            Fqmn::Context { .. } => (Svc::State, false),
             Fqmn::Assembly { write, .. } => (Svc::Assembly, *write),
             Fqmn::Resolve { .. } => (Svc::Registrar, false),
             Fqmn::RegistrarCall { write, .. } => (Svc::Registrar, *write),
@@ -780,24 +890,10 @@ impl Fqmn {
         self.service_letter().ends_with('W')
     }
 
-    /// The JSON arguments of the call, if any: `args`, a registrar call's `params`, or a
-    /// publish's `payload`.
-    pub fn args(&self) -> Option<&Value> {
-        match self {
-            Fqmn::Iam { args, .. }
-            | Fqmn::State { args, .. }
-            | Fqmn::Assembly { args, .. }
-            | Fqmn::Resolve { args, .. }
-            | Fqmn::Router { args, .. } => args.as_ref(),
-            Fqmn::RegistrarCall { params, .. } => params.as_ref(),
-            Fqmn::Publish { payload, .. } => Some(payload),
-            Fqmn::Events { .. } | Fqmn::Consensus { .. } => None,
-        }
-    }
-
     /// Gives a resolved name's target the caller's arguments: `Some(args)` replaces the
     /// target's `args` (a registrar call's `params`, a publish's `payload`); `None` keeps
-    /// the target's own. `E:` and `C:`/`CW:` take no arguments and are returned unchanged.
+    /// the target's own. `S:<context>`, `E:` and `C:`/`CW:` take no arguments and are
+    /// returned unchanged.
     pub fn with_args(mut self, new_args: Option<Value>) -> Fqmn {
         let Some(new_args) = new_args else {
             return self;
@@ -809,8 +905,8 @@ impl Fqmn {
             | Fqmn::Resolve { args, .. }
             | Fqmn::Router { args, .. } => *args = Some(new_args),
             Fqmn::RegistrarCall { params, .. } => *params = Some(new_args),
-            Fqmn::Publish { payload, .. } => *payload = new_args,
-            Fqmn::Events { .. } | Fqmn::Consensus { .. } => {}
+            Fqmn::Publish { payload, .. } => *payload = Payload::Json(new_args),
+            Fqmn::Context { .. } | Fqmn::Events { .. } | Fqmn::Consensus { .. } => {}
         }
         self
     }
@@ -895,6 +991,7 @@ mod tests {
                     name: "helloworld.mcom".into(),
                     kind: Some("transferred".into()),
                 },
+                verb: None,
             },
             "E:R:helloworld.mcom:transferred",
         );
@@ -975,6 +1072,7 @@ mod tests {
             "0xE:chat.room1",
             Fqmn::Events {
                 topic: EventTopic::App("chat.room1".into()),
+                verb: None,
             },
             "E:chat.room1",
         );
@@ -982,10 +1080,110 @@ mod tests {
             r#"0xEW:chat.room1:{"text":"hi: there"}"#,
             Fqmn::Publish {
                 topic: PublishTopic::App("chat.room1".into()),
-                payload: json!({"text": "hi: there"}),
+                payload: Payload::Json(json!({"text": "hi: there"})),
             },
             r#"EW:chat.room1:{"text":"hi: there"}"#,
         );
+    }
+
+    /// Every FQMN that CMesh's own code sends (its router, dispatcher, events miner and
+    /// their examples) parses; what each means is in docs/FQMN.md.
+    #[test]
+    fn cmesh_forms() {
+        check(
+            "0xS:0x001:blah_blah",
+            Fqmn::State {
+                write: false,
+                context: "0x001".into(),
+                method: "blah_blah".into(),
+                args: None,
+            },
+            "S:0x001:blah_blah",
+        );
+        check(
+            "0xS:0x001",
+            Fqmn::Context {
+                context: "0x001".into(),
+            },
+            "S:0x001",
+        );
+        check(
+            "0xE:events.state.contracts.0x001.blah_blah:read",
+            Fqmn::Events {
+                topic: EventTopic::App("events.state.contracts.0x001.blah_blah".into()),
+                verb: None,
+            },
+            "E:events.state.contracts.0x001.blah_blah",
+        );
+        check(
+            "0xE:ch1:stuff",
+            Fqmn::Events {
+                topic: EventTopic::App("ch1".into()),
+                verb: Some("stuff".into()),
+            },
+            "E:ch1:stuff",
+        );
+        check(
+            "0Ex:0Rx:Registered",
+            Fqmn::Events {
+                topic: EventTopic::Names {
+                    kind: "registered".into(),
+                },
+                verb: None,
+            },
+            "E:R:registered",
+        );
+        check(
+            "E:R:a.mcom:Transferred:READ",
+            Fqmn::Events {
+                topic: EventTopic::Name {
+                    name: "a.mcom".into(),
+                    kind: Some("transferred".into()),
+                },
+                verb: None,
+            },
+            "E:R:a.mcom:transferred",
+        );
+        check(
+            "E:S:0xab:note:read",
+            Fqmn::Events {
+                topic: EventTopic::Context {
+                    context: "0xab".into(),
+                    event: Some("note".into()),
+                },
+                verb: None,
+            },
+            "E:S:0xab:note",
+        );
+        // The miner's two integers joined by a dot stay as written; so does plain text.
+        check(
+            "0xEW:events.mined:12345.67890",
+            Fqmn::Publish {
+                topic: PublishTopic::App("events.mined".into()),
+                payload: Payload::Text("12345.67890".into()),
+            },
+            "EW:events.mined:12345.67890",
+        );
+        check(
+            "EW:chat:hello there: all",
+            Fqmn::Publish {
+                topic: PublishTopic::App("chat".into()),
+                payload: Payload::Text("hello there: all".into()),
+            },
+            "EW:chat:hello there: all",
+        );
+        check(
+            "EW:chat:42",
+            Fqmn::Publish {
+                topic: PublishTopic::App("chat".into()),
+                payload: Payload::Json(json!(42)),
+            },
+            "EW:chat:42",
+        );
+        assert_eq!(Payload::Text("12345.67890".into()).to_value(), json!("12345.67890"));
+        assert_eq!(Payload::Json(json!({"a": 1})).to_value(), json!({"a": 1}));
+        // A context write always names a method.
+        assert!(err("SW:0x001").contains("missing method"));
     }
 
     #[test]
@@ -1066,6 +1264,7 @@ mod tests {
                     name: "a.mcom".into(),
                     kind: None,
                 },
+                verb: None,
             },
             "E:R:a.mcom",
         );
@@ -1076,6 +1275,7 @@ mod tests {
                     context: "0xab".into(),
                     event: Some("member-joined".into()),
                 },
+                verb: None,
             },
             "E:S:0xab:member-joined",
         );
@@ -1086,6 +1286,7 @@ mod tests {
                     context: "0xab".into(),
                     event: None,
                 },
+                verb: None,
             },
             "E:S:0xab",
         );
@@ -1096,7 +1297,7 @@ mod tests {
                     context: "0xab".into(),
                     event: "note-added".into(),
                 },
-                payload: json!({"text": "a:b"}),
+                payload: Payload::Json(json!({"text": "a:b"})),
             },
             r#"EW:S:0xab:note-added:{"text":"a:b"}"#,
         );
@@ -1130,7 +1331,6 @@ mod tests {
         assert!(parse("CW:x").is_write());
         assert_eq!(parse("R:a.mcom").service_letter(), "R");
         assert_eq!(parse("E:R:a.mcom").service_letter(), "E");
-        assert_eq!(parse("I:x:[1]").args(), Some(&json!([1])));
 
         let target = parse(r#"S:0xab:hello_world:["World"]"#);
         let called = target.clone().with_args(Some(json!(["Dexter"])));
@@ -1213,8 +1413,8 @@ mod tests {
                 "params must be JSON: key must be a string at line 1 column 2".into(),
             ),
             (
-                "S:0xab",
-                "missing method after the context: expected `S:<context>:<method>[:<args-json>]`".into(),
+                "SW:0xab",
+                "missing method after the context: expected `SW:<context>:<method>[:<args-json>]`".into(),
             ),
             (
                 "SW:0x:set",
@@ -1269,8 +1469,12 @@ mod tests {
                 "invalid event topic `chat..room`: expected dot-separated tokens of letters, digits, `_` or `-` (e.g. `chat.room1`), `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
             ),
             (
-                "E:chat:room",
-                "invalid event topic `chat:room`: expected dot-separated tokens of letters, digits, `_` or `-` (e.g. `chat.room1`), `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
+                "E:chat:ro-om",
+                "invalid event verb `ro-om`: expected letters or `_` (e.g. `read`) after the topic".into(),
+            ),
+            (
+                "E:chat.room:",
+                "invalid event verb ``: expected letters or `_` (e.g. `read`) after the topic".into(),
             ),
             (
                 "E:I:whoami",
@@ -1281,16 +1485,16 @@ mod tests {
                 "cannot subscribe to `RW:`: `E:` takes an application topic, `E:R:<name>[:<kind>]` or `E:S:<context>[:<event>]`".into(),
             ),
             (
-                "E:R:list",
-                "invalid name `list`: `E:R:` takes a registrar name with at least two labels separated by `.` (e.g. `helloworld.mcom`)".into(),
+                "E:R:li-st",
+                "invalid name `li-st`: `E:R:` takes a registrar name with at least two labels separated by `.`, or an event kind of letters and `_` (e.g. `helloworld.mcom`)".into(),
             ),
             (
                 "E:R:a.mcom:Trans-ferred",
-                "invalid event kind `Trans-ferred`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>`".into(),
+                "invalid event kind `Trans-ferred`: expected letters or `_` (e.g. `Transferred`) in `E:R:<name>:<kind>` or `E:R:<kind>`".into(),
             ),
             (
                 "E:R:a.mcom:",
-                "missing event kind after the last `:`: expected `E:R:<name>[:<kind>]`".into(),
+                "missing event kind after the last `:`: expected `E:R:<name>[:<kind>[:<verb>]]`".into(),
             ),
             (
                 "E:S:0xab:a.b",
@@ -1302,24 +1506,24 @@ mod tests {
             ),
             (
                 "EW:chat",
-                "missing payload after the topic: expected `EW:<topic>:<payload-json>`".into(),
+                "missing payload after the topic: expected `EW:<topic>:<payload>`".into(),
             ),
             (
                 "EW:S:0xab",
-                "missing event after the context: expected `EW:S:<context>:<event>:<payload-json>`".into(),
+                "missing event after the context: expected `EW:S:<context>:<event>:<payload>`".into(),
             ),
             (
                 "EW:S:0xab:posted",
-                "missing payload after the event: expected `EW:S:<context>:<event>:<payload-json>`".into(),
+                "missing payload after the event: expected `EW:S:<context>:<event>:<payload>`".into(),
             ),
             (
                 "EW:S:0xab::1",
-                "missing event after the context: expected `EW:S:<context>:<event>:<payload-json>`".into(),
+                "missing event after the context: expected `EW:S:<context>:<event>:<payload>`".into(),
             ),
             (
                 "EW:S:0xab:a.b:1",
                 "invalid context event `a.b`: expected letters, digits, `_` or `-` in \
-                 `EW:S:<context>:<event>:<payload-json>`"
+                 `EW:S:<context>:<event>:<payload>`"
                     .into(),
             ),
             (
@@ -1328,7 +1532,7 @@ mod tests {
             ),
             (
                 "EW:chat:",
-                "empty payload after the last `:` — give JSON or drop the trailing `:` (expected `EW:<topic>:<payload-json>`)".into(),
+                "empty payload after the last `:` — give JSON or drop the trailing `:` (expected `EW:<topic>:<payload>`)".into(),
             ),
             (
                 "EW:chat room:1",

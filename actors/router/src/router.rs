@@ -3,15 +3,15 @@
 //! addresses, so each request runs as its own future and none waits for another.
 
 use actix::prelude::*;
-use cmesh_common::rpc::{self, RpcRequest, RpcResponse, INVALID_REQUEST, PARSE_ERROR};
+use cmesh_common::rpc::{self, RpcRequest, RpcResponse, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
 use cmesh_common::time::unix_millis;
-use cmesh_common::{CmtpError, Status};
+use cmesh_common::{CmtpError, Method, Status};
 use cmesh_events::Emit;
 use cmesh_iam::{Admit, Authorize, Caller, Credentials, SessionIssuer, SignedRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::fqmn::{EventTopic, Fqmn};
+use crate::fqmn::{EventTopic, Fqmn, READ_VERB};
 use crate::request::{Endpoint, Inbound, Reply, FORWARDED_HEADER};
 use crate::services::{mailbox, Services};
 
@@ -56,11 +56,22 @@ impl Handler<Route> for RouterActor {
     }
 }
 
+/// What a request names: a method the node serves with its params, or why it names
+/// nothing (404, said once the caller is admitted: an unknown method needs credentials,
+/// as every method does by default).
+type Target = Result<(Method, Value), CmtpError>;
+
+/// A method name as a client sent it.
+fn method_named(name: &str) -> Result<Method, CmtpError> {
+    name.parse::<Method>()
+        .map_err(|e| CmtpError::not_found(format!("{e} (see README)")).with_rpc_code(METHOD_NOT_FOUND))
+}
+
 /// The method an FQMN stands for, and its params.
-fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
+fn method_of(fqmn: &Fqmn) -> Target {
     let args = |a: &Option<Value>| a.clone().unwrap_or(Value::Null);
     Ok(match fqmn {
-        Fqmn::Iam { method, args: a } => (format!("iam.{method}"), args(a)),
+        Fqmn::Iam { method, args: a } => (method_named(&format!("iam.{method}"))?, args(a)),
         Fqmn::State {
             write,
             context,
@@ -80,42 +91,65 @@ fn method_of(fqmn: &Fqmn) -> Result<(String, Value), CmtpError> {
             context_method(*write),
             json!({ "context": context, "method": method, "args": args(a), "version": version_req }),
         ),
-        Fqmn::Resolve { name, .. } => ("registrar.resolve".to_string(), json!({ "name": name })),
+        Fqmn::Context { context } => (Method::CtxRoot, json!({ "context": context })),
+        Fqmn::Resolve { name, .. } => (Method::RegistrarResolve, json!({ "name": name })),
         Fqmn::RegistrarCall { write, method, params } => {
-            let is_write = matches!(method.as_str(), "register" | "transfer" | "release");
+            let found = method_named(&format!("registrar.{method}"))?;
+            let is_write = matches!(
+                found,
+                Method::RegistrarRegister | Method::RegistrarTransfer | Method::RegistrarRelease
+            );
             if is_write != *write {
-                let hint = if is_write { "RW:" } else { "R:" };
-                return Err(CmtpError::bad_request(format!(
-                    "registrar `{method}` is called with {hint}{method}"
+                let (has, hint) = if is_write { ("writes", "RW:") } else { ("reads", "R:") };
+                return Err(CmtpError::not_found(format!(
+                    "the registrar has no {} method `{method}`: `{method}` {has}, send {hint}{method}",
+                    if *write { "write" } else { "read" }
                 )));
             }
-            (format!("registrar.{method}"), args(params))
+            (found, args(params))
         }
-        Fqmn::Events { topic } => {
+        Fqmn::Events { topic, verb } => {
+            if let Some(verb) = verb {
+                return Err(CmtpError::not_found(format!(
+                    "events have no verb `{verb}`: `E:{topic}:{READ_VERB}` (or just `E:{topic}`) reads them"
+                )));
+            }
             let key = match topic {
                 EventTopic::App(topic) => topic.clone(),
                 EventTopic::Name { name, kind: None } => format!("R:{name}"),
                 EventTopic::Name { name, kind: Some(kind) } => format!("R:{name}:{kind}"),
+                EventTopic::Names { kind } => format!("R:{kind}"),
                 EventTopic::Context { context, event: None } => format!("S:{context}"),
                 EventTopic::Context {
                     context,
                     event: Some(event),
                 } => format!("S:{context}:{event}"),
             };
-            ("events.recent".to_string(), json!({ "topic": key }))
+            (Method::EventsRecent, json!({ "topic": key }))
         }
         Fqmn::Publish { topic, payload } => (
-            "events.publish".to_string(),
-            json!({ "topic": topic.to_string(), "data": payload }),
+            Method::EventsPublish,
+            json!({ "topic": topic.to_string(), "data": payload.to_value() }),
         ),
-        Fqmn::Consensus { .. } => ("consensus.call".to_string(), Value::Null),
-        Fqmn::Router { method, args: a } => (format!("router.{method}"), args(a)),
+        Fqmn::Consensus { write, body } => (
+            if *write {
+                Method::ConsensusWrite
+            } else {
+                Method::ConsensusRead
+            },
+            json!({ "body": body }),
+        ),
+        Fqmn::Router { method, args: a } => (method_named(&format!("router.{method}"))?, args(a)),
     })
 }
 
 /// `ctx.call` for a write (a transaction), `ctx.view` for a read.
-fn context_method(write: bool) -> String {
-    (if write { "ctx.call" } else { "ctx.view" }).to_string()
+fn context_method(write: bool) -> Method {
+    if write {
+        Method::CtxCall
+    } else {
+        Method::CtxView
+    }
 }
 
 fn admission_event(method: &str, caller: &Result<Caller, CmtpError>) -> Emit {
@@ -132,23 +166,22 @@ fn admission_event(method: &str, caller: &Result<Caller, CmtpError>) -> Emit {
     Emit::new("router", kind, Vec::new(), data)
 }
 
-/// Has IAM admit the caller, and notes the outcome as a lifecycle event in `trace`.
+/// Has IAM admit the caller for `method` (`None`: a method the node does not serve, named
+/// `name` by the client), and notes the outcome as a lifecycle event in `trace`.
 async fn admit(
     services: &Services,
     credentials: Credentials,
-    method: &str,
+    method: Option<Method>,
+    name: &str,
     trace: &mut Vec<Emit>,
 ) -> Result<Caller, CmtpError> {
     let caller = services
         .iam
-        .send(Admit {
-            credentials,
-            method: method.to_string(),
-        })
+        .send(Admit { credentials, method })
         .await
         .map_err(mailbox("IAM"))
         .and_then(|r| r);
-    trace.push(admission_event(method, &caller));
+    trace.push(admission_event(name, &caller));
     caller
 }
 
@@ -164,9 +197,11 @@ async fn route_fqmn(services: &Services, inbound: Inbound) -> Reply {
     let credentials = inbound.bearer.map(Credentials::Bearer).unwrap_or(Credentials::None);
     let mut trace = Vec::with_capacity(1);
     let result = async {
-        let (method, _) = method_of(&fqmn)?;
-        let caller = admit(services, credentials, &method, &mut trace).await?;
-        run_fqmn(services, &caller, fqmn).await
+        let target = method_of(&fqmn);
+        let method = target.as_ref().ok().map(|(method, _)| *method);
+        let name = method.map_or_else(|| fqmn.service_letter().to_string(), |m| m.name().to_string());
+        let caller = admit(services, credentials, method, &name, &mut trace).await?;
+        run_fqmn(services, &caller, fqmn, target).await
     }
     .await;
     let reply = match result {
@@ -186,16 +221,17 @@ fn decode_fqmn_payload(inbound: &Inbound) -> Result<String, CmtpError> {
     }
 }
 
-/// Runs an admitted FQMN; names are resolved and their targets run in turn, each
-/// target's method checked against the caller's permissions.
-async fn run_fqmn(services: &Services, caller: &Caller, mut fqmn: Fqmn) -> Result<Value, CmtpError> {
+/// Runs an admitted FQMN (`target`: what it names); names are resolved and their targets
+/// run in turn, each target's method checked against the caller's permissions.
+async fn run_fqmn(services: &Services, caller: &Caller, mut fqmn: Fqmn, named: Target) -> Result<Value, CmtpError> {
+    let mut named = named;
     for _ in 0..=MAX_RESOLVE_DEPTH {
         let Fqmn::Resolve { name, args } = fqmn else {
-            let (method, params) = method_of(&fqmn)?;
-            return services.call(caller, &method, params).await;
+            let (method, params) = named?;
+            return services.call(caller, method, params).await;
         };
         let record = services
-            .call(caller, "registrar.resolve", json!({ "name": name }))
+            .call(caller, Method::RegistrarResolve, json!({ "name": name }))
             .await?;
         let target = record.get("target").and_then(Value::as_str).unwrap_or_default();
         let next: Fqmn = target.parse().map_err(|e| {
@@ -205,12 +241,13 @@ async fn run_fqmn(services: &Services, caller: &Caller, mut fqmn: Fqmn) -> Resul
             )
         })?;
         let next = next.with_args(args);
-        let (method, _) = method_of(&next)?;
+        named = method_of(&next);
+        let (method, _) = named.as_ref().map_err(Clone::clone)?;
         services
             .iam
             .send(Authorize {
                 caller: caller.clone(),
-                method: method.clone(),
+                method: *method,
             })
             .await
             .map_err(mailbox("IAM"))??;
@@ -283,7 +320,7 @@ fn rpc_error_reply(id: Value, error: &CmtpError) -> Reply {
 
 /// The session a request depends on: `iam.login`'s, or a signed request's `id`.
 fn session_of(raw: &Value) -> Option<&str> {
-    if raw.get("method").and_then(Value::as_str) == Some("iam.login") {
+    if raw.get("method").and_then(Value::as_str) == Some(Method::IamLogin.name()) {
         return raw.pointer("/params/session").and_then(Value::as_str);
     }
     raw.get("signature")?;
@@ -362,8 +399,16 @@ async fn rpc_one(
             (None, _, Some(token)) => Credentials::Bearer(token.clone()),
             (None, _, None) => Credentials::None,
         };
-        let caller = admit(services, credentials, &request.method, trace).await?;
-        services.call(&caller, &request.method, request.params).await
+        let method = method_named(&request.method);
+        let caller = admit(
+            services,
+            credentials,
+            method.as_ref().ok().copied(),
+            &request.method,
+            trace,
+        )
+        .await?;
+        services.call(&caller, method?, request.params).await
     }
     .await;
     id.as_ref()?;

@@ -1,11 +1,13 @@
-//! The protected services behind the router, and the method table that reaches them.
+//! The protected services behind the router, and the dispatch that reaches them.
 //!
-//! Every method is `<service>.<name>` whether it came as JSON-RPC or as an FQMN, so IAM
-//! checks one permission table and events name one method.
+//! Every request, JSON-RPC or FQMN, arrives here as a [`Method`] of the one method table
+//! (`cmesh_common::method`) and its params. [`Services::call`] matches on every method, so
+//! a method the table gains and nobody serves does not compile; each arm names the params
+//! type it decodes.
 
 use actix::Addr;
-use cmesh_common::rpc::{INVALID_PARAMS, METHOD_NOT_FOUND};
-use cmesh_common::{Address, CmtpError, Status};
+use cmesh_common::rpc::INVALID_PARAMS;
+use cmesh_common::{Address, CmtpError, Method, Status};
 use cmesh_events::{EmitApp, EmitContext, EventsActor, Recent};
 use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
 use cmesh_replication::Replicator;
@@ -34,11 +36,15 @@ pub struct Services {
 /// Most recent events returned when the caller does not say how many.
 const DEFAULT_RECENT: usize = 20;
 
-pub fn params<T: DeserializeOwned>(method: &str, params: Value, usage: &str) -> Result<T, CmtpError> {
+/// Decodes `method`'s params (none is `{}`); 400 with the expected shape otherwise.
+pub fn params<T: DeserializeOwned>(method: Method, params: Value) -> Result<T, CmtpError> {
     let params = if params.is_null() { json!({}) } else { params };
     serde_json::from_value(params).map_err(|e| {
-        CmtpError::bad_request(format!("invalid params for {method}: {e}; expected {usage}"))
-            .with_rpc_code(INVALID_PARAMS)
+        CmtpError::bad_request(format!(
+            "invalid params for {method}: {e}; expected {}",
+            method.params()
+        ))
+        .with_rpc_code(INVALID_PARAMS)
     })
 }
 
@@ -96,46 +102,47 @@ struct RecentParams {
     limit: Option<usize>,
 }
 
-const NOT_YET: &str = "is not served yet: consensus (C, CW) arrives in a later release";
+/// `C:<body>` / `CW:<body>`, kept whole for the consensus service.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsensusParams {
+    body: String,
+}
 
 impl Services {
     /// Runs `method` for an admitted `caller`.
-    pub async fn call(&self, caller: &Caller, method: &str, params_value: Value) -> Result<Value, CmtpError> {
+    /// Methods that take no params ignore what they are sent, as they always have.
+    pub async fn call(&self, caller: &Caller, method: Method, value: Value) -> Result<Value, CmtpError> {
         match method {
-            "iam.challenge" => {
-                let request: Challenge = params(method, params_value, "{address, client_nonce?}")?;
-                let reply = self.iam.send(request).await.map_err(mailbox("IAM"))??;
-                Ok(json!(reply))
+            Method::IamChallenge => {
+                let request: Challenge = params(method, value)?;
+                Ok(json!(self.iam.send(request).await.map_err(mailbox("IAM"))??))
             }
-            "iam.login" => {
-                let request: Login = params(method, params_value, "{session, signature}")?;
-                let reply = self.iam.send(request).await.map_err(mailbox("IAM"))??;
-                Ok(json!(reply))
+            Method::IamLogin => {
+                let request: Login = params(method, value)?;
+                Ok(json!(self.iam.send(request).await.map_err(mailbox("IAM"))??))
             }
-            "iam.whoami" => Ok(json!({
+            Method::IamWhoami => Ok(json!({
                 "address": caller.address,
                 "attributes": caller.attributes,
                 "expires_at": caller.expires_at,
                 "node": self.node,
             })),
-            "iam.grant" => {
-                let request: Grant = params(method, params_value, "{address, attribute}")?;
+            Method::IamGrant => {
+                let request: Grant = params(method, value)?;
                 let address = request.address;
                 let attributes = self.iam.send(request).await.map_err(mailbox("IAM"))??;
                 Ok(json!({ "address": address, "attributes": attributes }))
             }
-            "iam.revoke" => {
-                let request: Revoke = params(method, params_value, "{address, attribute}")?;
+            Method::IamRevoke => {
+                let request: Revoke = params(method, value)?;
                 let address = request.address;
                 let attributes = self.iam.send(request).await.map_err(mailbox("IAM"))??;
                 Ok(json!({ "address": address, "attributes": attributes }))
             }
-            "iam.peers" => {
-                let peers = self.iam.send(Peers).await.map_err(mailbox("IAM"))?;
-                Ok(json!(peers))
-            }
-            "registrar.register" => {
-                let p: RegisterParams = params(method, params_value, "{name, target}")?;
+            Method::IamPeers => Ok(json!(self.iam.send(Peers).await.map_err(mailbox("IAM"))?)),
+            Method::RegistrarRegister => {
+                let p: RegisterParams = params(method, value)?;
                 check_target(&p.target)?;
                 let op = RegistrarOp::Register {
                     name: p.name,
@@ -143,81 +150,36 @@ impl Services {
                 };
                 self.registrar.call(caller_address(caller)?, op).await
             }
-            "registrar.resolve" => {
-                let p: NameParams = params(method, params_value, "{name}")?;
-                self.registrar
-                    .call(caller_address(caller)?, RegistrarOp::Resolve { name: p.name })
-                    .await
+            Method::RegistrarResolve => {
+                let p: NameParams = params(method, value)?;
+                let op = RegistrarOp::Resolve { name: p.name };
+                self.registrar.call(caller_address(caller)?, op).await
             }
-            "registrar.transfer" => {
-                let p: TransferParams = params(method, params_value, "{name, to}")?;
-                self.registrar
-                    .call(
-                        caller_address(caller)?,
-                        RegistrarOp::Transfer { name: p.name, to: p.to },
-                    )
-                    .await
+            Method::RegistrarTransfer => {
+                let p: TransferParams = params(method, value)?;
+                let op = RegistrarOp::Transfer { name: p.name, to: p.to };
+                self.registrar.call(caller_address(caller)?, op).await
             }
-            "registrar.release" => {
-                let p: NameParams = params(method, params_value, "{name}")?;
-                self.registrar
-                    .call(caller_address(caller)?, RegistrarOp::Release { name: p.name })
-                    .await
+            Method::RegistrarRelease => {
+                let p: NameParams = params(method, value)?;
+                let op = RegistrarOp::Release { name: p.name };
+                self.registrar.call(caller_address(caller)?, op).await
             }
-            "registrar.list" => {
-                let p: ListParams = params(method, params_value, "{owner?}")?;
-                self.registrar
-                    .call(caller_address(caller)?, RegistrarOp::List { owner: p.owner })
-                    .await
+            Method::RegistrarList => {
+                let p: ListParams = params(method, value)?;
+                let op = RegistrarOp::List { owner: p.owner };
+                self.registrar.call(caller_address(caller)?, op).await
             }
-            "events.publish" => {
-                let p: PublishParams = params(method, params_value, "{topic, data}")?;
-                let by = caller_address(caller)?;
-                let published = match p.topic.strip_prefix("S:") {
-                    Some(rest) => {
-                        let (context, event) = rest.split_once(':').ok_or_else(|| {
-                            CmtpError::bad_request(format!(
-                                "topic `{}` names no event: a context topic is S:<context>:<event>",
-                                p.topic
-                            ))
-                            .with_rpc_code(INVALID_PARAMS)
-                        })?;
-                        let context = self.resolve_context(caller, context, Role::Writer).await?;
-                        let request = EmitContext {
-                            context: context.to_string(),
-                            event: event.to_string(),
-                            data: p.data,
-                            caller: by,
-                        };
-                        self.events.send(request).await
-                    }
-                    None => {
-                        let request = EmitApp {
-                            topic: p.topic,
-                            data: p.data,
-                            caller: by,
-                        };
-                        self.events.send(request).await
-                    }
-                };
-                let envelope = published
-                    .map_err(mailbox("events"))?
-                    .map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
-                Ok(json!(envelope))
-            }
-            "events.recent" => {
-                let p: RecentParams = params(method, params_value, "{topic, limit?}")?;
+            Method::EventsPublish => self.publish(caller, params(method, value)?).await,
+            Method::EventsRecent => {
+                let p: RecentParams = params(method, value)?;
                 let limit = p.limit.unwrap_or(DEFAULT_RECENT);
                 let topic = self.context_topic(caller, p.topic).await?;
-                let events = self
-                    .events
-                    .send(Recent { topic, limit })
-                    .await
-                    .map_err(mailbox("events"))?;
-                Ok(json!(events))
+                let recent = self.events.send(Recent { topic, limit });
+                Ok(json!(recent.await.map_err(mailbox("events"))?))
             }
-            "router.ping" => Ok(json!({ "pong": true, "node": self.node, "registrar": self.is_registrar })),
-            "router.info" => {
+            Method::RouterPing => Ok(json!({ "pong": true, "node": self.node, "registrar": self.is_registrar })),
+            Method::RouterInfo => {
                 let peers = self.iam.send(Peers).await.map_err(mailbox("IAM"))?;
                 Ok(json!({
                     "node": self.node,
@@ -227,14 +189,66 @@ impl Services {
                     "peers": peers,
                 }))
             }
-            m if m.starts_with("app.") || m.starts_with("ctx.") => self.call_state(caller, m, params_value).await,
-            m if m.starts_with("consensus.") => Err(CmtpError::not_implemented(format!("`{m}` {NOT_YET}"))),
-            m => Err(CmtpError::not_found(format!(
-                "unknown method `{m}`; the node serves iam.*, registrar.*, events.*, app.*, ctx.* and router.* \
-                 methods (see README)"
-            ))
-            .with_rpc_code(METHOD_NOT_FOUND)),
+            Method::AppDeploy => self.app_deploy(caller, params(method, value)?).await,
+            Method::AppList => self.app_list().await,
+            Method::CtxCreate => self.ctx_create(caller, params(method, value)?).await,
+            Method::CtxList => self.ctx_list(caller).await,
+            Method::CtxCall => self.ctx_call(caller, params(method, value)?, true).await,
+            Method::CtxView => self.ctx_call(caller, params(method, value)?, false).await,
+            Method::CtxGrant => self.ctx_grant(caller, params(method, value)?).await,
+            Method::CtxRevoke => self.ctx_revoke(caller, params(method, value)?).await,
+            Method::CtxRoot => self.ctx_root(caller, params(method, value)?).await,
+            Method::CtxInvite => self.ctx_invite(caller, params(method, value)?).await,
+            Method::CtxMembers => self.ctx_members(caller, params(method, value)?).await,
+            Method::CtxJoin => self.ctx_join(params(method, value)?).await,
+            Method::CtxLeave => self.ctx_leave(params(method, value)?).await,
+            Method::CtxStatus => self.ctx_status(params(method, value)?).await,
+            Method::ConsensusRead | Method::ConsensusWrite => {
+                let p: ConsensusParams = params(method, value)?;
+                Err(CmtpError::not_implemented(format!(
+                    "`{method}` (`{}:{}`) is not served yet: consensus arrives in a later release",
+                    if method == Method::ConsensusWrite { "CW" } else { "C" },
+                    p.body
+                )))
+            }
         }
+    }
+
+    /// `events.publish`: on an app topic, or on a context's (`S:<context>:<event>`, writers
+    /// of the context only).
+    async fn publish(&self, caller: &Caller, p: PublishParams) -> Result<Value, CmtpError> {
+        let by = caller_address(caller)?;
+        let published = match p.topic.strip_prefix("S:") {
+            Some(rest) => {
+                let (context, event) = rest.split_once(':').ok_or_else(|| {
+                    CmtpError::bad_request(format!(
+                        "topic `{}` names no event: a context topic is S:<context>:<event>",
+                        p.topic
+                    ))
+                    .with_rpc_code(INVALID_PARAMS)
+                })?;
+                let context = self.resolve_context(caller, context, Role::Writer).await?;
+                let request = EmitContext {
+                    context: context.to_string(),
+                    event: event.to_string(),
+                    data: p.data,
+                    caller: by,
+                };
+                self.events.send(request).await
+            }
+            None => {
+                let request = EmitApp {
+                    topic: p.topic,
+                    data: p.data,
+                    caller: by,
+                };
+                self.events.send(request).await
+            }
+        };
+        let envelope = published
+            .map_err(mailbox("events"))?
+            .map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
+        Ok(json!(envelope))
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Run with `cargo test -p cmesh-router fqmn`.
 
-use cmesh_router::fqmn::{EventTopic, Fqmn, PublishTopic};
+use cmesh_router::fqmn::{EventTopic, Fqmn, Payload, PublishTopic};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -64,8 +64,43 @@ fn event_topic() -> impl Strategy<Value = EventTopic> {
     prop_oneof![
         app_topic().prop_map(EventTopic::App),
         (name(), prop::option::of("[a-z_]{1,12}")).prop_map(|(name, kind)| EventTopic::Name { name, kind }),
+        "[a-z_]{1,12}".prop_map(|kind| EventTopic::Names { kind }),
         (context(), prop::option::of("[-A-Za-z0-9_]{1,12}"))
             .prop_map(|(context, event)| EventTopic::Context { context, event }),
+    ]
+}
+
+/// A verb after an `E:` topic: lower-case, never `read` (the default, canonically left
+/// out).
+fn verb() -> impl Strategy<Value = Option<String>> {
+    prop::option::of("[a-z_]{1,8}".prop_filter("read is the default", |v| v != "read"))
+}
+
+/// Whether an `E:` topic can be followed by a verb: names and contexts need their kind or
+/// event first, and an app topic spelled like a service prefix would be read as one.
+fn takes_verb(topic: &EventTopic) -> bool {
+    match topic {
+        EventTopic::App(t) => {
+            let inner = t
+                .strip_prefix("0x")
+                .or_else(|| t.strip_prefix('0').and_then(|t| t.strip_suffix('x')))
+                .unwrap_or(t);
+            !(1..=2).contains(&inner.len()) || !inner.bytes().all(|b| b.is_ascii_uppercase())
+        }
+        EventTopic::Name { kind, .. } => kind.is_some(),
+        EventTopic::Names { .. } => true,
+        EventTopic::Context { event, .. } => event.is_some(),
+    }
+}
+
+/// `EW:` payloads: JSON, or text that is not JSON, or a number JSON would print otherwise.
+fn payload() -> impl Strategy<Value = Payload> {
+    prop_oneof![
+        json_value().prop_map(Payload::Json),
+        "[0-9]{1,5}\\.[0-9]{0,3}[1-9]0".prop_map(Payload::Text),
+        "[a-z][a-z0-9 .:,]{0,10}[a-z0-9.]"
+            .prop_filter("not JSON", |t| serde_json::from_str::<Value>(t).is_err())
+            .prop_map(Payload::Text),
     ]
 }
 
@@ -104,8 +139,12 @@ fn fqmn() -> impl Strategy<Value = Fqmn> {
         (name(), args()).prop_map(|(name, args)| Fqmn::Resolve { name, args }),
         (any::<bool>(), method(), args())
             .prop_map(|(write, method, params)| { Fqmn::RegistrarCall { write, method, params } }),
-        event_topic().prop_map(|topic| Fqmn::Events { topic }),
-        (publish_topic(), json_value()).prop_map(|(topic, payload)| Fqmn::Publish { topic, payload }),
+        (event_topic(), verb()).prop_map(|(topic, verb)| {
+            let verb = verb.filter(|_| takes_verb(&topic));
+            Fqmn::Events { topic, verb }
+        }),
+        (context()).prop_map(|context| Fqmn::Context { context }),
+        (publish_topic(), payload()).prop_map(|(topic, payload)| Fqmn::Publish { topic, payload }),
         (any::<bool>(), consensus_body()).prop_map(|(write, body)| Fqmn::Consensus { write, body }),
         (method(), args()).prop_map(|(method, args)| Fqmn::Router { method, args }),
     ]
@@ -363,34 +402,54 @@ impl Respell {
             Fqmn::RegistrarCall { method, params, .. } => {
                 format!("{method}{}", self.args(params))
             }
-            Fqmn::Events { topic } => match topic {
-                EventTopic::App(t) => t.clone(),
-                EventTopic::Name { name, kind } => {
-                    let kind = kind
-                        .as_ref()
-                        .map(|k| {
-                            if self.upper_kind {
-                                format!(":{}", k.to_ascii_uppercase())
-                            } else {
-                                format!(":{k}")
-                            }
-                        })
-                        .unwrap_or_default();
-                    format!("{}{}{kind}", prefix("R", self.inner_prefix_style), self.name(name))
-                }
-                EventTopic::Context { context, event } => {
-                    let event = event.as_ref().map(|e| format!(":{e}")).unwrap_or_default();
-                    format!(
-                        "{}{}{event}",
-                        prefix("S", self.inner_prefix_style),
-                        self.context(context)
-                    )
-                }
+            Fqmn::Context { context } => self.context(context),
+            Fqmn::Events { topic, verb } => {
+                let verb = verb.as_ref().map(|v| format!(":{}", self.name(v))).unwrap_or_default();
+                let topic = self.topic(topic);
+                format!("{topic}{verb}")
+            }
+            Fqmn::Publish { topic, payload } => match payload {
+                Payload::Json(json) => format!("{topic}:{}", self.json(json)),
+                Payload::Text(text) => format!("{topic}:{text}"),
             },
-            Fqmn::Publish { topic, payload } => format!("{topic}:{}", self.json(payload)),
             Fqmn::Consensus { body, .. } => format!(" {body}\t"),
         };
         format!("{}{p}{body}{}", " ".repeat(self.pad.0), "\n".repeat(self.pad.1))
+    }
+
+    fn topic(&self, topic: &EventTopic) -> String {
+        match topic {
+            EventTopic::App(t) => t.clone(),
+            EventTopic::Name { name, kind } => {
+                let kind = kind
+                    .as_ref()
+                    .map(|k| {
+                        if self.upper_kind {
+                            format!(":{}", k.to_ascii_uppercase())
+                        } else {
+                            format!(":{k}")
+                        }
+                    })
+                    .unwrap_or_default();
+                format!("{}{}{kind}", prefix("R", self.inner_prefix_style), self.name(name))
+            }
+            EventTopic::Names { kind } => {
+                let kind = if self.upper_kind {
+                    kind.to_ascii_uppercase()
+                } else {
+                    kind.clone()
+                };
+                format!("{}{kind}", prefix("R", self.inner_prefix_style))
+            }
+            EventTopic::Context { context, event } => {
+                let event = event.as_ref().map(|e| format!(":{e}")).unwrap_or_default();
+                format!(
+                    "{}{}{event}",
+                    prefix("S", self.inner_prefix_style),
+                    self.context(context)
+                )
+            }
+        }
     }
 }
 
