@@ -8,7 +8,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use bytes::Bytes;
 use cmesh_common::{Address, SigningKey};
-use cmesh_events::{EventsActor, Shutdown};
+use cmesh_events::{EventsActor, Ready, Shutdown};
 use cmesh_iam::{IamActor, IamConfig, Verifier};
 use cmesh_registrar::RegistrarActor;
 use cmesh_replication::{Link, Replicator, Subscriptions, TxVerifier};
@@ -319,7 +319,14 @@ async fn start_events(config: &NodeConfig, address: Address) -> anyhow::Result<A
         let _ = started.send(actor.await);
     });
     anyhow::ensure!(spawned, "the events arbiter did not start");
-    result.await.context("the events arbiter stopped while starting")?
+    let events = result.await.context("the events arbiter stopped while starting")??;
+    // Other nodes' events published from now on are kept, so `ready` is true of them too.
+    tokio::time::timeout(Duration::from_secs(10), events.send(Ready))
+        .await
+        .context("the events subscriptions were not live within 10 s")?
+        .context("the events actor stopped while starting")?
+        .context("subscribing to other nodes' events")?;
+    Ok(events)
 }
 
 /// A random id for this instance of the micro service (like a NATS nuid).

@@ -121,6 +121,9 @@ methods! {
     RegistrarList => "registrar.list", Authenticated, "{owner?}";
     EventsPublish => "events.publish", Authenticated, "{topic, data}";
     EventsRecent => "events.recent", Authenticated, "{topic, limit?}";
+    /// This node's audit chain made durable and verified (reads every entry), and the
+    /// events actor's counters.
+    EventsAudit => "events.audit", Attribute("role=admin"), "no params";
     RouterPing => "router.ping", Public, "no params";
     RouterInfo => "router.info", Authenticated, "no params";
     AppDeploy => "app.deploy", Authenticated, "{name, version, wasm: base64}";

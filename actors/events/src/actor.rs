@@ -7,14 +7,14 @@
 //! the order they were made (audit entries by seq), the handlers never wait on NATS,
 //! and the outbox is bounded so a disconnected server cannot grow memory without limit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 use futures::StreamExt;
 use tracing::{debug, error, warn};
 
@@ -29,17 +29,12 @@ use crate::envelope::{
 use crate::error::EventsError;
 use crate::messages::{
     AuditAppend, Emit, EmitApp, EmitContext, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit,
-    Watch,
 };
 use crate::recent::RecentStore;
 
 /// Event sequence numbers are reserved durably in blocks this big, so ids stay unique
 /// across restarts even if the clock steps back.
 const EVENT_SEQ_BLOCK: u64 = 1 << 32;
-/// Events buffered per watcher before it starts missing some.
-const WATCH_BUFFER: usize = 256;
-/// Watched topics beyond which closed watchers of every topic are pruned.
-const MAX_WATCHED_TOPICS: usize = 1_024;
 /// Longest wait between retries of a failing audit commit.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -93,8 +88,8 @@ pub struct EventsActor {
     event_seq_limit: u64,
     flush_timer: Option<SpawnHandle>,
     commit_failures: u32,
-    watchers: HashMap<String, Vec<mpsc::Sender<EventEnvelope>>>,
-    subscription_error: Option<String>,
+    /// Why other nodes' events are not received, if they are not.
+    subscription_error: Option<EventsError>,
     outbox: VecDeque<Outgoing>,
     draining: bool,
     stats: EventsStats,
@@ -136,7 +131,6 @@ impl EventsActor {
             event_seq_limit: start.saturating_add(EVENT_SEQ_BLOCK),
             flush_timer: None,
             commit_failures: 0,
-            watchers: HashMap::new(),
             subscription_error: None,
             outbox: VecDeque::new(),
             draining: false,
@@ -224,43 +218,21 @@ impl EventsActor {
             match published.await {
                 Ok(Ok(())) => Ok(envelope),
                 Ok(Err(err)) => Err(err),
-                Err(_) => Err(EventsError::Publish(
-                    "the events actor stopped before publishing".into(),
-                )),
+                Err(_) => Err(EventsError::Stopped),
             }
         })
     }
 
-    /// Keeps an event for queries and tells watchers; false if it is a duplicate.
+    /// Keeps an event for queries; false if it is a duplicate.
     fn record(&mut self, envelope: EventEnvelope) -> bool {
         if envelope.topics.is_empty() {
             // Nothing to keep, and nothing to de-duplicate: such events are this node's
             // own and never come back from the network.
             return true;
         }
-        let envelope = Arc::new(envelope);
-        if !self.recent.insert(Arc::clone(&envelope)) {
+        if !self.recent.insert(Arc::new(envelope)) {
             self.stats.duplicates += 1;
             return false;
-        }
-        for (i, topic) in envelope.topics.iter().enumerate() {
-            if envelope.topics[..i].contains(topic) {
-                continue;
-            }
-            let Some(watchers) = self.watchers.get_mut(topic) else {
-                continue;
-            };
-            watchers.retain_mut(|tx| match tx.try_send(EventEnvelope::clone(&envelope)) {
-                Ok(()) => true,
-                Err(err) if err.is_full() => {
-                    debug!(topic = %topic, "watcher is behind; event not delivered to it");
-                    true
-                }
-                Err(_) => false,
-            });
-            if watchers.is_empty() {
-                self.watchers.remove(topic);
-            }
         }
         true
     }
@@ -273,9 +245,7 @@ impl EventsActor {
             }
             self.stats.dropped_publishes += 1;
             if let Some(done) = item.done {
-                let _ = done.send(Err(EventsError::Publish(
-                    "too many publications waiting on NATS".into(),
-                )));
+                let _ = done.send(Err(EventsError::OutboxFull));
             }
             return;
         }
@@ -298,7 +268,7 @@ impl EventsActor {
                 let result = client
                     .publish(item.subject, item.payload)
                     .await
-                    .map_err(|err| EventsError::Publish(err.to_string()));
+                    .map_err(EventsError::Publish);
                 if let Err(err) = &result {
                     if errors == 0 {
                         warn!(error = %err, "publishing to NATS failed");
@@ -397,7 +367,7 @@ impl Actor for EventsActor {
             }
             Err(err) => {
                 error!(error = %err, "cannot subscribe to mesh events; only local events will be kept");
-                act.subscription_error = Some(err.to_string());
+                act.subscription_error = Some(EventsError::Subscribe(Arc::new(err)));
             }
         }));
     }
@@ -428,7 +398,7 @@ impl StreamHandler<async_nats::Message> for EventsActor {
     fn finished(&mut self, _ctx: &mut Context<Self>) {
         // The default would stop the actor; losing remote events must not stop auditing.
         warn!("an event subscription ended; events from other nodes are no longer received");
-        self.subscription_error = Some("subscription ended".into());
+        self.subscription_error = Some(EventsError::SubscriptionEnded);
     }
 }
 
@@ -510,24 +480,6 @@ impl Handler<Recent> for EventsActor {
     }
 }
 
-impl Handler<Watch> for EventsActor {
-    type Result = MessageResult<Watch>;
-
-    fn handle(&mut self, msg: Watch, _ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        if self.watchers.len() >= MAX_WATCHED_TOPICS {
-            self.watchers.retain(|_, list| {
-                list.retain(|tx| !tx.is_closed());
-                !list.is_empty()
-            });
-        }
-        let watchers = self.watchers.entry(msg.topic).or_default();
-        watchers.retain(|tx| !tx.is_closed());
-        watchers.push(tx);
-        MessageResult(rx)
-    }
-}
-
 impl Handler<AuditAppend> for EventsActor {
     type Result = ();
 
@@ -577,9 +529,13 @@ impl Handler<Ready> for EventsActor {
     type Result = ResponseFuture<Result<(), EventsError>>;
 
     fn handle(&mut self, _msg: Ready, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(err) = &self.subscription_error {
-            let err = EventsError::Subscribe(err.clone());
-            return Box::pin(async move { Err(err) });
+        match &self.subscription_error {
+            Some(EventsError::Subscribe(err)) => {
+                let err = EventsError::Subscribe(Arc::clone(err));
+                return Box::pin(async move { Err(err) });
+            }
+            Some(_) => return Box::pin(async { Err(EventsError::SubscriptionEnded) }),
+            None => {}
         }
         // A message to ourselves: NATS handles one connection's commands in order, so
         // when it comes back, the subscriptions made before it are in place.
@@ -589,16 +545,14 @@ impl Handler<Ready> for EventsActor {
             let mut probe = client
                 .subscribe(inbox.clone())
                 .await
-                .map_err(|err| EventsError::Subscribe(err.to_string()))?;
+                .map_err(|err| EventsError::Subscribe(Arc::new(err)))?;
             client
                 .publish(inbox, Bytes::new())
                 .await
-                .map_err(|err| EventsError::Publish(err.to_string()))?;
+                .map_err(EventsError::Publish)?;
             match probe.next().await {
                 Some(_) => Ok(()),
-                None => Err(EventsError::Subscribe(
-                    "connection closed before the readiness probe returned".into(),
-                )),
+                None => Err(EventsError::ProbeLost),
             }
         })
     }

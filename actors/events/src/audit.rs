@@ -188,14 +188,20 @@ pub fn audit_subject(node: &Address) -> String {
 }
 
 /// What [`verify_chain`] found in an intact chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// Number of entries (equal to the head seq, as seqs start at 1 without gaps).
     pub entries: u64,
     /// Seq of the last entry, 0 for an empty chain.
     pub head: u64,
     /// Hash of the last entry, zeros for an empty chain.
+    #[serde(serialize_with = "hex0x")]
     pub head_hash: [u8; 32],
+}
+
+/// A hash as clients read it: 0x-hex.
+fn hex0x<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&to_hex0x(bytes))
 }
 
 /// Checks the whole audit chain stored at `path` (an `audit.redb` file): seqs run from 1

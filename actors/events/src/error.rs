@@ -106,9 +106,18 @@ pub enum EventsError {
     #[error("could not encode event: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("publishing to NATS failed: {0}")]
-    Publish(String),
-    #[error("subscribing to NATS failed: {0}")]
-    Subscribe(String),
+    Publish(#[from] async_nats::PublishError),
+    #[error("too many publications are waiting on NATS")]
+    OutboxFull,
+    #[error("the events actor stopped before publishing")]
+    Stopped,
+    /// Kept by the actor and handed to every `Ready`, so shared.
+    #[error("subscribing to other nodes' events failed: {0}")]
+    Subscribe(#[source] std::sync::Arc<async_nats::SubscribeError>),
+    #[error("the subscription to other nodes' events ended")]
+    SubscriptionEnded,
+    #[error("the NATS connection closed before the readiness probe came back")]
+    ProbeLost,
 }
 
 impl From<EventsError> for CmtpError {
@@ -116,9 +125,12 @@ impl From<EventsError> for CmtpError {
         match &err {
             EventsError::Invalid { .. } => CmtpError::bad_request(err.to_string()),
             EventsError::TooLarge { .. } => CmtpError::new(cmesh_common::Status::PAYLOAD_TOO_LARGE, err.to_string()),
-            EventsError::Publish(_) | EventsError::Subscribe(_) => {
-                CmtpError::new(cmesh_common::Status::UNAVAILABLE, err.to_string())
-            }
+            EventsError::Publish(_)
+            | EventsError::OutboxFull
+            | EventsError::Stopped
+            | EventsError::Subscribe(_)
+            | EventsError::SubscriptionEnded
+            | EventsError::ProbeLost => CmtpError::new(cmesh_common::Status::UNAVAILABLE, err.to_string()),
             _ => CmtpError::new(cmesh_common::Status::INTERNAL, err.to_string()),
         }
     }

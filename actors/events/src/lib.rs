@@ -23,5 +23,4 @@ pub use envelope::EventEnvelope;
 pub use error::{AuditError, ChainProblem, EventsError};
 pub use messages::{
     AuditAppend, Emit, EmitApp, EmitContext, EventsStats, Flush, Ready, Recent, Record, Shutdown, Stats, VerifyAudit,
-    Watch,
 };

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 
 use actix::Message;
 use bytes::Bytes;
-use futures::channel::mpsc;
 
 use cmesh_common::Address;
 
@@ -93,15 +92,6 @@ pub struct Recent {
     pub limit: usize,
 }
 
-/// Every event newly kept under `topic` from now on (local or remote, after
-/// de-duplication), until the receiver is dropped. The channel is bounded: a watcher
-/// that does not keep up misses events rather than growing the node's memory.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "mpsc::Receiver<EventEnvelope>")]
-pub struct Watch {
-    pub topic: String,
-}
-
 /// Adds the final message of a request to the audit chain. Durable after the next group
 /// commit (or a `Flush`).
 #[derive(Debug, Clone, Message)]
@@ -121,7 +111,7 @@ pub struct Record {
     pub audit: Option<AuditAppend>,
 }
 
-/// Commits pending audit entries now; answers with the durable head seq.
+/// Commits pending audit entries now; answers with the durable head seq (`events.audit`).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<u64, EventsError>")]
 pub struct Flush;
@@ -137,18 +127,19 @@ pub struct Shutdown;
 #[rtype(result = "Result<(), EventsError>")]
 pub struct Ready;
 
-/// Verifies the committed audit chain of the running node (reads every entry).
+/// Verifies the committed audit chain of the running node, reading every entry
+/// (`events.audit`).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<VerifyReport, EventsError>")]
 pub struct VerifyAudit;
 
-/// Counters, for metrics and tests.
+/// Counters (`events.audit`, and tests).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "EventsStats")]
 pub struct Stats;
 
 /// What the actor has done since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventsStats {
     /// Events this node published.
     pub emitted: u64,

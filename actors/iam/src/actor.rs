@@ -56,10 +56,7 @@ impl IamActor {
         let sessions = Sessions::new(config.challenge_ttl, config.token_ttl, config.max_sessions);
         let peers = PeerTable::new(&key);
         let mut boot = [0u8; 8];
-        getrandom::fill(&mut boot).map_err(|e| IamError::Store {
-            path: "entropy".into(),
-            message: e.to_string(),
-        })?;
+        getrandom::fill(&mut boot).map_err(IamError::Entropy)?;
         let boot = to_hex0x(&boot);
         Ok(IamActor {
             boot,

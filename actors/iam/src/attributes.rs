@@ -24,14 +24,14 @@ pub struct AttributeStore {
 impl AttributeStore {
     pub fn open(path: &Path) -> Result<Self, IamError> {
         let shown = path.display().to_string();
-        let store_error = |e: &dyn std::fmt::Display| IamError::Store {
+        let store_error = |e: redb::Error| IamError::Store {
             path: shown.clone(),
-            message: e.to_string(),
+            source: e,
         };
-        let db = Database::create(path).map_err(|e| store_error(&e))?;
-        let txn = db.begin_write().map_err(|e| store_error(&e))?;
-        txn.open_table(ATTRIBUTES).map_err(|e| store_error(&e))?;
-        txn.commit().map_err(|e| store_error(&e))?;
+        let db = Database::create(path).map_err(|e| store_error(e.into()))?;
+        let txn = db.begin_write().map_err(|e| store_error(e.into()))?;
+        txn.open_table(ATTRIBUTES).map_err(|e| store_error(e.into()))?;
+        txn.commit().map_err(|e| store_error(e.into()))?;
         Ok(AttributeStore {
             db,
             path: shown,
@@ -39,10 +39,17 @@ impl AttributeStore {
         })
     }
 
-    fn error(&self, e: impl std::fmt::Display) -> IamError {
+    fn error(&self, e: impl Into<redb::Error>) -> IamError {
         IamError::Store {
             path: self.path.clone(),
-            message: e.to_string(),
+            source: e.into(),
+        }
+    }
+
+    fn corrupt(&self, source: rmp_serde::decode::Error) -> IamError {
+        IamError::Corrupt {
+            path: self.path.clone(),
+            source,
         }
     }
 
@@ -68,7 +75,7 @@ impl AttributeStore {
         let table = txn.open_table(ATTRIBUTES).map_err(|e| self.error(e))?;
         let key = address.to_string();
         match table.get(key.as_str()).map_err(|e| self.error(e))? {
-            Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(|e| self.error(e)),
+            Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(|e| self.corrupt(e)),
             None => Ok(Vec::new()),
         }
     }
@@ -80,7 +87,7 @@ impl AttributeStore {
             let mut table = txn.open_table(ATTRIBUTES).map_err(|e| self.error(e))?;
             let key = address.to_string();
             let mut attributes: Vec<String> = match table.get(key.as_str()).map_err(|e| self.error(e))? {
-                Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(|e| self.error(e))?,
+                Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(|e| self.corrupt(e))?,
                 None => Vec::new(),
             };
             attributes.retain(|a| a != attribute);
@@ -91,7 +98,10 @@ impl AttributeStore {
             if attributes.is_empty() {
                 table.remove(key.as_str()).map_err(|e| self.error(e))?;
             } else {
-                let bytes = rmp_serde::to_vec(&attributes).map_err(|e| self.error(e))?;
+                let bytes = rmp_serde::to_vec(&attributes).map_err(|source| IamError::Encode {
+                    path: self.path.clone(),
+                    source,
+                })?;
                 table
                     .insert(key.as_str(), bytes.as_slice())
                     .map_err(|e| self.error(e))?;

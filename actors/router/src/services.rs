@@ -8,7 +8,7 @@
 use actix::Addr;
 use cmesh_common::rpc::INVALID_PARAMS;
 use cmesh_common::{Address, CmtpError, Method, Status};
-use cmesh_events::{EmitApp, EmitContext, EventsActor, Recent};
+use cmesh_events::{EmitApp, EmitContext, EventsActor, EventsError, Flush, Recent, Stats, VerifyAudit};
 use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
 use cmesh_replication::Replicator;
 use cmesh_state::{Role, StateActor};
@@ -51,6 +51,11 @@ pub fn params<T: DeserializeOwned>(method: Method, params: Value) -> Result<T, C
 /// Turns a failed actor call into a 503 naming the service.
 pub(crate) fn mailbox(service: &str) -> impl Fn(actix::MailboxError) -> CmtpError + '_ {
     move |e| CmtpError::unavailable(format!("the {service} service is unavailable: {e}"))
+}
+
+/// The audit chain could not be committed or read, or is broken: the node's fault.
+fn events_failed(e: EventsError) -> CmtpError {
+    CmtpError::internal(format!("the audit chain: {e}"))
 }
 
 pub(crate) fn caller_address(caller: &Caller) -> Result<Address, CmtpError> {
@@ -177,6 +182,16 @@ impl Services {
                 let topic = self.context_topic(caller, p.topic).await?;
                 let recent = self.events.send(Recent { topic, limit });
                 Ok(json!(recent.await.map_err(mailbox("events"))?))
+            }
+            Method::EventsAudit => {
+                let head = self.events.send(Flush).await.map_err(mailbox("events"))?;
+                let chain = self.events.send(VerifyAudit).await.map_err(mailbox("events"))?;
+                let stats = self.events.send(Stats).await.map_err(mailbox("events"))?;
+                Ok(json!({
+                    "durable_head": head.map_err(events_failed)?,
+                    "chain": chain.map_err(events_failed)?,
+                    "events": stats,
+                }))
             }
             Method::RouterPing => Ok(json!({ "pong": true, "node": self.node, "registrar": self.is_registrar })),
             Method::RouterInfo => {
