@@ -1,4 +1,4 @@
-//! Property tests for the FQMN parser and canonical printer (`src/fqmn.rs`).
+//! Property tests for the FQMN parser and canonical printer (`src/fqmn/`).
 //!
 //! Run with `cargo test -p cmesh-router fqmn`.
 
