@@ -2,13 +2,11 @@
 //! `app deploy|ls` and `ctx create|ls|call|view|root|grant|revoke` against a real node,
 //! each printing the JSON result (and exiting non-zero with a message on an error).
 
-mod support;
-
 use std::path::Path;
 use std::process::Output;
 
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 struct Cli<'a> {
     home: &'a Path,

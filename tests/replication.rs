@@ -3,15 +3,13 @@
 //! member converging to one root, a member killed with SIGKILL mid-load catching up on
 //! restart, a member cut off from NATS catching up once back, and leaving.
 
-mod support;
-
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cmesh_common::Address;
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Generous: debug builds, a shared machine.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -243,7 +241,8 @@ async fn try_call(
     let subject = To::Node(node).rpc_subject();
     let message = tokio::time::timeout(limit, client.try_request(&subject, bearer(token), payload))
         .await
-        .map_err(|_| format!("no reply on {subject} within {limit:?}"))??;
+        .map_err(|_| format!("no reply on {subject} within {limit:?}"))?
+        .map_err(|e| error_chain(&e))?;
     let answer: Value =
         serde_json::from_slice(&message.payload).map_err(|e| format!("a reply that is not JSON: {e}"))?;
     answer.get("result").cloned().ok_or_else(|| answer.to_string())
