@@ -7,6 +7,7 @@
 //!   requests), answering errors (`try_*`) or failing the test.
 //! - [`mesh`]: a test mesh of nodes that know each other.
 //! - [`proxy`]: a TCP forwarder that can cut a client off the bus.
+//! - [`cli`]: the `cmesh` CLI run as a user runs it, with its own home.
 //! - [`apps`]: the example apps and WAT modules, and the calls that deploy them.
 //!
 //! The `cmesh` binary depends on this crate too, so that there is one client and one way
@@ -16,6 +17,7 @@
 //! use all of it, with `use cmesh_testkit::*`.
 
 pub mod apps;
+pub mod cli;
 pub mod client;
 pub mod mesh;
 pub mod nats;
@@ -27,11 +29,11 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cmesh_common::SigningKey;
-use serde_json::Value;
 
 pub use apps::{
     app_id, app_wasm, converged_roots, create, deploy, deploy_bytes, deploy_params, grant, wasm_base64, wat_module,
 };
+pub use cli::{cli_json, Cli};
 pub use client::{
     auth_headers, bearer, next_message, Challenge, Client, ClientError, Login, To, JSON, MSGPACK, REQUEST_TIMEOUT,
 };
@@ -109,20 +111,4 @@ pub async fn sleep_until_unix_ms(target: u64) {
 
 pub fn new_key() -> SigningKey {
     SigningKey::generate().expect("generate a key")
-}
-
-/// The stdout of a `cmesh` command that must have succeeded, as JSON.
-pub fn cli_json(args: &[&str], out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "cmesh {args:?} failed: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "cmesh {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
