@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
 use clap::{Args, Subcommand};
 use cmesh_common::Address;
 use cmesh_state::Id;
+use cmesh_testkit::deploy_params;
 use serde_json::{json, Value};
 
-use crate::client::{MeshClient, Target};
+use crate::session::{Session, Target};
 
 #[derive(Subcommand)]
 pub enum AppCommand {
@@ -27,14 +27,9 @@ pub enum AppCommand {
         /// Semver version, e.g. 1.0.0
         #[arg(long)]
         version: String,
-        #[command(flatten)]
-        target: Target,
     },
     /// List deployed apps and their versions
-    Ls {
-        #[command(flatten)]
-        target: Target,
-    },
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -47,39 +42,23 @@ pub enum CtxCommand {
         /// Exact app version [default: the highest deployed]
         #[arg(long)]
         version: Option<String>,
-        #[command(flatten)]
-        target: Target,
     },
     /// List the contexts you have a role in
-    Ls {
-        #[command(flatten)]
-        target: Target,
-    },
+    Ls,
     /// Call a method as a transaction (needs the writer role); prints {result, tx}
     Call(MethodCall),
     /// Call a method as a read-only view (needs the reader role)
     View(MethodCall),
     /// Show a context's state root, heads and number of applied transactions
-    Root {
-        context: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    Root { context: String },
     /// Give an address a role: reader, writer or admin (admins only)
     Grant {
         context: String,
         address: Address,
         role: String,
-        #[command(flatten)]
-        target: Target,
     },
     /// Take every role from an address (admins only)
-    Revoke {
-        context: String,
-        address: Address,
-        #[command(flatten)]
-        target: Target,
-    },
+    Revoke { context: String, address: Address },
     /// Make a node a member of a context, or change its seats (admins only)
     Invite {
         context: String,
@@ -88,15 +67,9 @@ pub enum CtxCommand {
         /// Seats the member holds [default: 1]
         #[arg(long, default_value_t = 1)]
         seats: u32,
-        #[command(flatten)]
-        target: Target,
     },
     /// List a context's member nodes and their seats
-    Members {
-        context: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    Members { context: String },
     /// Make this node fetch a context it was invited to (node admins only); shows progress
     /// until it holds everything a member had. Send it to the invited node (--node).
     Join {
@@ -105,23 +78,17 @@ pub enum CtxCommand {
         /// Return once a member accepted this node, without waiting for the catch-up
         #[arg(long)]
         no_wait: bool,
-        #[command(flatten)]
-        target: Target,
     },
     /// Leave a context: tell the other members, then delete this node's copy of it (node
     /// admins only). The others carry on.
     Leave {
         /// The context's full id
         context: Id,
-        #[command(flatten)]
-        target: Target,
     },
     /// Show how far a node is with a context: phase, fetched/expected, rate, root
     Status {
         /// The context's full id
         context: Id,
-        #[command(flatten)]
-        target: Target,
     },
 }
 
@@ -136,26 +103,18 @@ pub struct MethodCall {
     /// Run only if the app version meets this semver requirement (e.g. ~1.2)
     #[arg(long = "requires")]
     version_req: Option<String>,
-    #[command(flatten)]
-    target: Target,
 }
 
 impl MethodCall {
-    async fn send(self, method: &str) -> anyhow::Result<ExitCode> {
+    async fn send(self, method: &str, target: &Target) -> anyhow::Result<ExitCode> {
         let params = json!({
             "context": self.context,
             "method": self.method,
             "args": json_args(self.args)?,
             "version": self.version_req,
         });
-        call(&self.target, method, params).await
+        call(target, method, params).await
     }
-}
-
-/// The params of `app.deploy`: the module goes as base64.
-pub fn deploy_params(name: &str, version: &str, wasm: &[u8]) -> Value {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(wasm);
-    json!({ "name": name, "version": version, "wasm": encoded })
 }
 
 fn json_args(args: Option<String>) -> anyhow::Result<Value> {
@@ -166,66 +125,44 @@ fn json_args(args: Option<String>) -> anyhow::Result<Value> {
 }
 
 async fn call(target: &Target, method: &str, params: Value) -> anyhow::Result<ExitCode> {
-    let client = MeshClient::connect(target).await?;
-    crate::print(&client.rpc(method, params).await?);
+    crate::print(&Session::open(target).await?.rpc(method, params).await?);
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn app(command: AppCommand) -> anyhow::Result<ExitCode> {
+pub async fn app(command: AppCommand, target: &Target) -> anyhow::Result<ExitCode> {
     match command {
-        AppCommand::Deploy {
-            wasm,
-            name,
-            version,
-            target,
-        } => {
+        AppCommand::Deploy { wasm, name, version } => {
             let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-            call(&target, "app.deploy", deploy_params(&name, &version, &bytes)).await
+            call(target, "app.deploy", deploy_params(&name, &version, &bytes)).await
         }
-        AppCommand::Ls { target } => call(&target, "app.list", Value::Null).await,
+        AppCommand::Ls => call(target, "app.list", Value::Null).await,
     }
 }
 
-pub async fn ctx(command: CtxCommand) -> anyhow::Result<ExitCode> {
+pub async fn ctx(command: CtxCommand, target: &Target) -> anyhow::Result<ExitCode> {
     match command {
-        CtxCommand::Create { app, version, target } => {
-            call(&target, "ctx.create", json!({ "app": app, "version": version })).await
+        CtxCommand::Create { app, version } => {
+            call(target, "ctx.create", json!({ "app": app, "version": version })).await
         }
-        CtxCommand::Ls { target } => call(&target, "ctx.list", Value::Null).await,
-        CtxCommand::Call(call) => call.send("ctx.call").await,
-        CtxCommand::View(view) => view.send("ctx.view").await,
-        CtxCommand::Root { context, target } => call(&target, "ctx.root", json!({ "context": context })).await,
-        CtxCommand::Grant {
-            context,
-            address,
-            role,
-            target,
-        } => {
+        CtxCommand::Ls => call(target, "ctx.list", Value::Null).await,
+        CtxCommand::Call(call) => call.send("ctx.call", target).await,
+        CtxCommand::View(view) => view.send("ctx.view", target).await,
+        CtxCommand::Root { context } => call(target, "ctx.root", json!({ "context": context })).await,
+        CtxCommand::Grant { context, address, role } => {
             let params = json!({ "context": context, "address": address, "role": role });
-            call(&target, "ctx.grant", params).await
+            call(target, "ctx.grant", params).await
         }
-        CtxCommand::Revoke {
-            context,
-            address,
-            target,
-        } => call(&target, "ctx.revoke", json!({ "context": context, "address": address })).await,
-        CtxCommand::Invite {
-            context,
-            member,
-            seats,
-            target,
-        } => {
+        CtxCommand::Revoke { context, address } => {
+            call(target, "ctx.revoke", json!({ "context": context, "address": address })).await
+        }
+        CtxCommand::Invite { context, member, seats } => {
             let params = json!({ "context": context, "member": member, "seats": seats });
-            call(&target, "ctx.invite", params).await
+            call(target, "ctx.invite", params).await
         }
-        CtxCommand::Members { context, target } => call(&target, "ctx.members", json!({ "context": context })).await,
-        CtxCommand::Join {
-            context,
-            no_wait,
-            target,
-        } => join(&target, context, no_wait).await,
-        CtxCommand::Leave { context, target } => call(&target, "ctx.leave", json!({ "context": context })).await,
-        CtxCommand::Status { context, target } => call(&target, "ctx.status", json!({ "context": context })).await,
+        CtxCommand::Members { context } => call(target, "ctx.members", json!({ "context": context })).await,
+        CtxCommand::Join { context, no_wait } => join(target, context, no_wait).await,
+        CtxCommand::Leave { context } => call(target, "ctx.leave", json!({ "context": context })).await,
+        CtxCommand::Status { context } => call(target, "ctx.status", json!({ "context": context })).await,
     }
 }
 
@@ -235,7 +172,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// `ctx.join`, then `ctx.status` until the node is in sync, with a progress bar (counts
 /// and rate) on a terminal. Prints the last status.
 async fn join(target: &Target, context: Id, no_wait: bool) -> anyhow::Result<ExitCode> {
-    let client = MeshClient::connect(target).await?;
+    let client = Session::open(target).await?;
     let params = json!({ "context": context });
     let mut status = client.rpc("ctx.join", params.clone()).await?;
     if no_wait {

@@ -16,11 +16,10 @@ pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 768 * 1024;
 
 /// `cmesh node run` flags. Each may also come from the environment or the config file.
+/// The NATS server URL is the global `cmesh --nats` (`CMESH_NATS_URL`), which every
+/// command shares.
 #[derive(Debug, Args, Clone, Default)]
 pub struct NodeArgs {
-    /// NATS server URL [default: nats://127.0.0.1:4222]
-    #[arg(long = "nats", env = "CMESH_NATS_URL")]
-    pub nats_url: Option<String>,
     /// Data directory: node key, IAM, registrar and audit stores [default: ./cmesh-data]
     #[arg(long, env = "CMESH_DATA")]
     pub data: Option<PathBuf>,
@@ -115,14 +114,14 @@ fn or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
 }
 
 impl NodeConfig {
-    pub fn resolve(args: NodeArgs) -> anyhow::Result<Self> {
+    /// `nats_url`: the global `--nats` flag (or `CMESH_NATS_URL`), if given.
+    pub fn resolve(args: NodeArgs, nats_url: Option<String>) -> anyhow::Result<Self> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
         let config = NodeConfig {
-            nats_url: args
-                .nats_url
+            nats_url: nats_url
                 .or(file.nats_url)
                 .unwrap_or_else(|| DEFAULT_NATS_URL.to_string()),
             data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from("cmesh-data")),
@@ -195,8 +194,10 @@ mod tests {
             mesh: Some("flagmesh".into()),
             ..Default::default()
         };
-        let config = NodeConfig::resolve(args).expect("valid");
+        let config = NodeConfig::resolve(args.clone(), None).expect("valid");
         assert_eq!(config.nats_url, "nats://file:4222");
+        let flagged = NodeConfig::resolve(args, Some("nats://flag:4222".into())).expect("valid");
+        assert_eq!(flagged.nats_url, "nats://flag:4222");
         assert_eq!(config.mesh, "flagmesh");
         assert_eq!(config.token_ttl, 60);
         assert_eq!(config.challenge_ttl, 25);
@@ -216,11 +217,11 @@ mod tests {
             config: Some(path),
             ..Default::default()
         };
-        assert!(NodeConfig::resolve(args).is_err());
+        assert!(NodeConfig::resolve(args, None).is_err());
         let args = NodeArgs {
             token_ttl: Some(0),
             ..Default::default()
         };
-        assert!(NodeConfig::resolve(args).is_err());
+        assert!(NodeConfig::resolve(args, None).is_err());
     }
 }

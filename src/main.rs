@@ -1,15 +1,11 @@
 //! `cmesh`: run a node of the mesh, or talk to one.
 
 mod apps;
-mod bench;
-mod bench_replicate;
-mod bench_wasm;
-mod child;
-mod client;
 mod config;
 mod logging;
 mod mesh;
 mod node;
+mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +16,8 @@ use cmesh_common::{Address, SigningKey};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::client::{MeshClient, Target};
 use crate::config::{NodeArgs, NodeConfig};
+use crate::session::{Session, Target};
 
 /// mimalloc rather than the system allocator: a node allocates and frees many small,
 /// short-lived buffers per request on several threads, where glibc's malloc spends a
@@ -39,23 +35,22 @@ struct Cli {
     /// Log format on stderr (level with RUST_LOG, e.g. RUST_LOG=debug)
     #[arg(long, env = "CMESH_LOG_FORMAT", value_enum, default_value_t = logging::Format::Plain, global = true)]
     log_format: logging::Format,
+    #[command(flatten)]
+    target: Target,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node
+    /// Run a node (on the NATS server of --nats)
     #[command(subcommand)]
     Node(NodeCommand),
     /// Manage this client's key (in $CMESH_HOME, default ~/.cmesh)
     #[command(subcommand)]
     Key(KeyCommand),
     /// Log in to the mesh with this client's key; later commands use the token
-    Login {
-        #[command(flatten)]
-        target: Target,
-    },
+    Login,
     /// Send an FQMN request and print the answer
     Fqmn {
         /// e.g. `I:whoami`, `R:hello.mcom`, `EW:chat:{"m":1}`, `0Rx:hello.mcom:["Dexter"]`
@@ -63,8 +58,6 @@ enum Command {
         /// Ask for a MessagePack reply (printed as JSON)
         #[arg(long)]
         msgpack: bool,
-        #[command(flatten)]
-        target: Target,
     },
     /// Call a JSON-RPC method and print its result
     Rpc {
@@ -72,8 +65,6 @@ enum Command {
         method: String,
         /// Params as JSON, e.g. '{"name":"hello.mcom"}'
         params: Option<String>,
-        #[command(flatten)]
-        target: Target,
     },
     /// Register, resolve, transfer, release and list names
     #[command(subcommand)]
@@ -95,7 +86,7 @@ enum Command {
     Mesh(MeshCommand),
     /// Measure the node against a raw NATS baseline
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(cmesh_bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -122,34 +113,17 @@ enum NameCommand {
         name: String,
         /// e.g. `I:whoami` or `S:0x…:hello_world`
         target: String,
-        #[command(flatten)]
-        target_node: Target,
     },
     /// Show a name's owner and target
-    Resolve {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    Resolve { name: String },
     /// Give a name to another address (owner only)
-    Transfer {
-        name: String,
-        to: Address,
-        #[command(flatten)]
-        target: Target,
-    },
+    Transfer { name: String, to: Address },
     /// Release a name (owner only)
-    Release {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    Release { name: String },
     /// List names, all or one owner's
     Ls {
         #[arg(long)]
         owner: Option<Address>,
-        #[command(flatten)]
-        target: Target,
     },
 }
 
@@ -163,8 +137,6 @@ enum EventsCommand {
         /// Stop after this many events
         #[arg(long)]
         count: Option<usize>,
-        #[command(flatten)]
-        target: Target,
     },
 }
 
@@ -184,19 +156,6 @@ enum MeshCommand {
     Up(mesh::UpArgs),
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Authenticated `I:whoami` through a node vs. a raw async-nats echo service
-    Fqmn(bench::LoadArgs),
-    /// Signed, durable kv.set transactions through a node (goal ≥ 5,000/s) vs. a raw echo
-    Tx(bench::LoadArgs),
-    /// In-process cost of a trivial view call of a cached WASM module vs. native Rust
-    Wasm(bench_wasm::WasmArgs),
-    /// Replication between member nodes: tx/s applied on all (goal ≥ 3,000), convergence
-    /// p50/p99 at half load (goal p99 ≤ 50 ms), a joiner's catch-up rate (goal ≥ 20,000/s)
-    Replicate(bench_replicate::ReplicateArgs),
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
@@ -204,7 +163,7 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     logging::init(cli.log_format, default_level);
-    match run(cli.command) {
+    match run(cli.command, &cli.target) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -227,14 +186,14 @@ fn print(value: &Value) {
     );
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+fn run(command: Command, target: &Target) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node(NodeCommand::Run(args)) => {
-            node::run(NodeConfig::resolve(args)?)?;
+            node::run(NodeConfig::resolve(args, target.nats_url.clone())?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Key(KeyCommand::New { force }) => {
-            let path = client::key_path();
+            let path = session::key_path();
             if path.exists() && !force {
                 anyhow::bail!("a key exists at {}; use --force to replace it", path.display());
             }
@@ -244,13 +203,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Key(KeyCommand::Show) => {
-            println!("{}", client::load_key()?.address().to_eip55());
+            println!("{}", session::load_key()?.address().to_eip55());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Login { target } => runtime()?.block_on(async {
-            let key = client::load_key()?;
-            let mut client = MeshClient::connect(&target).await?;
-            let saved = client.login(&key).await?;
+        Command::Login => runtime()?.block_on(async {
+            let key = session::load_key()?;
+            let saved = Session::open(target).await?.login(&key).await?;
             println!(
                 "logged in as {} until {}",
                 saved.address.to_eip55(),
@@ -258,28 +216,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Fqmn { fqmn, msgpack, target } => runtime()?.block_on(async {
-            let client = MeshClient::connect(&target).await?;
-            let answer = client.fqmn(&fqmn, msgpack).await?;
-            let ok = (200..300).contains(&answer.status);
-            print(&answer.body);
+        Command::Fqmn { fqmn, msgpack } => runtime()?.block_on(async {
+            let reply = Session::open(target).await?.fqmn(&fqmn, msgpack).await?;
+            let ok = (200..300).contains(&reply.status);
+            print(&reply.body);
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }),
-        Command::Rpc { method, params, target } => runtime()?.block_on(async {
+        Command::Rpc { method, params } => runtime()?.block_on(async {
             let params = match params {
                 Some(text) => serde_json::from_str(&text).context("params must be JSON")?,
                 None => Value::Null,
             };
-            let client = MeshClient::connect(&target).await?;
-            print(&client.rpc(&method, params).await?);
+            print(&Session::open(target).await?.rpc(&method, params).await?);
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Name(command) => runtime()?.block_on(name(command)),
-        Command::App(command) => runtime()?.block_on(apps::app(command)),
-        Command::Ctx(command) => runtime()?.block_on(apps::ctx(command)),
-        Command::Events(EventsCommand::Tail { pattern, count, target }) => runtime()?.block_on(async {
-            let client = MeshClient::connect(&target).await?;
-            let mut subscriber = client.nats().subscribe(pattern).await?;
+        Command::Name(command) => runtime()?.block_on(name(command, target)),
+        Command::App(command) => runtime()?.block_on(apps::app(command, target)),
+        Command::Ctx(command) => runtime()?.block_on(apps::ctx(command, target)),
+        Command::Events(EventsCommand::Tail { pattern, count }) => runtime()?.block_on(async {
+            let session = Session::open(target).await?;
+            let mut subscriber = session.nats().subscribe(pattern).await?;
             let mut seen = 0;
             while let Some(message) = subscriber.next().await {
                 let payload = String::from_utf8_lossy(&message.payload);
@@ -310,31 +266,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Mesh(MeshCommand::Up(args)) => mesh::up(args),
-        Command::Bench(BenchCommand::Fqmn(args)) => runtime()?.block_on(bench::load(args, bench::Workload::Whoami)),
-        Command::Bench(BenchCommand::Tx(args)) => runtime()?.block_on(bench::load(args, bench::Workload::KvSet)),
-        Command::Bench(BenchCommand::Wasm(args)) => bench_wasm::run(args),
-        Command::Bench(BenchCommand::Replicate(args)) => runtime()?.block_on(bench_replicate::run(args)),
+        Command::Bench(command) => cmesh_bench::run(command, target.nats_url()),
     }
 }
 
-async fn name(command: NameCommand) -> anyhow::Result<ExitCode> {
-    let (target, method, params) = match command {
-        NameCommand::Register {
-            name,
-            target,
-            target_node,
-        } => (
-            target_node,
-            "registrar.register",
-            json!({ "name": name, "target": target }),
-        ),
-        NameCommand::Resolve { name, target } => (target, "registrar.resolve", json!({ "name": name })),
-        NameCommand::Transfer { name, to, target } => (target, "registrar.transfer", json!({ "name": name, "to": to })),
-        NameCommand::Release { name, target } => (target, "registrar.release", json!({ "name": name })),
-        NameCommand::Ls { owner, target } => (target, "registrar.list", json!({ "owner": owner })),
+async fn name(command: NameCommand, target: &Target) -> anyhow::Result<ExitCode> {
+    let (method, params) = match command {
+        NameCommand::Register { name, target } => ("registrar.register", json!({ "name": name, "target": target })),
+        NameCommand::Resolve { name } => ("registrar.resolve", json!({ "name": name })),
+        NameCommand::Transfer { name, to } => ("registrar.transfer", json!({ "name": name, "to": to })),
+        NameCommand::Release { name } => ("registrar.release", json!({ "name": name })),
+        NameCommand::Ls { owner } => ("registrar.list", json!({ "owner": owner })),
     };
-    let client = MeshClient::connect(&target).await?;
-    print(&client.rpc(method, params).await?);
+    print(&Session::open(target).await?.rpc(method, params).await?);
     Ok(ExitCode::SUCCESS)
 }
 

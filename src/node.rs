@@ -226,7 +226,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     .await?;
     self_check(&client, &address).await?;
 
-    println!("cmesh node {address} ready");
+    println!("{}", cmesh_testkit::ready_line(&address));
     tracing::info!(%address, "ready");
 
     signals.wait().await;
@@ -336,11 +336,6 @@ fn instance_id() -> anyhow::Result<String> {
     Ok(hex::encode_upper(bytes))
 }
 
-/// The address printed in the ready line, parsed back (used by `mesh up` and tests).
-pub fn parse_ready_line(line: &str) -> Option<Address> {
-    line.strip_prefix("cmesh node ")?.strip_suffix(" ready")?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,15 +345,5 @@ mod tests {
         assert_eq!(host_port("nats://127.0.0.1:4222"), "127.0.0.1:4222");
         assert_eq!(host_port("nats://user:pw@nats:4333,nats://b:1"), "nats:4333");
         assert_eq!(host_port("localhost"), "localhost:4222");
-    }
-
-    #[test]
-    fn ready_line_round_trip() {
-        let line = "cmesh node 0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed ready";
-        assert_eq!(
-            parse_ready_line(line).map(|a| a.to_string()).as_deref(),
-            Some("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")
-        );
-        assert_eq!(parse_ready_line("something else"), None);
     }
 }

@@ -1,14 +1,12 @@
 //! Hostile and clumsy input: every request is answered with the right status and a
 //! message, the node keeps serving, and nothing of a refused write is kept.
 
-mod support;
-
 use async_nats::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cmesh_common::jwt::{self, Claims};
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 const MAX_PAYLOAD: usize = 4096;
 

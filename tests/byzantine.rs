@@ -6,8 +6,6 @@
 //! equivocation and garbage bytes are refused or absorbed, and the honest nodes still
 //! agree on one root and keep serving writes.
 
-mod support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -16,8 +14,8 @@ use cmesh_events::EventEnvelope;
 use cmesh_replication::wire::{self, TxBatch};
 use cmesh_state::tx::{Limits, Op, Transaction, TxBody, TX_FORMAT};
 use cmesh_state::Id;
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Generous: debug builds, a shared machine.
 const CONVERGE: Duration = Duration::from_secs(30);

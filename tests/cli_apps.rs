@@ -2,48 +2,18 @@
 //! `app deploy|ls` and `ctx create|ls|call|view|root|grant|revoke` against a real node,
 //! each printing the JSON result (and exiting non-zero with a message on an error).
 
-mod support;
-
 use std::path::Path;
-use std::process::Output;
 
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
-
-struct Cli<'a> {
-    home: &'a Path,
-    nats: String,
-    node: String,
-}
-
-impl Cli<'_> {
-    async fn run(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(cmesh_bin())
-            .args(args)
-            .env("CMESH_HOME", self.home)
-            .env("CMESH_NATS_URL", &self.nats)
-            .env("CMESH_NODE", &self.node)
-            .env_remove("RUST_LOG")
-            .output()
-            .await
-            .expect("run cmesh")
-    }
-
-    /// Runs a command that must succeed; its stdout as JSON.
-    async fn ok(&self, args: &[&str]) -> Value {
-        cli_json(args, &self.run(args).await)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_create_call_and_administer_with_the_cli() {
     let mesh = Mesh::start(1).await;
     let home = tempfile::tempdir().expect("tempdir");
-    let cli = Cli {
-        home: home.path(),
-        nats: mesh.nats.url(),
-        node: mesh.node(0).address().to_string(),
-    };
+    let cli = Cli::new(home.path())
+        .env("CMESH_NATS_URL", &mesh.nats.url())
+        .env("CMESH_NODE", &mesh.node(0).address().to_string());
     assert!(cli.run(&["key", "new"]).await.status.success());
     assert!(cli.run(&["login"]).await.status.success(), "cmesh login");
 

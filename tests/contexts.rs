@@ -2,12 +2,10 @@
 //! created and called by FQMN and JSON-RPC, roles, version pins, names pointing at
 //! context methods, and the events transactions publish.
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greeter_through_every_front_door() {

@@ -1,14 +1,12 @@
 //! Events on NATS (router lifecycle, registrar, application) and the audit chain, live
 //! on `cmesh.audit.<node>` and offline with `cmesh audit verify`.
 
-mod support;
-
 use std::process::Command;
 
 use cmesh_common::Address;
 use cmesh_events::{AuditRecord, EventEnvelope};
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 async fn next_envelope(sub: &mut async_nats::Subscriber, what: &str) -> (String, EventEnvelope) {
     let message = next_message(sub, what).await;

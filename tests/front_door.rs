@@ -2,15 +2,13 @@
 //! and per-node subjects, CMTP headers, MessagePack, error headers and stats, batches
 //! and notifications.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use async_nats::service::{Info, PingResponse, Stats};
 use async_nats::HeaderMap;
 use cmesh_common::Address;
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();

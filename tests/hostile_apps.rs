@@ -4,11 +4,9 @@
 //! refuse. Every case must get a clear error, change no state, and leave the node serving
 //! its other contexts.
 
-mod support;
-
 use cmesh_common::Address;
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Small enough that a spinning guest runs out within milliseconds, large enough for kv.
 const GAS_LIMIT: u64 = 10_000_000;

@@ -1,14 +1,12 @@
 //! IAM as a client sees it: passwordless login, tokens across nodes, forged and expired
 //! tokens, Kami-signed requests, and permissions from attributes.
 
-mod support;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cmesh_common::jwt::{self, Claims};
 use cmesh_common::Address;
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of unix seconds (as RFC 3339 writes it).
 fn rfc3339(secs: u64) -> String {

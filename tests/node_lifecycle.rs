@@ -1,16 +1,13 @@
 //! `cmesh node run` as an operator sees it: the key file, the ready line, signals, and
 //! NATS being down or restarting.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use cmesh_common::SigningKey;
-use cmesh_testkit::NatsServer;
+use cmesh_testkit::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_file_is_private_and_the_address_survives_restarts() {

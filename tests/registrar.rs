@@ -1,12 +1,10 @@
 //! The registrar through the mesh: names registered through any node, resolved and
 //! called through any other, owned by the signer, and kept across a registrar restart.
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 fn names_of(list: &Value) -> BTreeSet<String> {
     list.as_array()

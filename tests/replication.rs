@@ -3,15 +3,12 @@
 //! member converging to one root, a member killed with SIGKILL mid-load catching up on
 //! restart, a member cut off from NATS catching up once back, and leaving.
 
-mod support;
-
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cmesh_common::Address;
+use cmesh_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Generous: debug builds, a shared machine.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -243,7 +240,8 @@ async fn try_call(
     let subject = To::Node(node).rpc_subject();
     let message = tokio::time::timeout(limit, client.try_request(&subject, bearer(token), payload))
         .await
-        .map_err(|_| format!("no reply on {subject} within {limit:?}"))??;
+        .map_err(|_| format!("no reply on {subject} within {limit:?}"))?
+        .map_err(|e| error_chain(&e))?;
     let answer: Value =
         serde_json::from_slice(&message.payload).map_err(|e| format!("a reply that is not JSON: {e}"))?;
     answer.get("result").cloned().ok_or_else(|| answer.to_string())
@@ -625,31 +623,6 @@ async fn a_member_that_leaves_deletes_its_copy_and_the_others_carry_on() {
     assert_eq!(m.get(0, "back").await, json!(true));
 }
 
-/// The `cmesh` CLI with its own home (key and token), against one NATS server.
-struct Cli {
-    home: tempfile::TempDir,
-    nats: String,
-}
-
-impl Cli {
-    async fn run(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(cmesh_bin())
-            .args(args)
-            .env("CMESH_HOME", self.home.path())
-            .env("CMESH_NATS_URL", &self.nats)
-            .env_remove("CMESH_NODE")
-            .env_remove("RUST_LOG")
-            .output()
-            .await
-            .expect("run cmesh")
-    }
-
-    /// Runs a command that must succeed; its stdout as JSON.
-    async fn ok(&self, args: &[&str]) -> Value {
-        cli_json(args, &self.run(args).await)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_joins_shows_status_and_says_when_not_invited() {
     // The CLI's key is the node admin.
@@ -657,10 +630,7 @@ async fn the_cli_joins_shows_status_and_says_when_not_invited() {
     let admin = new_key();
     admin.save(&home.path().join("key")).expect("save the CLI's key");
     let m = members_with(admin, 3, &[1]).await;
-    let cli = Cli {
-        home,
-        nats: m.mesh.nats.url(),
-    };
+    let cli = Cli::new(home.path()).env("CMESH_NATS_URL", &m.mesh.nats.url());
     for i in 0..3 {
         m.set(0, &format!("k{i}"), json!(i)).await;
     }

@@ -2,8 +2,6 @@
 //! load keeps every write it acknowledged; a clean restart keeps every context's root,
 //! heads and applied count; a corrupt compiled-module cache file is detected and rebuilt.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,9 +10,9 @@ use std::time::Duration;
 
 use cmesh_common::hash::keccak256;
 use cmesh_common::Address;
+use cmesh_testkit::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use support::*;
 use tokio::sync::watch;
 
 /// Writes fired at the node in the kill test, and how many run at once.
@@ -110,7 +108,7 @@ async fn a_node_killed_under_load_keeps_every_acknowledged_write() {
                                 let body = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
                                 Outcome::Reply(status_of(&message), body)
                             }
-                            Err(e) => Outcome::Failed(e, kill_sent.load(Ordering::SeqCst)),
+                            Err(e) => Outcome::Failed(error_chain(&e), kill_sent.load(Ordering::SeqCst)),
                         },
                         () = node_gone => Outcome::Unanswered,
                     };

@@ -15,7 +15,7 @@
 #   6. down -v, always (trap)
 #
 # The client key is made before the mesh starts: the nodes take it as their admin
-# (CMESH_ADMIN, through a generated compose override), which ctx.join needs.
+# (CMESH_ADMIN, which docker-compose.yml passes to every node), which ctx.join needs.
 #
 # Exit status 0 only if every step passed. CMESH_COMPOSE_KEEP=1 leaves the mesh running.
 set -euo pipefail
@@ -65,14 +65,8 @@ log "client key"
 ME="$("$CMESH_BIN" key show | first_address)"
 [[ -n "$ME" ]] || die "cmesh key show printed no address"
 ok "client $ME (the nodes' admin)"
-ADMIN_OVERRIDE="$CMESH_HOME/compose.admin.yml"
-cat >"$ADMIN_OVERRIDE" <<YAML
-services:
-  node1: {environment: {CMESH_ADMIN: "$ME"}}
-  node2: {environment: {CMESH_ADMIN: "$ME"}}
-  node3: {environment: {CMESH_ADMIN: "$ME"}}
-YAML
-FILES+=(-f "$ADMIN_OVERRIDE")
+CMESH_ADMIN="$ME"
+export CMESH_ADMIN
 
 log "compose up ($PROJECT, nats on 127.0.0.1:$CMESH_NATS_PORT)"
 dc down -v --remove-orphans >/dev/null 2>&1 || true

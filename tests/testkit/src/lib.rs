@@ -1,123 +1,114 @@
-//! Starts a real `nats-server` for tests: random port on 127.0.0.1, store in a temp dir.
+//! The harness of cmesh, in one place: whatever starts a nats-server or `cmesh node run`
+//! processes, or talks to a node over NATS, does it with this crate.
 //!
-//! Readiness is read from the server's own log line, not guessed with a sleep.
+//! - [`nats`]: a real nats-server on 127.0.0.1.
+//! - [`node`]: `cmesh node run` as a child process, ready when it prints its ready line.
+//! - [`client`] and [`reply`]: the front door's wire (FQMN, JSON-RPC, login, Kami-signed
+//!   requests), answering errors (`try_*`) or failing the test.
+//! - [`mesh`]: a test mesh of nodes that know each other.
+//! - [`proxy`]: a TCP forwarder that can cut a client off the bus.
+//! - [`cli`]: the `cmesh` CLI run as a user runs it, with its own home.
+//! - [`apps`]: the example apps and WAT modules, and the calls that deploy them.
+//!
+//! The `cmesh` binary depends on this crate too, so that there is one client and one way
+//! to run a node: the CLI's commands send through [`Client`], and `cmesh mesh up` and
+//! `cmesh bench` (crate `cmesh-bench`) start their nodes and nats-server with [`Node`] and
+//! [`NatsServer`]; `cmesh node run` prints its [`ready_line`]. The tests (`tests/*.rs`)
+//! use all of it, with `use cmesh_testkit::*`.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+pub mod apps;
+pub mod cli;
+pub mod client;
+pub mod mesh;
+pub mod nats;
+pub mod node;
+pub mod proxy;
+pub mod reply;
 
-/// How long a server may take to say it is ready before the test fails.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
+use cmesh_common::SigningKey;
+
+pub use apps::{
+    app_id, app_wasm, converged_roots, create, deploy, deploy_bytes, deploy_params, grant, wasm_base64, wat_module,
+};
+pub use cli::{cli_json, Cli};
+pub use client::{
+    auth_headers, bearer, next_message, Challenge, Client, ClientError, Login, To, JSON, MSGPACK, REQUEST_TIMEOUT,
+};
+pub use mesh::{Mesh, MeshOptions};
+pub use nats::{NatsServer, NatsSetup};
+pub use node::{cmesh_bin, parse_ready_line, ready_line, Node, NodeOptions, NodeSetup, READY_TIMEOUT};
+pub use proxy::Proxy;
+pub use reply::Reply;
+
+/// Longest wait for something that propagates between nodes (events, reconnects).
+pub const EVENTUALLY: Duration = Duration::from_secs(10);
+
+/// An error and its causes on one line (`a: b: c`), for the messages of failed tests.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
-/// The nats-server binary: `$NATS_SERVER` or `nats-server` on the PATH.
-pub fn nats_server_bin() -> PathBuf {
-    std::env::var_os("NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
+/// Awaits `fut` for at most `limit`; panics naming `what` when it takes longer.
+pub async fn within<F: Future>(what: &str, limit: Duration, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
 }
 
-impl NatsServer {
-    /// Starts a server on a port the OS picks.
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for nats-server");
-        let (child, port) = spawn(&dir, None);
-        NatsServer {
-            child: Some(child),
-            port,
-            dir,
+/// Retries `attempt` every 50 ms until it gives `Some`, for at most `limit`. Only for
+/// conditions that propagate asynchronously between processes (peers, remote events,
+/// reconnection); everything else waits on the event itself.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let per_attempt = left.clamp(Duration::from_millis(1), Duration::from_secs(2));
+        if let Ok(Some(value)) = tokio::time::timeout(per_attempt, attempt()).await {
+            return value;
         }
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Kills the server (clients see the connection drop).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if Instant::now() >= deadline {
+            panic!("gave up after {limit:?} waiting for {what}");
         }
-    }
-
-    /// Starts the server again on the same port, as after an operator's restart.
-    pub fn restart(&mut self) {
-        self.stop();
-        let (child, _) = spawn(&self.dir, Some(self.port));
-        self.child = Some(child);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn unix_secs() -> u64 {
+    unix_ms() / 1000
+}
+
+/// Sleeps until the wall clock is at least `unix_ms` (for token expiry: bounded by the
+/// token's lifetime, which tests set to 1 s).
+pub async fn sleep_until_unix_ms(target: u64) {
+    let now = unix_ms();
+    if target > now {
+        let wait = Duration::from_millis(target - now);
+        assert!(wait <= Duration::from_secs(5), "refusing to sleep {wait:?} in a test");
+        tokio::time::sleep(wait).await;
     }
 }
 
-fn spawn(dir: &tempfile::TempDir, port: Option<u16>) -> (Child, u16) {
-    let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".to_string());
-    let mut child = Command::new(nats_server_bin())
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nats-server must be installed (scripts/test installs it)");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(found) = listening_port(&line) {
-                    let _ = tx.send(found);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(READY_TIMEOUT)
-        .expect("nats-server did not report its client port in time");
-    (child, port)
-}
-
-/// Parses "Listening for client connections on 127.0.0.1:4222".
-fn listening_port(line: &str) -> Option<u16> {
-    let (_, rest) = line.split_once("Listening for client connections on ")?;
-    rest.trim().rsplit(':').next()?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_listening_line() {
-        let line = "[1] 2026/01/01 00:00:00.000000 [INF] Listening for client connections on 127.0.0.1:39123";
-        assert_eq!(listening_port(line), Some(39123));
-        assert_eq!(listening_port("[INF] Server is ready"), None);
-    }
-
-    #[test]
-    fn starts_and_restarts_on_the_same_port() {
-        let mut server = NatsServer::start();
-        let port = server.port();
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        server.restart();
-        assert_eq!(server.port(), port);
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    }
+pub fn new_key() -> SigningKey {
+    SigningKey::generate().expect("generate a key")
 }

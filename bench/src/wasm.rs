@@ -16,12 +16,13 @@ use cmesh_runtime::{Call, MapState, Runtime, RuntimeConfig, StateReader, Storage
 use serde_json::json;
 
 /// The module measured: the greeter example app.
-const GREETER_WASM: &[u8] = include_bytes!("../apps/greeter/greeter.wasm");
+const GREETER_WASM: &[u8] = cmesh_testkit::apps::GREETER;
 /// The greeter stores counts under tag `g` and the name padded with zeros.
 const COUNT_TAG: u8 = b'g';
 const NAME: &str = "Dexter";
 const GOAL_US_PER_CALL: f64 = 20.0;
 
+/// `cmesh bench wasm` flags.
 #[derive(Debug, Args)]
 pub struct WasmArgs {
     /// Calls measured (after the warm-up)
@@ -67,11 +68,7 @@ impl Timings {
 
     fn percentile(&mut self, p: f64) -> f64 {
         self.per_call_us.sort_by(f64::total_cmp);
-        let rank = ((p / 100.0) * self.per_call_us.len() as f64).ceil() as usize;
-        self.per_call_us
-            .get(rank.clamp(1, self.per_call_us.len().max(1)) - 1)
-            .copied()
-            .unwrap_or(0.0)
+        crate::percentile(&self.per_call_us, p)
     }
 }
 
@@ -171,8 +168,9 @@ pub fn run(args: WasmArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every figure of this bench has three decimals.
 fn round(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
+    crate::round(value, 3)
 }
 
 #[cfg(test)]

@@ -27,11 +27,10 @@ use cmesh_common::{Address, SigningKey};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench::{
-    connect, cpu_seconds, interrupted, load_average, percentile, random_hex, round, KV_WASM, READY_TIMEOUT,
-};
-use crate::child::ChildNode;
-use crate::client::MeshClient;
+use cmesh_testkit::{apps, Client, Node, NodeOptions, To};
+
+use crate::machine::{cpu_seconds, load_average};
+use crate::{connect, interrupted, percentile, random_hex, round};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long transactions may take to reach every member once the load stops.
@@ -42,11 +41,10 @@ const GOAL_TX_PER_S: f64 = 3_000.0;
 const GOAL_P99_MS: f64 = 50.0;
 const GOAL_CATCH_UP_PER_S: f64 = 20_000.0;
 
+/// `cmesh bench replicate` flags; the NATS server is `cmesh --nats` (the bench starts its
+/// own nodes on it).
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
-    /// NATS server URL (the bench starts its own nodes on it)
-    #[arg(long = "nats", env = "CMESH_NATS_URL", default_value = crate::config::DEFAULT_NATS_URL)]
-    pub nats_url: String,
     /// Members of the context
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
     pub members: u32,
@@ -64,7 +62,7 @@ pub struct ReplicateArgs {
     pub json: bool,
 }
 
-pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ReplicateArgs, nats_url: &str) -> anyhow::Result<ExitCode> {
     if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 3_600.0) {
         bail!("--duration must be a number of seconds above 0 (at most 3600)");
     }
@@ -72,7 +70,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut nodes = Vec::new();
     let result = tokio::select! {
-        result = bench(&args, &dir, &mut nodes) => result,
+        result = bench(&args, nats_url, &dir, &mut nodes) => result,
         signal = interrupted() => Err(signal),
     };
     drop(nodes);
@@ -98,7 +96,8 @@ struct Member {
     address: Address,
     fqmn: async_nats::Subject,
     headers: async_nats::HeaderMap,
-    client: MeshClient,
+    client: Client,
+    token: String,
     pid: u32,
 }
 
@@ -158,42 +157,51 @@ impl Ledger {
     }
 }
 
-async fn start_node(dir: &std::path::Path, url: &str, n: usize, admin: Address) -> anyhow::Result<ChildNode> {
-    let (url, data, log) = (
-        url.to_string(),
-        dir.join(format!("node{n}")),
-        dir.join(format!("node{n}.log")),
-    );
-    let extra = vec!["--admin".to_string(), admin.to_string()];
-    tokio::task::spawn_blocking(move || ChildNode::start(&url, &data, n == 0, &extra, &log, READY_TIMEOUT)).await?
+/// Member `n` (node 0 the registrar), with the bench's key as its node admin.
+async fn start_node(dir: &std::path::Path, url: &str, n: usize, admin: Address) -> anyhow::Result<Node> {
+    let options = NodeOptions {
+        registrar: n == 0,
+        admins: vec![admin],
+        ..NodeOptions::default()
+    };
+    let (data, log) = (dir.join(format!("node{n}")), dir.join(format!("node{n}.log")));
+    crate::start_node(url, n, options, data, log).await
 }
 
-async fn member(url: &str, node: &ChildNode, key: &SigningKey) -> anyhow::Result<Member> {
-    let target = crate::client::Target {
-        nats_url: url.to_string(),
-        node: Some(node.address()),
-        timeout: REQUEST_TIMEOUT.as_secs(),
-    };
-    let mut client = MeshClient::connect(&target).await?;
-    let token = client.obtain_token(key).await?.token;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Authorization", format!("Bearer {token}").as_str());
+async fn member(url: &str, node: &Node, key: &SigningKey) -> anyhow::Result<Member> {
+    let address = node.address();
+    let client = Client::try_connect(url, "cmesh-bench")
+        .await?
+        .with_timeout(REQUEST_TIMEOUT);
+    let token = client.try_login(key, address).await?.token;
+    let headers = cmesh_testkit::bearer(&token);
     Ok(Member {
-        address: node.address(),
-        fqmn: format!("cmesh.node.{}.fqmn", node.address()).into(),
+        address,
+        fqmn: To::Node(address).fqmn_subject().into(),
         headers,
         client,
-        pid: node.pid(),
+        token,
+        pid: node.pid().context("the node is not running")?,
     })
+}
+
+impl Member {
+    /// A JSON-RPC call through this member, as the bench's key.
+    async fn rpc(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        Ok(self
+            .client
+            .try_call(self.address, method, params, Some(&self.token))
+            .await?)
+    }
 }
 
 /// Joins `member` to `context` and waits until it is in sync; the last status.
 async fn join(member: &Member, context: &str) -> anyhow::Result<Value> {
     let params = json!({ "context": context });
-    member.client.rpc("ctx.join", params.clone()).await?;
+    member.rpc("ctx.join", params.clone()).await?;
     let deadline = Instant::now() + JOIN_LIMIT;
     loop {
-        let status = member.client.rpc("ctx.status", params.clone()).await?;
+        let status = member.rpc("ctx.status", params.clone()).await?;
         match status["phase"].as_str() {
             Some("in-sync") => return Ok(status),
             Some("failed") => bail!("joining failed: {status}"),
@@ -226,7 +234,7 @@ async fn write(client: &async_nats::Client, member: &Member, context: &str, n: u
 
 /// A new kv context made through `member`; its id.
 async fn create_kv_context(member: &Member) -> anyhow::Result<String> {
-    let created = member.client.rpc("ctx.create", json!({ "app": "kv" })).await?;
+    let created = member.rpc("ctx.create", json!({ "app": "kv" })).await?;
     Ok(created["context"]
         .as_str()
         .context("ctx.create answered without a context")?
@@ -342,7 +350,7 @@ async fn settle(ledger: &Mutex<Ledger>, txs: &[String], members: usize) -> (Opti
 async fn repairs(members: &[Member], context: &str) -> anyhow::Result<(u64, u64)> {
     let (mut parked, mut catch_ups) = (0, 0);
     for member in members {
-        let status = member.client.rpc("ctx.status", json!({ "context": context })).await?;
+        let status = member.rpc("ctx.status", json!({ "context": context })).await?;
         parked += status["parked"].as_u64().unwrap_or(0);
         catch_ups += status["catch_ups"].as_u64().unwrap_or(0);
     }
@@ -368,8 +376,7 @@ fn cpu_used(from: &[Option<f64>], to: &[Option<f64>]) -> Value {
         .collect::<Vec<_>>())
 }
 
-async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<ChildNode>) -> anyhow::Result<Value> {
-    let url = &args.nats_url;
+async fn bench(args: &ReplicateArgs, url: &str, dir: &std::path::Path, nodes: &mut Vec<Node>) -> anyhow::Result<Value> {
     let load_avg_1m = load_average();
     let key = SigningKey::generate()?;
     let size = args.members as usize;
@@ -391,14 +398,12 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
 
     let first = &members[0];
     first
-        .client
-        .rpc("app.deploy", crate::apps::deploy_params("kv", "1.0.0", KV_WASM))
+        .rpc("app.deploy", apps::deploy_params("kv", "1.0.0", apps::KV))
         .await
         .context("deploying kv")?;
     let context = create_kv_context(first).await?;
     for other in &members[1..] {
         first
-            .client
             .rpc("ctx.invite", json!({ "context": context, "member": other.address }))
             .await?;
         join(other, &context).await?;
@@ -522,7 +527,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
     // 3. Catch-up of a new node.
     let mut catch_up = Value::Null;
     if args.catch_up > 0 {
-        let held = members[0].client.rpc("ctx.root", json!({ "context": context })).await?["applied"]
+        let held = members[0].rpc("ctx.root", json!({ "context": context })).await?["applied"]
             .as_u64()
             .unwrap_or(0);
         let fill = args.catch_up.saturating_sub(held);
@@ -552,7 +557,6 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
         nodes.push(start_node(dir, url, size, key.address()).await?);
         let joiner = member(url, &nodes[size], &key).await?;
         members[0]
-            .client
             .rpc("ctx.invite", json!({ "context": context, "member": joiner.address }))
             .await?;
         let cpu_join_from = cpu_seconds(&joiner.pid.to_string());
@@ -563,7 +567,7 @@ async fn bench(args: &ReplicateArgs, dir: &std::path::Path, nodes: &mut Vec<Chil
             .zip(cpu_join_from)
             .map(|(b, a)| round(b - a, 2));
         let fetched = status["fetched"].as_u64().unwrap_or(0);
-        let root = members[0].client.rpc("ctx.root", json!({ "context": context })).await?;
+        let root = members[0].rpc("ctx.root", json!({ "context": context })).await?;
         let same_root = root["root"] == status["root"];
         catch_up = json!({
             "transactions": status["applied"],
