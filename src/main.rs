@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cmesh_common::{Address, SigningKey};
+use cmesh_common::{Address, Method, SigningKey};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -59,7 +59,8 @@ enum Command {
         #[arg(long)]
         msgpack: bool,
     },
-    /// Call a JSON-RPC method and print its result
+    /// Call a JSON-RPC method and print its result (`--help` lists the methods)
+    #[command(after_long_help = methods_help())]
     Rpc {
         /// e.g. `iam.whoami`, `registrar.list`
         method: String,
@@ -282,6 +283,21 @@ async fn name(command: NameCommand, target: &Target) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The node's methods with their params and default permission, from the method table.
+fn methods_help() -> String {
+    let width = Method::ALL.iter().map(|m| m.name().len()).max().unwrap_or(0);
+    let mut help = String::from("Methods (params; who may call them unless the node's config says otherwise):\n");
+    for method in Method::ALL {
+        help.push_str(&format!(
+            "  {:width$}  {}; {}\n",
+            method.name(),
+            method.params(),
+            method.default_permission()
+        ));
+    }
+    help
+}
+
 fn format_time(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
 }
@@ -295,5 +311,17 @@ mod tests {
         // clap checks names, flags and conflicts of every subcommand only when it is
         // parsed; this checks them all at once.
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rpc_help_lists_every_method_of_the_table() {
+        let help = super::Cli::command()
+            .find_subcommand_mut("rpc")
+            .expect("rpc")
+            .render_long_help()
+            .to_string();
+        for method in cmesh_common::Method::ALL {
+            assert!(help.contains(method.name()), "{} missing from:\n{help}", method.name());
+        }
     }
 }
