@@ -14,7 +14,6 @@
 //! publishes (they name the transactions they added); the author applied its own when it
 //! answered the write.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,17 +23,18 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use cmesh_common::{Address, SigningKey};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use cmesh_testkit::{apps, Client, Node, NodeOptions, To};
+
+mod ledger;
+
+use ledger::{acknowledged, follow_events, settle, settling_of, Ledger, SETTLE_LIMIT};
 
 use crate::machine::{cpu_seconds, load_average};
 use crate::{connect, interrupted, percentile, random_hex, round};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long transactions may take to reach every member once the load stops.
-const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// How long a join may take.
 const JOIN_LIMIT: Duration = Duration::from_secs(600);
 const GOAL_TX_PER_S: f64 = 3_000.0;
@@ -99,62 +99,6 @@ struct Member {
     client: Client,
     token: String,
     pid: u32,
-}
-
-/// When each transaction was sent, acknowledged, and applied at each member.
-#[derive(Default)]
-struct Ledger {
-    /// tx id → (sent, members that applied it, when the last did).
-    txs: HashMap<String, Seen>,
-    /// Sums over the `state.received` events: where a member's time goes when a
-    /// received transaction sorts before ones it had applied.
-    settling: Settling,
-}
-
-/// Transactions received, and what settling them cost: transactions undone and applied
-/// again (a received one that sorts last costs one application and no undo).
-#[derive(Clone, Copy, Default)]
-struct Settling {
-    settles: u64,
-    added: u64,
-    undone: u64,
-    applied: u64,
-}
-
-impl Settling {
-    fn since(self, before: Settling) -> Value {
-        let added = self.added - before.added;
-        let per_added = |n: u64| round(n as f64 / added.max(1) as f64, 2);
-        json!({
-            "settles": self.settles - before.settles,
-            "received": added,
-            "undone_per_received": per_added(self.undone - before.undone),
-            "applied_per_received": per_added(self.applied - before.applied),
-        })
-    }
-}
-
-#[derive(Clone, Default)]
-struct Seen {
-    sent: Option<Instant>,
-    /// When the author answered.
-    answered: Option<Instant>,
-    applied_at: Vec<(Address, Instant)>,
-}
-
-impl Ledger {
-    fn applied(&mut self, tx: String, member: Address, at: Instant) {
-        let seen = self.txs.entry(tx).or_default();
-        if !seen.applied_at.iter().any(|(m, _)| *m == member) {
-            seen.applied_at.push((member, at));
-        }
-    }
-
-    /// When every member had applied `tx`, if all have.
-    fn everywhere(&self, tx: &str, members: usize) -> Option<Instant> {
-        let seen = self.txs.get(tx)?;
-        (seen.applied_at.len() >= members).then(|| seen.applied_at.iter().map(|(_, at)| *at).max())?
-    }
 }
 
 /// Member `n` (node 0 the registrar), with the bench's key as its node admin.
@@ -282,69 +226,6 @@ async fn closed_loop(
     Ok(written)
 }
 
-/// Follows every member's `state.received` events into the ledger.
-async fn follow_events(events: async_nats::Subscriber, ledger: Arc<Mutex<Ledger>>) {
-    let mut events = events;
-    while let Some(message) = events.next().await {
-        let at = Instant::now();
-        let Ok(envelope) = serde_json::from_slice::<Value>(&message.payload) else {
-            continue;
-        };
-        let Some(node) = envelope["node"].as_str().and_then(|n| n.parse::<Address>().ok()) else {
-            continue;
-        };
-        let Some(txs) = envelope["data"]["txs"].as_array() else {
-            continue;
-        };
-        let count = |field: &str| envelope["data"][field].as_u64().unwrap_or(0);
-        let Ok(mut ledger) = ledger.lock() else { return };
-        ledger.settling.settles += 1;
-        ledger.settling.added += count("added");
-        ledger.settling.undone += count("undone");
-        ledger.settling.applied += count("applied");
-        for tx in txs.iter().filter_map(Value::as_str) {
-            ledger.applied(tx.to_string(), node, at);
-        }
-    }
-}
-
-/// Records a write this node made: the author applied it when it answered.
-fn acknowledged(ledger: &Mutex<Ledger>, tx: String, author: Address, sent: Instant, at: Instant) {
-    if let Ok(mut ledger) = ledger.lock() {
-        ledger.applied(tx.clone(), author, at);
-        if let Some(seen) = ledger.txs.get_mut(&tx) {
-            seen.sent = Some(sent);
-            seen.answered = Some(at);
-        }
-    }
-}
-
-/// Waits until every transaction in `txs` is applied on `members` members; the instant
-/// the last one was, and how many never got everywhere.
-async fn settle(ledger: &Mutex<Ledger>, txs: &[String], members: usize) -> (Option<Instant>, usize) {
-    let deadline = Instant::now() + SETTLE_LIMIT;
-    loop {
-        let (last, missing) = {
-            let Ok(ledger) = ledger.lock() else {
-                return (None, txs.len());
-            };
-            let mut last: Option<Instant> = None;
-            let mut missing = 0;
-            for tx in txs {
-                match ledger.everywhere(tx, members) {
-                    Some(at) => last = Some(last.map_or(at, |l| l.max(at))),
-                    None => missing += 1,
-                }
-            }
-            (last, missing)
-        };
-        if missing == 0 || Instant::now() > deadline {
-            return (last, missing);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Over every member: broadcast transactions that came before their parents, and the
 /// catch-ups run (`ctx.status`).
 async fn repairs(members: &[Member], context: &str) -> anyhow::Result<(u64, u64)> {
@@ -355,10 +236,6 @@ async fn repairs(members: &[Member], context: &str) -> anyhow::Result<(u64, u64)
         catch_ups += status["catch_ups"].as_u64().unwrap_or(0);
     }
     Ok((parked, catch_ups))
-}
-
-fn settling_of(ledger: &Mutex<Ledger>) -> anyhow::Result<Settling> {
-    Ok(ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?.settling)
 }
 
 fn cpu_of(members: &[Member]) -> Vec<Option<f64>> {
