@@ -17,7 +17,7 @@ mod replay;
 pub mod roles;
 mod signer;
 pub mod store;
-mod tables;
+pub mod tables;
 pub mod tx;
 mod views;
 

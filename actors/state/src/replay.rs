@@ -2,7 +2,7 @@
 //! transaction leaves an undo row (its row of the apply order, [`APPLY_ORDER`]) with the
 //! values it replaced and the keys it read.
 //!
-//! [`APPLY_ORDER`]: crate::dag::APPLY_ORDER
+//! [`APPLY_ORDER`]: crate::tables::APPLY_ORDER
 //!
 //! Received transactions usually sort before some already applied (they were made
 //! concurrently, a few ms ago). Settling them first tries each one at the end of the

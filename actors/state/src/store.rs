@@ -1,31 +1,19 @@
-//! The redb tables of `state.redb` and the records in them. One database holds every
-//! app and context, so a transaction, its effects on the key-value state, the new root
-//! and the context's new heads are committed in one write.
+//! The records of `state.redb` (its tables are in `tables.rs`), their keys, opening the
+//! store, and finding the app or the context a request names.
 
 use std::path::Path;
 
 use cmesh_common::Address;
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
-use crate::dag::{self, OrderKey};
+use crate::dag::OrderKey;
 use crate::error::StateError;
 use crate::ids::Id;
+use crate::node_cache::NodeCache;
 use crate::roles::Role;
+use crate::tables::{self, Tables};
 use crate::tx::Limits;
-
-/// App id (32) → the module's bytes.
-pub const APP_CODE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app_code");
-/// `name` NUL `version` → [`AppRecord`].
-pub const APP_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_versions");
-/// Context id (32) → [`ContextRecord`].
-pub const CONTEXTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contexts");
-/// Context id (32) ++ user address (20) → role byte.
-pub const ROLES: TableDefinition<&[u8], u8> = TableDefinition::new("roles");
-/// User address (20) ++ context id (32) → role byte: the contexts of a user.
-pub const MEMBERSHIPS: TableDefinition<&[u8], u8> = TableDefinition::new("memberships");
-/// Context id (32) ++ key (32) → value: the contexts' key-value state.
-pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 /// A deployed version of an app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,22 +63,6 @@ impl ContextRecord {
     }
 }
 
-/// Tables of earlier versions whose contents this version cannot read (the sparse Merkle
-/// tree, whose roots differ from the crit-bit tree's; the linear transaction order of
-/// format 1, before the DAG; the crit-bit nodes keyed crit first; transactions and their
-/// meta in two tables, the apply order apart from the undo rows; transactions keyed by id):
-/// a store holding one is refused, never misread.
-const FORMER_TABLES: [&str; 8] = [
-    "smt_nodes",
-    "tx_order",
-    "merkle_nodes",
-    "txs",
-    "tx_meta",
-    "dag_order",
-    "undo",
-    "transactions",
-];
-
 pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -100,7 +72,7 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(former) = txn
         .list_tables()?
         .map(|table| table.name().to_string())
-        .find(|name| FORMER_TABLES.contains(&name.as_str()))
+        .find(|name| tables::FORMER_TABLES.contains(&name.as_str()))
     {
         return Err(StateError::Record(format!(
             "{} holds state written by an earlier cmesh (its table `{former}` is no longer read): \
@@ -108,22 +80,9 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
             path.display()
         )));
     }
-    for table in [
-        APP_CODE,
-        CONTEXTS,
-        KV,
-        crate::merkle::NODES,
-        dag::TRANSACTIONS,
-        dag::CHANGES,
-        dag::APPLY_ORDER,
-    ] {
-        txn.open_table(table)?;
-    }
-    txn.open_table(dag::AUTHOR_SEQS)?;
-    txn.open_table(dag::HEIGHTS)?;
-    txn.open_table(APP_VERSIONS)?;
-    txn.open_table(ROLES)?;
-    txn.open_table(MEMBERSHIPS)?;
+    // Opening every table in a write transaction creates the missing ones, so that read
+    // transactions find them all.
+    drop(Tables::open(&txn, &mut NodeCache::new(0))?);
     txn.commit()?;
     Ok(db)
 }
@@ -303,11 +262,12 @@ pub fn find_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::TableDefinition;
 
     #[test]
     fn a_store_with_a_former_table_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        for name in FORMER_TABLES {
+        for name in tables::FORMER_TABLES {
             let path = dir.path().join(format!("{name}.redb"));
             {
                 let db = Database::create(&path).expect("create");
