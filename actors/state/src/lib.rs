@@ -3,10 +3,10 @@
 //! together with its effects and the context's new Merkle state root.
 
 pub mod actor;
+mod checks;
 mod dag;
 pub mod error;
 mod executor;
-mod forget;
 pub mod ids;
 pub mod membership;
 pub mod merkle;

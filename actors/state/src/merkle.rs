@@ -18,7 +18,7 @@
 //! redb table directly or through the state executor's cache of it
 //! ([`NodeCache`](crate::node_cache::NodeCache)); the tree algorithm is the same.
 //!
-//! Hashing can wait: [`write`] changes the tree's shape at once but only marks the nodes
+//! Hashing can wait: [`write()`] changes the tree's shape at once but only marks the nodes
 //! on the key's path stale, and [`refresh`] hashes every stale node once, bottom up. A
 //! batch of writes (a catch-up page, a received batch) then hashes the top of the tree,
 //! which all their paths share, once instead of once per write. Stale marks live only in

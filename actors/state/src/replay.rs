@@ -24,9 +24,9 @@ use cmesh_common::Address;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{check_role, load_code, output_value};
 use crate::dag::{OrderKey, TxRow};
 use crate::error::StateError;
-use crate::executor::{check_role, load_code, output_value};
 use crate::ids::{address_bytes, Id};
 use crate::merkle;
 use crate::reader::{ContextReader, Span, TrackingReader};

@@ -42,18 +42,17 @@ pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("merkle_paths");
 
 /// Context (32) ++ height (8, big-endian) ++ transaction id (32), the key of its place in
-/// the apply order → a [`TxRow`](crate::dag::TxRow): what the node keeps about the
-/// transaction and the signed transaction itself. Keyed by its place rather than by its
-/// id so that a catch-up page, which comes in apply order, appends rows at the end of the
-/// table instead of writing into a random leaf per transaction (most of what a large
-/// batch wrote).
+/// the apply order → a `dag::TxRow`: what the node keeps about the transaction and the
+/// signed transaction itself. Keyed by its place rather than by its id so that a catch-up
+/// page, which comes in apply order, appends rows at the end of the table instead of
+/// writing into a random leaf per transaction (most of what a large batch wrote).
 pub const TRANSACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transactions_in_order");
 /// Transaction id (32) → its height: where to find its [`TRANSACTIONS`] row. The one
 /// random-keyed row a transaction adds, and a small one.
 pub const HEIGHTS: TableDefinition<&[u8], u64> = TableDefinition::new("transaction_heights");
 /// Context (32) ++ height (8, big-endian) ++ transaction id (32) → an encoded
-/// [`Undo`](crate::replay::Undo), or nothing while the transaction is not applied yet
-/// (inside a batch): the apply order and the undo rows in one table, keyed alike.
+/// `replay::Undo`, or nothing while the transaction is not applied yet (inside a batch):
+/// the apply order and the undo rows in one table, keyed alike.
 pub const APPLY_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("apply_order");
 /// Context (32) ++ author (20) ++ seq (8, big-endian) ++ transaction id (32) → nothing:
 /// each author's transactions in `seq` order, for catch-up by author.

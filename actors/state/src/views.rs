@@ -12,9 +12,9 @@ use cmesh_events::{Emit, EventsActor};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::json;
 
+use crate::checks::{check_role, check_version, load_code, output_value};
 use crate::dag::{self, MemberCache, TxRow};
 use crate::error::StateError;
-use crate::executor::{check_role, check_version, load_code, output_value};
 use crate::ids::Id;
 use crate::messages::{
     AppCode, CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, Deploy, FetchTransactions, GetSyncState,
