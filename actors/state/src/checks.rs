@@ -30,10 +30,15 @@ pub fn check_version(record: &ContextRecord, requirement: Option<&str>) -> Resul
     let Some(requirement) = requirement else {
         return Ok(());
     };
-    let req = semver::VersionReq::parse(requirement)
-        .map_err(|e| StateError::BadRequest(format!("`{requirement}` is not a semver requirement: {e}")))?;
-    let version = semver::Version::parse(&record.version)
-        .map_err(|e| StateError::Record(format!("context {} has version {}: {e}", record.id, record.version)))?;
+    let req = semver::VersionReq::parse(requirement).map_err(|source| StateError::NotARequirement {
+        requirement: requirement.to_string(),
+        source,
+    })?;
+    let version = semver::Version::parse(&record.version).map_err(|source| StateError::StoredVersion {
+        context: record.id,
+        version: record.version.clone(),
+        source,
+    })?;
     if req.matches(&version) {
         Ok(())
     } else {

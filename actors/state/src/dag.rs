@@ -55,7 +55,10 @@ impl<'a> TxRow<'a> {
     }
 
     pub fn meta(&self) -> Result<TxMeta, StateError> {
-        rmp_serde::from_slice(self.meta).map_err(|e| StateError::Record(format!("transaction meta: {e}")))
+        rmp_serde::from_slice(self.meta).map_err(|source| StateError::Decode {
+            what: "transaction meta",
+            source,
+        })
     }
 
     /// The encoded signed transaction.
@@ -65,7 +68,10 @@ impl<'a> TxRow<'a> {
 
     /// A row of `meta` and the encoded transaction `tx` (empty: not signed yet).
     pub fn encode(meta: &TxMeta, tx: &[u8]) -> Result<Vec<u8>, StateError> {
-        let meta = rmp_serde::to_vec(meta).map_err(|e| StateError::Record(format!("transaction meta: {e}")))?;
+        let meta = rmp_serde::to_vec(meta).map_err(|source| StateError::Encode {
+            what: "transaction meta",
+            source,
+        })?;
         Self::join(&meta, tx)
     }
 

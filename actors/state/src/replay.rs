@@ -408,7 +408,7 @@ fn body_of<'a>(tables: &Tables, known: &'a Known, context: &Id, key: &OrderKey) 
         .get(key.in_context(context).as_slice())?
         .ok_or_else(|| StateError::Record(format!("transaction {id} is missing")))?;
     let tx = Transaction::decode(TxRow::parse(bytes.value())?.tx())
-        .map_err(|e| StateError::Record(format!("transaction {id}: {e}")))?;
+        .map_err(|source| StateError::StoredTransaction { id: *id, source })?;
     Ok(Cow::Owned(tx.body))
 }
 

@@ -88,11 +88,23 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StateError> {
-    rmp_serde::to_vec_named(record).map_err(|e| StateError::Record(e.to_string()))
+    rmp_serde::to_vec_named(record).map_err(|source| StateError::Encode {
+        what: type_name::<T>(),
+        source,
+    })
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StateError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StateError::Record(e.to_string()))
+    rmp_serde::from_slice(bytes).map_err(|source| StateError::Decode {
+        what: type_name::<T>(),
+        source,
+    })
+}
+
+/// The name of a record's type without its path, for errors (`ContextRecord`).
+fn type_name<T>() -> &'static str {
+    let path = std::any::type_name::<T>();
+    path.rsplit("::").next().unwrap_or(path)
 }
 
 pub fn version_key(name: &str, version: &str) -> String {
@@ -222,8 +234,10 @@ pub fn find_app(
     let by_id: Option<Id> = app.parse().ok();
     let wanted = version
         .map(|v| {
-            v.parse::<semver::Version>()
-                .map_err(|e| StateError::BadRequest(format!("version `{v}` is not a semver version: {e}")))
+            v.parse::<semver::Version>().map_err(|source| StateError::NotAVersion {
+                version: v.to_string(),
+                source,
+            })
         })
         .transpose()?;
     let entries: Box<dyn Iterator<Item = _>> = if by_id.is_some() {
@@ -286,5 +300,16 @@ mod tests {
         let fresh = dir.path().join("fresh.redb");
         drop(open(&fresh).expect("new store"));
         open(&fresh).expect("reopened store");
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_says_which_it_is_and_keeps_the_cause() {
+        let err = decode::<ContextRecord>(&[0xc1]).expect_err("0xc1 is never MessagePack");
+        assert_eq!(err.status(), cmesh_common::Status::INTERNAL);
+        assert!(
+            err.to_string().starts_with("state store record: ContextRecord: "),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<rmp_serde::decode::Error>()));
     }
 }

@@ -87,7 +87,10 @@ impl Handler<Deploy> for ViewWorker {
     fn handle(&mut self, msg: Deploy, _: &mut SyncContext<Self>) -> Self::Result {
         check_app_name(&msg.name)?;
         let version = semver::Version::parse(&msg.version)
-            .map_err(|e| StateError::BadRequest(format!("version `{}` is not semver (e.g. 1.2.3): {e}", msg.version)))?
+            .map_err(|source| StateError::NotAVersion {
+                version: msg.version.clone(),
+                source,
+            })?
             .to_string();
         let app = Id(keccak256(&msg.wasm));
         let key = store::version_key(&msg.name, &version);

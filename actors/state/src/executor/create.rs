@@ -32,7 +32,7 @@ impl Executor {
             Ok(app) => app,
             Err(err) => return Ok(Err(err)),
         };
-        let salt = Id::random().map_err(|e| fatal(StateError::Unavailable(format!("no randomness: {e}"))))?;
+        let salt = Id::random().map_err(|e| fatal(StateError::NoRandomness(e)))?;
         let config = self.runtime.config();
         let body = TxBody {
             format: TX_FORMAT,

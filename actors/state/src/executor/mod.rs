@@ -128,16 +128,17 @@ impl Done {
         };
     }
 
-    fn fail(self, message: &str) -> Done {
+    /// The same answer, replaced by the failure of its batch.
+    fn fail(self, cause: &Arc<StateError>) -> Done {
         match self {
-            Done::Create(tx, _) => Done::Create(tx, not_committed(message)),
-            Done::Call(tx, _) => Done::Call(tx, not_committed(message)),
-            Done::SetRole(tx, _) => Done::SetRole(tx, not_committed(message)),
-            Done::Invite(tx, _) => Done::Invite(tx, not_committed(message)),
-            Done::Receive(tx, _) => Done::Receive(tx, not_committed(message)),
-            Done::Leave(tx, _) => Done::Leave(tx, not_committed(message)),
-            Done::Forget(tx, _) => Done::Forget(tx, not_committed(message)),
-            Done::Persist(tx, _) => Done::Persist(tx, not_committed(message)),
+            Done::Create(tx, _) => Done::Create(tx, not_committed(cause)),
+            Done::Call(tx, _) => Done::Call(tx, not_committed(cause)),
+            Done::SetRole(tx, _) => Done::SetRole(tx, not_committed(cause)),
+            Done::Invite(tx, _) => Done::Invite(tx, not_committed(cause)),
+            Done::Receive(tx, _) => Done::Receive(tx, not_committed(cause)),
+            Done::Leave(tx, _) => Done::Leave(tx, not_committed(cause)),
+            Done::Forget(tx, _) => Done::Forget(tx, not_committed(cause)),
+            Done::Persist(tx, _) => Done::Persist(tx, not_committed(cause)),
         }
     }
 }
@@ -276,17 +277,17 @@ impl Executor {
                 }
                 done.into_iter().for_each(Done::send);
             }
-            Err(err) => {
+            Err(cause) => {
                 self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %err, jobs = size, "state batch aborted; nothing from it was kept");
-                let message = format!("the write was not committed: {err}");
-                done.into_iter().for_each(|d| d.fail(&message).send());
+                warn!(error = %cause, jobs = size, "state batch aborted; nothing from it was kept");
+                done.into_iter().for_each(|d| d.fail(&cause).send());
             }
         }
     }
 
     /// Runs the jobs in one write transaction and commits it. Answers are collected in
-    /// `done` (even on error, so every caller hears back). The node cache is taken for the
+    /// `done` (even on error, so every caller hears back; the caller replaces them all by
+    /// the error, which every job of the batch shares). The node cache is taken for the
     /// batch and put back once the batch is committed: on any error it is dropped, with
     /// the changes of the batch it holds.
     fn write_batch(
@@ -295,29 +296,33 @@ impl Executor {
         staged: &mut HashMap<Id, ContextRecord>,
         effects: &mut Effects,
         done: &mut Vec<Done>,
-    ) -> Result<(), StateError> {
+    ) -> Result<(), Arc<StateError>> {
+        let abandon = |jobs: Vec<Job>, done: &mut Vec<Done>, err: StateError| {
+            let cause = Arc::new(err);
+            done.extend(jobs.into_iter().map(|job| pending(job, &cause)));
+            Err(cause)
+        };
         let mut txn = match self.db.begin_write() {
             Ok(txn) => txn,
-            Err(err) => {
-                done.extend(jobs.into_iter().map(pending));
-                return Err(err.into());
-            }
+            Err(err) => return abandon(jobs, done, err.into()),
         };
         let durable = self.unsynced_in_a_row >= MAX_UNSYNCED_IN_A_ROW || jobs.iter().any(Job::needs_durability);
         if !durable {
             if let Err(err) = txn.set_durability(Durability::None) {
-                done.extend(jobs.into_iter().map(pending));
-                return Err(StateError::Unavailable(format!("a batch without fsync: {err}")));
+                return abandon(jobs, done, StateError::NoFsync(err));
             }
         }
         let mut nodes = std::mem::replace(&mut self.nodes, NodeCache::new(CACHED_NODES));
         nodes.trim();
-        let mut failed = None;
+        let mut failed: Option<Arc<StateError>> = None;
         {
-            let mut tables = Tables::open(&txn, &mut nodes)?;
+            let mut tables = match Tables::open(&txn, &mut nodes) {
+                Ok(tables) => tables,
+                Err(err) => return abandon(jobs, done, err),
+            };
             for job in jobs {
-                if failed.is_some() {
-                    done.push(pending(job));
+                if let Some(cause) = &failed {
+                    done.push(pending(job, cause));
                     continue;
                 }
                 let result = match job {
@@ -348,29 +353,12 @@ impl Executor {
                 done.push(answer);
                 failed = failure;
             }
-            if let Some(Fatal(err)) = failed {
-                return Err(*err);
+            if let Some(cause) = failed {
+                return Err(cause);
             }
-            tables.nodes.flush()?;
-            for record in staged.values() {
-                tables
-                    .contexts
-                    .insert(record.id.0.as_slice(), store::encode(record)?.as_slice())?;
-            }
-            let mut signatures = self.signer.collect(effects.unsigned.keys().copied())?;
-            effects.written += effects.unsigned.len() as u64;
-            for (id, body) in effects.unsigned.drain() {
-                let signature = signatures.remove(&id).flatten().ok_or_else(|| {
-                    StateError::Unavailable(format!("the signer lost the signature of transaction {id}"))
-                })?;
-                let context = body.context_of(id);
-                let tx = Transaction { body, signature };
-                let encoded = tx.encode()?;
-                dag::attach_signed(&mut tables, &context, &id, &encoded)?;
-                effects.made.entry(context).or_default().push(encoded);
-            }
+            self.seal(&mut tables, staged, effects).map_err(Arc::new)?;
         }
-        txn.commit()?;
+        txn.commit().map_err(|err| Arc::new(err.into()))?;
         if durable {
             self.unsynced_in_a_row = 0;
         } else {
@@ -378,6 +366,33 @@ impl Executor {
             self.counters.unsynced.fetch_add(1, Ordering::Relaxed);
         }
         self.nodes = nodes;
+        Ok(())
+    }
+
+    /// What a batch writes once its jobs have run: the tree's changed nodes, the context
+    /// records, and this node's transactions with their signatures.
+    fn seal(
+        &mut self,
+        tables: &mut Tables,
+        staged: &HashMap<Id, ContextRecord>,
+        effects: &mut Effects,
+    ) -> Result<(), StateError> {
+        tables.nodes.flush()?;
+        for record in staged.values() {
+            tables
+                .contexts
+                .insert(record.id.0.as_slice(), store::encode(record)?.as_slice())?;
+        }
+        let mut signatures = self.signer.collect(effects.unsigned.keys().copied())?;
+        effects.written += effects.unsigned.len() as u64;
+        for (id, body) in effects.unsigned.drain() {
+            let signature = signatures.remove(&id).flatten().ok_or(StateError::SignatureLost(id))?;
+            let context = body.context_of(id);
+            let tx = Transaction { body, signature };
+            let encoded = tx.encode()?;
+            dag::attach_signed(tables, &context, &id, &encoded)?;
+            effects.made.entry(context).or_default().push(encoded);
+        }
         Ok(())
     }
 
@@ -492,38 +507,37 @@ fn fatal(err: StateError) -> Fatal {
 
 trait IntoDone<T> {
     /// The job's answer, and the failure that aborts the batch if there was one.
-    fn into_done(self, f: impl FnOnce(Result<T, StateError>) -> Done) -> (Done, Option<Fatal>);
+    fn into_done(self, f: impl FnOnce(Result<T, StateError>) -> Done) -> (Done, Option<Arc<StateError>>);
 }
 
 impl<T> IntoDone<T> for Step<T> {
-    fn into_done(self, f: impl FnOnce(Result<T, StateError>) -> Done) -> (Done, Option<Fatal>) {
+    fn into_done(self, f: impl FnOnce(Result<T, StateError>) -> Done) -> (Done, Option<Arc<StateError>>) {
         match self {
             Ok(result) => (f(result), None),
-            Err(failure) => {
-                let message = format!("the write was not committed: {}", failure.0);
-                (f(not_committed(&message)), Some(failure))
+            Err(Fatal(err)) => {
+                let cause = Arc::from(err);
+                (f(not_committed(&cause)), Some(cause))
             }
         }
     }
 }
 
 /// The answer of a job that never ran because its batch failed.
-fn pending(job: Job) -> Done {
-    const MESSAGE: &str = "the write was not committed";
+fn pending(job: Job, cause: &Arc<StateError>) -> Done {
     match job {
-        Job::Create(_, answer) => Done::Create(answer, not_committed(MESSAGE)),
-        Job::Call(_, answer) => Done::Call(answer, not_committed(MESSAGE)),
-        Job::SetRole(_, answer) => Done::SetRole(answer, not_committed(MESSAGE)),
-        Job::Invite(_, answer) => Done::Invite(answer, not_committed(MESSAGE)),
-        Job::Receive(_, answer) => Done::Receive(answer, not_committed(MESSAGE)),
-        Job::Leave(_, answer) => Done::Leave(answer, not_committed(MESSAGE)),
-        Job::Forget(_, answer) => Done::Forget(answer, not_committed(MESSAGE)),
-        Job::Persist(answer) => Done::Persist(answer, not_committed(MESSAGE)),
+        Job::Create(_, answer) => Done::Create(answer, not_committed(cause)),
+        Job::Call(_, answer) => Done::Call(answer, not_committed(cause)),
+        Job::SetRole(_, answer) => Done::SetRole(answer, not_committed(cause)),
+        Job::Invite(_, answer) => Done::Invite(answer, not_committed(cause)),
+        Job::Receive(_, answer) => Done::Receive(answer, not_committed(cause)),
+        Job::Leave(_, answer) => Done::Leave(answer, not_committed(cause)),
+        Job::Forget(_, answer) => Done::Forget(answer, not_committed(cause)),
+        Job::Persist(answer) => Done::Persist(answer, not_committed(cause)),
     }
 }
 
-fn not_committed<T>(message: &str) -> Result<T, StateError> {
-    Err(StateError::Unavailable(message.to_string()))
+fn not_committed<T>(cause: &Arc<StateError>) -> Result<T, StateError> {
+    Err(StateError::NotCommitted(cause.clone()))
 }
 
 /// The executor's input. Full → 503, never an unbounded queue.
@@ -533,8 +547,8 @@ pub struct JobQueue(SyncSender<Job>);
 impl JobQueue {
     pub fn submit(&self, job: Job) -> Result<(), StateError> {
         self.0.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => StateError::Unavailable("too many writes are waiting; try again".into()),
-            TrySendError::Disconnected(_) => StateError::Unavailable("the state executor has stopped".into()),
+            TrySendError::Full(_) => StateError::QueueFull,
+            TrySendError::Disconnected(_) => StateError::ExecutorStopped,
         })
     }
 }
