@@ -1,7 +1,7 @@
 //! The checks that both the write path (the executor, and replay when it applies a
 //! transaction) and the read path (the views) run on a request or a call: the caller's
-//! role, the app version a call requires, the app's output, its code. One copy, so a view
-//! and a write refuse the same things with the same words.
+//! role, whether the context is held, the app version a call requires, the app's output,
+//! its code. One copy, so a view and a write refuse the same things with the same words.
 
 use cmesh_common::Address;
 use redb::ReadableTable;
@@ -23,6 +23,11 @@ pub fn check_role(role: Option<Role>, needed: Role, user: &Address, context: &Id
             "{user} has no role in context {context}; this needs the {needed} role (an admin grants it with ctx.grant)"
         ))),
     }
+}
+
+/// A context named by its whole id that this node does not hold (any longer).
+pub fn not_held(context: &Id) -> StateError {
+    StateError::NotFound(format!("no context {context} on this node"))
 }
 
 /// `A:` calls run only on a context whose app version matches the requirement.

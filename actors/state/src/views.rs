@@ -12,7 +12,7 @@ use cmesh_events::{Emit, EventsActor};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::json;
 
-use crate::checks::{check_role, check_version, load_code, output_value};
+use crate::checks::{check_role, check_version, load_code, not_held, output_value};
 use crate::dag::{self, MemberCache, TxRow};
 use crate::error::StateError;
 use crate::ids::Id;
@@ -58,8 +58,7 @@ impl ViewWorker {
         contexts: &impl ReadableTable<&'static [u8], &'static [u8]>,
         context: &Id,
     ) -> Result<ContextRecord, StateError> {
-        store::context_record(contexts, context)?
-            .ok_or_else(|| StateError::NotFound(format!("no context {context} on this node")))
+        store::context_record(contexts, context)?.ok_or_else(|| not_held(context))
     }
 }
 

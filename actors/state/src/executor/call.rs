@@ -1,6 +1,7 @@
 //! The `CallContext {write: true}` job: a method of the context's app run as this node's
 //! next transaction. A call the app or the caller got wrong makes no transaction and
-//! never aborts the batch; it is answered (and published as `state.rejected`) at once.
+//! never aborts the batch: it is counted, published as `state.rejected`, and answered
+//! with the rest of its batch.
 
 use std::collections::HashMap;
 

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use cmesh_common::Address;
 use redb::{ReadableTable, Table, Value};
 
-use super::{fatal, not_held, Effects, Executor, Step};
+use super::{fatal, Effects, Executor, Step};
+use crate::checks::not_held;
 use crate::dag::{self, OrderKey};
 use crate::error::StateError;
 use crate::ids::Id;

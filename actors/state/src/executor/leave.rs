@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use cmesh_events::Emit;
 use serde_json::json;
 
-use super::{fatal, not_held, Effects, Executor, Step};
+use super::{fatal, Effects, Executor, Step};
+use crate::checks::not_held;
 use crate::dag;
 use crate::ids::Id;
 use crate::messages::{Leave, LeaveReply, Requester};

@@ -41,7 +41,7 @@ use futures::channel::oneshot;
 use redb::{Database, Durability};
 use tracing::{debug, warn};
 
-use crate::checks::check_role;
+use crate::checks::{check_role, not_held};
 use crate::dag::{self, Added, MemberCache};
 use crate::error::StateError;
 use crate::ids::Id;
@@ -469,16 +469,10 @@ impl Executor {
         needed: Role,
     ) -> Result<ContextRecord, StateError> {
         let id = store::resolve_context(&tables.contexts, text)?;
-        let record = self
-            .record(tables, staged, &id)?
-            .ok_or_else(|| StateError::NotFound(format!("no context {id} on this node")))?;
+        let record = self.record(tables, staged, &id)?.ok_or_else(|| not_held(&id))?;
         check_role(store::role_of(&tables.roles, &id, user)?, needed, user, &id)?;
         Ok(record)
     }
-}
-
-fn not_held(context: &Id) -> StateError {
-    StateError::NotFound(format!("no context {context} on this node"))
 }
 
 /// Stages a new context's record, and writes it at once rather than at the end of the
