@@ -57,8 +57,7 @@ impl StateActor {
         if runtime_config.cache_dir.is_none() {
             runtime_config.cache_dir = Some(config.dir.join("modules"));
         }
-        let runtime =
-            Runtime::new(runtime_config).map_err(|e| StateError::Unavailable(format!("WASM runtime: {e}")))?;
+        let runtime = Runtime::new(runtime_config).map_err(StateError::RuntimeStart)?;
         let executor = Executor::new(db.clone(), runtime.clone(), key, events.clone(), committed)?;
         let counters = executor.counters();
         let jobs = executor.spawn()?;
@@ -78,9 +77,7 @@ impl StateActor {
         let submitted = self.jobs.submit(job(answer));
         Box::pin(async move {
             submitted?;
-            reply
-                .await
-                .map_err(|_| StateError::Unavailable("the state executor stopped before answering".into()))?
+            reply.await.map_err(StateError::NoAnswer)?
         })
     }
 
@@ -91,12 +88,7 @@ impl StateActor {
         M::Result: Send,
     {
         let views = self.views.clone();
-        Box::pin(async move {
-            views
-                .send(msg)
-                .await
-                .map_err(|e| StateError::Unavailable(format!("state view pool: {e}")))?
-        })
+        Box::pin(async move { views.send(msg).await.map_err(StateError::ViewPool)? })
     }
 }
 

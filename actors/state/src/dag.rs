@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use cmesh_common::Address;
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
@@ -18,24 +18,6 @@ use crate::membership::{self, Change, ChangeRecord, ChangeSource, Members};
 use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
 use crate::tx::{Op, TxBody};
-
-/// Context (32) ++ height (8, big-endian) ++ transaction id (32), the key of its place in
-/// the apply order → a [`TxRow`]: what the node keeps about the transaction and the signed
-/// transaction itself. Keyed by its place rather than by its id so that a catch-up page,
-/// which comes in apply order, appends rows at the end of the table instead of writing
-/// into a random leaf per transaction (most of what a large batch wrote).
-pub const TRANSACTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transactions_in_order");
-/// Transaction id (32) → its height: where to find its [`TRANSACTIONS`] row. The one
-/// random-keyed row a transaction adds, and a small one.
-pub const HEIGHTS: TableDefinition<&[u8], u64> = TableDefinition::new("transaction_heights");
-/// Context (32) ++ height (8, big-endian) ++ transaction id (32) → an encoded
-/// [`Undo`](crate::replay::Undo), or nothing while the transaction is not applied yet
-/// (inside a batch): the apply order and the undo rows in one table, keyed alike.
-pub const APPLY_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("apply_order");
-/// Context (32) ++ author (20) ++ seq (8, big-endian) ++ transaction id (32).
-pub const AUTHOR_SEQS: TableDefinition<&[u8], ()> = TableDefinition::new("author_seqs");
-/// Context (32) ++ transaction id (32) → [`ChangeRecord`] of a membership change.
-pub const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("membership_changes");
 
 /// What a node keeps about each transaction besides the transaction itself and its place
 /// (the row's key). Encoded as a MessagePack array: it is in every row.
@@ -47,15 +29,16 @@ pub struct TxMeta {
     pub seq: u64,
     /// The latest membership changes strictly before this transaction.
     pub frontier: Vec<Id>,
-    /// Whether this transaction is itself a membership change (in [`CHANGES`]).
+    /// Whether this transaction is itself a membership change (in
+    /// [`CHANGES`](crate::tables::CHANGES)).
     pub change: bool,
 }
 
-/// A row of [`TRANSACTIONS`]: the length of the encoded [`TxMeta`] (2 bytes, big-endian),
-/// the encoded meta, then the encoded signed transaction. A node's own transaction has its
-/// meta row as soon as it is added to the DAG (later transactions of the same batch name it
-/// as a parent) and gets its signed encoding at the end of the batch; the row is never
-/// committed without it.
+/// A row of [`TRANSACTIONS`](crate::tables::TRANSACTIONS): the length of the encoded
+/// [`TxMeta`] (2 bytes, big-endian), the encoded meta, then the encoded signed
+/// transaction. A node's own transaction has its meta row as soon as it is added to the
+/// DAG (later transactions of the same batch name it as a parent) and gets its signed
+/// encoding at the end of the batch; the row is never committed without it.
 pub struct TxRow<'a> {
     meta: &'a [u8],
     tx: &'a [u8],
@@ -72,7 +55,10 @@ impl<'a> TxRow<'a> {
     }
 
     pub fn meta(&self) -> Result<TxMeta, StateError> {
-        rmp_serde::from_slice(self.meta).map_err(|e| StateError::Record(format!("transaction meta: {e}")))
+        rmp_serde::from_slice(self.meta).map_err(|source| StateError::Decode {
+            what: "transaction meta",
+            source,
+        })
     }
 
     /// The encoded signed transaction.
@@ -82,7 +68,10 @@ impl<'a> TxRow<'a> {
 
     /// A row of `meta` and the encoded transaction `tx` (empty: not signed yet).
     pub fn encode(meta: &TxMeta, tx: &[u8]) -> Result<Vec<u8>, StateError> {
-        let meta = rmp_serde::to_vec(meta).map_err(|e| StateError::Record(format!("transaction meta: {e}")))?;
+        let meta = rmp_serde::to_vec(meta).map_err(|source| StateError::Encode {
+            what: "transaction meta",
+            source,
+        })?;
         Self::join(&meta, tx)
     }
 

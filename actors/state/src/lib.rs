@@ -3,10 +3,10 @@
 //! together with its effects and the context's new Merkle state root.
 
 pub mod actor;
+mod checks;
 mod dag;
 pub mod error;
 mod executor;
-mod forget;
 pub mod ids;
 pub mod membership;
 pub mod merkle;
@@ -17,7 +17,7 @@ mod replay;
 pub mod roles;
 mod signer;
 pub mod store;
-mod tables;
+pub mod tables;
 pub mod tx;
 mod views;
 

@@ -13,32 +13,24 @@
 //! path, about log2(n) of them. Each stored node holds its two children's hashes and
 //! labels, so a write never reads siblings and never scans the pair table.
 //!
-//! [`set`] and [`clear`] reach the node entries through [`NodeStore`], so they run on the
+//! The tree's entries are the rows of [`NODES`], whose layout is described there.
+//! [`set`] and [`clear`] reach them through [`NodeStore`], so they run on the
 //! redb table directly or through the state executor's cache of it
 //! ([`NodeCache`](crate::node_cache::NodeCache)); the tree algorithm is the same.
 //!
-//! Hashing can wait: [`write`] changes the tree's shape at once but only marks the nodes
+//! Hashing can wait: [`write()`] changes the tree's shape at once but only marks the nodes
 //! on the key's path stale, and [`refresh`] hashes every stale node once, bottom up. A
 //! batch of writes (a catch-up page, a received batch) then hashes the top of the tree,
 //! which all their paths share, once instead of once per write. Stale marks live only in
 //! the executor's cache: a flush refuses to store one, so a stored tree is always hashed.
+//!
+//! [`NODES`]: crate::tables::NODES
 
 use std::collections::BTreeMap;
 
 use cmesh_common::hash::{keccak256, keccak256_parts, to_hex0x};
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, Table};
 use serde::{Deserialize, Serialize};
-
-/// The tree of every context. Per context: a root entry under the bare context id (32
-/// bytes; the one child at the top, absent for an empty tree), and one entry per branching
-/// node under context(32) ++ prefix(32: the node's keys' first `crit` bits, the rest
-/// zero) ++ crit(1) holding its two children. A child is 66 bytes: kind (0 leaf,
-/// 1 node) ++ crit (0 for a leaf) ++ hash(32) ++ the leaf's key or the node's prefix (32).
-///
-/// Prefix first: below the shared top of the tree, the nodes on one key's path sort next
-/// to each other and to that key, so a write dirties a page or two of this table rather
-/// than one page per level (what every commit writes and syncs).
-pub const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("merkle_paths");
 
 /// Root of a context with no pairs.
 pub const EMPTY_ROOT: [u8; 32] = [0; 32];
@@ -112,8 +104,9 @@ pub fn node_hash(crit: u8, left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     keccak256_parts(&[&[NODE_TAG, crit], left, right])
 }
 
-/// The key of a [`NODES`] entry, inline (a cache holds many): a context's root entry (the
-/// bare context id) or one of its node entries (context ++ prefix ++ crit).
+/// The key of a [`NODES`](crate::tables::NODES) entry, inline (a cache holds many): a
+/// context's root entry (the bare context id) or one of its node entries (context ++
+/// prefix ++ crit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EntryKey {
     len: u8,
@@ -135,21 +128,21 @@ impl EntryKey {
         EntryKey { len: 65, bytes }
     }
 
-    /// The key as stored in [`NODES`].
+    /// The key as stored in [`NODES`](crate::tables::NODES).
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 }
 
-/// Read access to the [`NODES`] entries. Reads take `&mut self` because a cache in front
-/// of the table remembers what it read.
+/// Read access to the [`NODES`](crate::tables::NODES) entries. Reads take `&mut self`
+/// because a cache in front of the table remembers what it read.
 pub trait NodeSource {
     /// `read` applied to the entry under `key` (`None` if there is none).
     fn read_entry<R>(&mut self, key: &EntryKey, read: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, MerkleError>;
 }
 
-/// Read and write access to the [`NODES`] entries: the redb table itself, or a cache in
-/// front of it.
+/// Read and write access to the [`NODES`](crate::tables::NODES) entries: the redb table
+/// itself, or a cache in front of it.
 pub trait NodeStore: NodeSource {
     fn insert_entry(&mut self, key: &EntryKey, value: &[u8]) -> Result<(), MerkleError>;
     /// Removes the entry under `key`, if there is one.

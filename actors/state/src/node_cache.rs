@@ -11,7 +11,7 @@
 //! only if the cache holds committed state between transactions: when a transaction it was
 //! used in is not committed, or a flush fails, drop the cache.
 //!
-//! [`NODES`]: crate::merkle::NODES
+//! [`NODES`]: crate::tables::NODES
 //! [`set`]: crate::merkle::set
 
 use std::collections::HashMap;
@@ -58,7 +58,7 @@ impl NodeCache {
         }
     }
 
-    /// This cache in front of `table`, the `merkle::NODES` table of a write transaction.
+    /// This cache in front of `table`, the [`NODES`](crate::tables::NODES) table of a write transaction.
     pub fn over<'c, 't>(&'c mut self, table: Table<'t, &'static [u8], &'static [u8]>) -> CachedNodes<'c, 't> {
         CachedNodes { cache: self, table }
     }
@@ -91,7 +91,7 @@ impl NodeCache {
     }
 }
 
-/// A [`NodeCache`] in front of one write transaction's `merkle::NODES` table: reads go to
+/// A [`NodeCache`] in front of one write transaction's [`NODES`](crate::tables::NODES) table: reads go to
 /// the cache first, writes go to the cache only, until [`CachedNodes::flush`].
 pub struct CachedNodes<'c, 't> {
     cache: &'c mut NodeCache,

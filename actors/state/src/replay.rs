@@ -2,7 +2,7 @@
 //! transaction leaves an undo row (its row of the apply order, [`APPLY_ORDER`]) with the
 //! values it replaced and the keys it read.
 //!
-//! [`APPLY_ORDER`]: crate::dag::APPLY_ORDER
+//! [`APPLY_ORDER`]: crate::tables::APPLY_ORDER
 //!
 //! Received transactions usually sort before some already applied (they were made
 //! concurrently, a few ms ago). Settling them first tries each one at the end of the
@@ -24,9 +24,9 @@ use cmesh_common::Address;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{check_role, load_code, output_value};
 use crate::dag::{OrderKey, TxRow};
 use crate::error::StateError;
-use crate::executor::{check_role, load_code, output_value};
 use crate::ids::{address_bytes, Id};
 use crate::merkle;
 use crate::reader::{ContextReader, Span, TrackingReader};
@@ -408,7 +408,7 @@ fn body_of<'a>(tables: &Tables, known: &'a Known, context: &Id, key: &OrderKey) 
         .get(key.in_context(context).as_slice())?
         .ok_or_else(|| StateError::Record(format!("transaction {id} is missing")))?;
     let tx = Transaction::decode(TxRow::parse(bytes.value())?.tx())
-        .map_err(|e| StateError::Record(format!("transaction {id}: {e}")))?;
+        .map_err(|source| StateError::StoredTransaction { id: *id, source })?;
     Ok(Cow::Owned(tx.body))
 }
 

@@ -21,9 +21,7 @@ pub struct Signer {
 
 impl Signer {
     pub fn spawn(key: Arc<SigningKey>) -> Result<Signer, StateError> {
-        let mut bulk = key
-            .bulk_signer()
-            .map_err(|e| StateError::Unavailable(format!("cannot start the transaction signer: {e}")))?;
+        let mut bulk = key.bulk_signer().map_err(StateError::SignerStart)?;
         let (requests, to_sign) = channel::<Id>();
         let (signed, signatures) = channel();
         std::thread::Builder::new()
@@ -47,7 +45,7 @@ impl Signer {
     }
 
     pub fn request(&self, id: Id) -> Result<(), StateError> {
-        self.requests.send(id).map_err(|_| stopped())
+        self.requests.send(id).map_err(|_| StateError::SignerStopped)
     }
 
     /// The signatures of `ids`, all requested before. Signatures left over from a batch
@@ -56,7 +54,7 @@ impl Signer {
         let mut wanted: HashMap<Id, Option<Signature65>> = ids.map(|id| (id, None)).collect();
         let mut missing = wanted.len();
         while missing > 0 {
-            let (id, signature) = self.signatures.recv().map_err(|_| stopped())?;
+            let (id, signature) = self.signatures.recv().map_err(|_| StateError::SignerStopped)?;
             if let Some(slot @ None) = wanted.get_mut(&id) {
                 *slot = Some(signature);
                 missing -= 1;
@@ -64,8 +62,4 @@ impl Signer {
         }
         Ok(wanted)
     }
-}
-
-fn stopped() -> StateError {
-    StateError::Unavailable("the transaction signer has stopped".into())
 }

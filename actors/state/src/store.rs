@@ -1,31 +1,19 @@
-//! The redb tables of `state.redb` and the records in them. One database holds every
-//! app and context, so a transaction, its effects on the key-value state, the new root
-//! and the context's new heads are committed in one write.
+//! The records of `state.redb` (its tables are in `tables.rs`), their keys, opening the
+//! store, and finding the app or the context a request names.
 
 use std::path::Path;
 
 use cmesh_common::Address;
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
-use crate::dag::{self, OrderKey};
+use crate::dag::OrderKey;
 use crate::error::StateError;
 use crate::ids::Id;
+use crate::node_cache::NodeCache;
 use crate::roles::Role;
+use crate::tables::{self, Tables};
 use crate::tx::Limits;
-
-/// App id (32) → the module's bytes.
-pub const APP_CODE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app_code");
-/// `name` NUL `version` → [`AppRecord`].
-pub const APP_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_versions");
-/// Context id (32) → [`ContextRecord`].
-pub const CONTEXTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contexts");
-/// Context id (32) ++ user address (20) → role byte.
-pub const ROLES: TableDefinition<&[u8], u8> = TableDefinition::new("roles");
-/// User address (20) ++ context id (32) → role byte: the contexts of a user.
-pub const MEMBERSHIPS: TableDefinition<&[u8], u8> = TableDefinition::new("memberships");
-/// Context id (32) ++ key (32) → value: the contexts' key-value state.
-pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 /// A deployed version of an app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,22 +63,6 @@ impl ContextRecord {
     }
 }
 
-/// Tables of earlier versions whose contents this version cannot read (the sparse Merkle
-/// tree, whose roots differ from the crit-bit tree's; the linear transaction order of
-/// format 1, before the DAG; the crit-bit nodes keyed crit first; transactions and their
-/// meta in two tables, the apply order apart from the undo rows; transactions keyed by id):
-/// a store holding one is refused, never misread.
-const FORMER_TABLES: [&str; 8] = [
-    "smt_nodes",
-    "tx_order",
-    "merkle_nodes",
-    "txs",
-    "tx_meta",
-    "dag_order",
-    "undo",
-    "transactions",
-];
-
 pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -100,7 +72,7 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
     if let Some(former) = txn
         .list_tables()?
         .map(|table| table.name().to_string())
-        .find(|name| FORMER_TABLES.contains(&name.as_str()))
+        .find(|name| tables::FORMER_TABLES.contains(&name.as_str()))
     {
         return Err(StateError::Record(format!(
             "{} holds state written by an earlier cmesh (its table `{former}` is no longer read): \
@@ -108,32 +80,31 @@ pub fn open(path: &Path) -> Result<Database, StateError> {
             path.display()
         )));
     }
-    for table in [
-        APP_CODE,
-        CONTEXTS,
-        KV,
-        crate::merkle::NODES,
-        dag::TRANSACTIONS,
-        dag::CHANGES,
-        dag::APPLY_ORDER,
-    ] {
-        txn.open_table(table)?;
-    }
-    txn.open_table(dag::AUTHOR_SEQS)?;
-    txn.open_table(dag::HEIGHTS)?;
-    txn.open_table(APP_VERSIONS)?;
-    txn.open_table(ROLES)?;
-    txn.open_table(MEMBERSHIPS)?;
+    // Opening every table in a write transaction creates the missing ones, so that read
+    // transactions find them all.
+    drop(Tables::open(&txn, &mut NodeCache::new(0))?);
     txn.commit()?;
     Ok(db)
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StateError> {
-    rmp_serde::to_vec_named(record).map_err(|e| StateError::Record(e.to_string()))
+    rmp_serde::to_vec_named(record).map_err(|source| StateError::Encode {
+        what: type_name::<T>(),
+        source,
+    })
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StateError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StateError::Record(e.to_string()))
+    rmp_serde::from_slice(bytes).map_err(|source| StateError::Decode {
+        what: type_name::<T>(),
+        source,
+    })
+}
+
+/// The name of a record's type without its path, for errors (`ContextRecord`).
+fn type_name<T>() -> &'static str {
+    let path = std::any::type_name::<T>();
+    path.rsplit("::").next().unwrap_or(path)
 }
 
 pub fn version_key(name: &str, version: &str) -> String {
@@ -181,73 +152,78 @@ pub fn role_of(
         .and_then(|role| Role::from_byte(role.value())))
 }
 
-/// Finds the context that `text` names: `0x` and 64 hex digits, or a prefix of at least
-/// [`MIN_PREFIX_DIGITS`] digits that only one context starts with.
+/// Finds the context that `text` names: hex digits, with or without `0x`, that exactly one
+/// context held here starts with (its whole id is 64 of them). No context held here, or
+/// more than 64 digits: 404, and a context is held by its members, whom the client may
+/// ask instead. Several: 409. Anything but hex digits: 400.
 pub fn resolve_context(table: &impl ReadableTable<&'static [u8], &'static [u8]>, text: &str) -> Result<Id, StateError> {
     let digits = text
         .strip_prefix("0x")
-        .filter(|d| d.len() <= 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    let nibbles: Vec<u8> = digits
+        .chars()
+        .map(|c| c.to_digit(16).and_then(|d| u8::try_from(d).ok()))
+        .collect::<Option<_>>()
+        .filter(|nibbles: &Vec<u8>| !nibbles.is_empty())
         .ok_or_else(|| {
             StateError::BadRequest(format!(
-                "`{}` is not a context id: expected 0x and 64 hex digits, or a unique prefix of at least {MIN_PREFIX_DIGITS}",
+                "`{}` is not a context: expected hex digits, with or without 0x (its id, or the first digits of it)",
                 excerpt(text)
             ))
-        })?
-        .to_ascii_lowercase();
-    if digits.len() < MIN_PREFIX_DIGITS {
-        return Err(StateError::BadRequest(format!(
-            "context prefix `0x{digits}` is too short: give at least {MIN_PREFIX_DIGITS} hex digits"
-        )));
-    }
-    let not_found = || {
+        })?;
+    let not_held = || {
         StateError::NotFound(format!(
-            "no context `0x{digits}` on this node; a context lives on the node that created it: \
-             send to cmesh.node.<that node>.* (cmesh --node)"
+            "no context 0x{} is held on this node; a context is held by its members: ask one of them \
+             (cmesh --node <member>, or cmesh.node.<member>.rpc|fqmn)",
+            digits.to_ascii_lowercase()
         ))
     };
-    if digits.len() == 64 {
-        let id: Id = format!("0x{digits}").parse().map_err(|_| not_found())?;
-        return match table.get(id.0.as_slice())? {
-            Some(_) => Ok(id),
-            None => Err(not_found()),
+    if nibbles.len() > 64 {
+        return Err(StateError::NotFound(format!(
+            "`{}` names no context: a context id has 64 hex digits, not {}",
+            excerpt(text),
+            nibbles.len()
+        )));
+    }
+    let mut start = [0u8; 32];
+    for (i, nibble) in nibbles.iter().enumerate() {
+        start[i / 2] |= if i % 2 == 0 { nibble << 4 } else { *nibble };
+    }
+    if nibbles.len() == 64 {
+        return match table.get(start.as_slice())? {
+            Some(_) => Ok(Id(start)),
+            None => Err(not_held()),
         };
     }
-    let whole_bytes = digits.len() / 2;
-    let mut start = [0u8; 32];
-    for (i, byte) in start.iter_mut().enumerate().take(whole_bytes) {
-        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| not_found())?;
-    }
-    let odd_nibble = if digits.len() % 2 == 1 {
-        let nibble = u8::from_str_radix(&digits[digits.len() - 1..], 16).map_err(|_| not_found())?;
-        start[whole_bytes] = nibble << 4;
-        Some(nibble)
-    } else {
-        None
-    };
+    let whole_bytes = nibbles.len() / 2;
+    let odd_nibble = (nibbles.len() % 2 == 1).then(|| start[whole_bytes] >> 4);
     let mut found = Vec::with_capacity(2);
     for entry in table.range(start.as_slice()..)? {
         let (key, _) = entry?;
         let key = key.value();
-        let matches =
-            key[..whole_bytes] == start[..whole_bytes] && odd_nibble.is_none_or(|n| key[whole_bytes] >> 4 == n);
-        if !matches || found.len() == 2 {
+        let matches = key.get(..whole_bytes) == Some(&start[..whole_bytes])
+            && odd_nibble.is_none_or(|n| key.get(whole_bytes).is_some_and(|byte| byte >> 4 == n));
+        if !matches {
             break;
         }
-        let mut id = [0u8; 32];
-        id.copy_from_slice(key);
+        let id: [u8; 32] = key
+            .try_into()
+            .map_err(|_| StateError::Record(format!("a context key of {} bytes", key.len())))?;
         found.push(Id(id));
+        if found.len() == 2 {
+            break;
+        }
     }
     match found.as_slice() {
-        [] => Err(not_found()),
+        [] => Err(not_held()),
         [id] => Ok(*id),
         _ => Err(StateError::Conflict(format!(
-            "context prefix `0x{digits}` is ambiguous: give more digits"
+            "several contexts held here start with 0x{}: give more digits",
+            digits.to_ascii_lowercase()
         ))),
     }
 }
-
-/// Shortest context prefix accepted, in hex digits.
-pub const MIN_PREFIX_DIGITS: usize = 8;
 
 fn excerpt(text: &str) -> String {
     text.chars().take(80).collect()
@@ -263,8 +239,10 @@ pub fn find_app(
     let by_id: Option<Id> = app.parse().ok();
     let wanted = version
         .map(|v| {
-            v.parse::<semver::Version>()
-                .map_err(|e| StateError::BadRequest(format!("version `{v}` is not a semver version: {e}")))
+            v.parse::<semver::Version>().map_err(|source| StateError::NotAVersion {
+                version: v.to_string(),
+                source,
+            })
         })
         .transpose()?;
     let entries: Box<dyn Iterator<Item = _>> = if by_id.is_some() {
@@ -303,11 +281,13 @@ pub fn find_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cmesh_common::Status;
+    use redb::TableDefinition;
 
     #[test]
     fn a_store_with_a_former_table_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        for name in FORMER_TABLES {
+        for name in tables::FORMER_TABLES {
             let path = dir.path().join(format!("{name}.redb"));
             {
                 let db = Database::create(&path).expect("create");
@@ -326,5 +306,86 @@ mod tests {
         let fresh = dir.path().join("fresh.redb");
         drop(open(&fresh).expect("new store"));
         open(&fresh).expect("reopened store");
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_says_which_it_is_and_keeps_the_cause() {
+        let err = decode::<ContextRecord>(&[0xc1]).expect_err("0xc1 is never MessagePack");
+        assert_eq!(err.status(), Status::INTERNAL);
+        assert!(
+            err.to_string().starts_with("state store record: ContextRecord: "),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<rmp_serde::decode::Error>()));
+    }
+
+    /// An id of `first` followed by `fill`.
+    fn id(first: &[u8], fill: u8) -> Id {
+        let mut id = [fill; 32];
+        id[..first.len()].copy_from_slice(first);
+        Id(id)
+    }
+
+    #[test]
+    fn any_hex_prefix_names_the_one_context_that_starts_with_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::create(dir.path().join("state.redb")).expect("create");
+        let txn = db.begin_write().expect("write");
+        let mut contexts = txn.open_table(tables::CONTEXTS).expect("table");
+        let (a, b, c) = (
+            id(&[0x00, 0x11], 0x22),
+            id(&[0x00, 0x1f], 0x33),
+            id(&[0xab, 0xcd], 0x44),
+        );
+        for context in [a, b, c] {
+            contexts
+                .insert(context.0.as_slice(), b"record".as_slice())
+                .expect("insert");
+        }
+        let resolve = |text: &str| resolve_context(&contexts, text);
+        let status = |text: &str| resolve(text).err().map(|e| e.status());
+
+        // One digit, with or without 0x, in either case.
+        for text in ["0xa", "a", "0XA", "A"] {
+            assert_eq!(resolve(text).ok(), Some(c), "{text}");
+        }
+        // Odd and even lengths, across the byte boundary.
+        assert_eq!(resolve("0xabc").ok(), Some(c));
+        assert_eq!(resolve("0x0011").ok(), Some(a));
+        assert_eq!(resolve("0x00112").ok(), Some(a));
+        assert_eq!(resolve("001f").ok(), Some(b));
+        assert_eq!(resolve("0x001f3").ok(), Some(b));
+        // The whole id, and 64 digits that are not a context held here.
+        assert_eq!(resolve(&a.to_string()).ok(), Some(a));
+        assert_eq!(resolve(&a.to_string()[2..]).ok(), Some(a));
+        assert_eq!(status(&id(&[0x00, 0x11], 0x23).to_string()), Some(Status::NOT_FOUND));
+
+        // Several contexts start with it: 409, and the message says to give more digits.
+        for text in ["0x0", "0x00", "0x001"] {
+            let err = resolve(text).expect_err("ambiguous");
+            assert_eq!(err.status(), Status::CONFLICT, "{text}");
+            assert!(err.to_string().contains("give more digits"), "{err}");
+        }
+        // None does: 404, naming the reference and who holds a context.
+        for text in ["f", "0xac", "0x002", "0x0010", "0xabcd45"] {
+            let err = resolve(text).expect_err("not held");
+            assert_eq!(err.status(), Status::NOT_FOUND, "{text}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!(
+                    "no context 0x{} is held on this node",
+                    text.trim_start_matches("0x")
+                )),
+                "{message}"
+            );
+            assert!(message.contains("ask one of them"), "{message}");
+        }
+        // More than 64 digits name nothing, even when they start with a whole id.
+        assert_eq!(status(&format!("{a}0")), Some(Status::NOT_FOUND));
+        assert_eq!(status(&"f".repeat(65)), Some(Status::NOT_FOUND));
+        // Anything but hex digits is not a reference.
+        for text in ["", "0x", "0xzz", "context", "0x00 11", "-1"] {
+            assert_eq!(status(text), Some(Status::BAD_REQUEST), "{text:?}");
+        }
     }
 }

@@ -12,9 +12,9 @@ use cmesh_events::{Emit, EventsActor};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::json;
 
+use crate::checks::{check_role, check_version, load_code, not_held, output_value};
 use crate::dag::{self, MemberCache, TxRow};
 use crate::error::StateError;
-use crate::executor::{check_role, check_version, load_code, output_value};
 use crate::ids::Id;
 use crate::messages::{
     AppCode, CallContext, CallReply, ContextInfo, ContextMembers, ContextRoot, Deploy, FetchTransactions, GetSyncState,
@@ -24,6 +24,7 @@ use crate::messages::{
 use crate::reader::ContextReader;
 use crate::roles::Role;
 use crate::store::{self, AppRecord, ContextRecord};
+use crate::tables;
 use cmesh_runtime::{Call, Runtime};
 
 /// Longest app name, in bytes.
@@ -57,8 +58,7 @@ impl ViewWorker {
         contexts: &impl ReadableTable<&'static [u8], &'static [u8]>,
         context: &Id,
     ) -> Result<ContextRecord, StateError> {
-        store::context_record(contexts, context)?
-            .ok_or_else(|| StateError::NotFound(format!("no context {context} on this node")))
+        store::context_record(contexts, context)?.ok_or_else(|| not_held(context))
     }
 }
 
@@ -86,13 +86,16 @@ impl Handler<Deploy> for ViewWorker {
     fn handle(&mut self, msg: Deploy, _: &mut SyncContext<Self>) -> Self::Result {
         check_app_name(&msg.name)?;
         let version = semver::Version::parse(&msg.version)
-            .map_err(|e| StateError::BadRequest(format!("version `{}` is not semver (e.g. 1.2.3): {e}", msg.version)))?
+            .map_err(|source| StateError::NotAVersion {
+                version: msg.version.clone(),
+                source,
+            })?
             .to_string();
         let app = Id(keccak256(&msg.wasm));
         let key = store::version_key(&msg.name, &version);
         {
             let txn = self.db.begin_read()?;
-            let versions = txn.open_table(store::APP_VERSIONS)?;
+            let versions = txn.open_table(tables::APP_VERSIONS)?;
             if let Some(record) = already_deployed(&versions, &key, &app)? {
                 return Ok(record);
             }
@@ -109,13 +112,13 @@ impl Handler<Deploy> for ViewWorker {
         };
         let txn = self.db.begin_write()?;
         {
-            let mut versions = txn.open_table(store::APP_VERSIONS)?;
+            let mut versions = txn.open_table(tables::APP_VERSIONS)?;
             // Checked again: another deploy of the same version may have won meanwhile.
             if let Some(record) = already_deployed(&versions, &key, &app)? {
                 return Ok(record);
             }
             versions.insert(key.as_str(), store::encode(&record)?.as_slice())?;
-            let mut code = txn.open_table(store::APP_CODE)?;
+            let mut code = txn.open_table(tables::APP_CODE)?;
             if code.get(app.0.as_slice())?.is_none() {
                 code.insert(app.0.as_slice(), msg.wasm.as_slice())?;
             }
@@ -158,7 +161,7 @@ impl Handler<ListApps> for ViewWorker {
 
     fn handle(&mut self, _: ListApps, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let versions = txn.open_table(store::APP_VERSIONS)?;
+        let versions = txn.open_table(tables::APP_VERSIONS)?;
         let mut apps = Vec::new();
         for entry in versions.iter()? {
             let (_, bytes) = entry?;
@@ -173,8 +176,8 @@ impl Handler<ListContexts> for ViewWorker {
 
     fn handle(&mut self, msg: ListContexts, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let memberships = txn.open_table(store::MEMBERSHIPS)?;
-        let contexts = txn.open_table(store::CONTEXTS)?;
+        let memberships = txn.open_table(tables::MEMBERSHIPS)?;
+        let contexts = txn.open_table(tables::CONTEXTS)?;
         let start = store::membership_key(&msg.by, &Id([0; 32]));
         let end = store::membership_key(&msg.by, &Id([0xff; 32]));
         let mut out = Vec::new();
@@ -208,12 +211,12 @@ impl Handler<CallContext> for ViewWorker {
 
     fn handle(&mut self, msg: CallContext, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(store::CONTEXTS)?;
-        let roles = txn.open_table(store::ROLES)?;
+        let contexts = txn.open_table(tables::CONTEXTS)?;
+        let roles = txn.open_table(tables::ROLES)?;
         let record = Self::readable(&contexts, &roles, &msg.context, &msg.by.address)?;
         check_version(&record, msg.version_req.as_deref())?;
-        let kv = txn.open_table(store::KV)?;
-        let code = txn.open_table(store::APP_CODE)?;
+        let kv = txn.open_table(tables::KV)?;
+        let code = txn.open_table(tables::APP_CODE)?;
         let reader = ContextReader::new(&kv, record.id);
         let load = || load_code(&code, &record.app);
         let call = Call {
@@ -240,8 +243,8 @@ impl Handler<ContextRoot> for ViewWorker {
 
     fn handle(&mut self, msg: ContextRoot, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(store::CONTEXTS)?;
-        let roles = txn.open_table(store::ROLES)?;
+        let contexts = txn.open_table(tables::CONTEXTS)?;
+        let roles = txn.open_table(tables::ROLES)?;
         let record = Self::readable(&contexts, &roles, &msg.context, &msg.by)?;
         Ok(RootReply {
             context: record.id,
@@ -257,8 +260,8 @@ impl Handler<ResolveContext> for ViewWorker {
 
     fn handle(&mut self, msg: ResolveContext, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(store::CONTEXTS)?;
-        let roles = txn.open_table(store::ROLES)?;
+        let contexts = txn.open_table(tables::CONTEXTS)?;
+        let roles = txn.open_table(tables::ROLES)?;
         let id = store::resolve_context(&contexts, &msg.context)?;
         check_role(store::role_of(&roles, &id, &msg.by)?, msg.role, &msg.by, &id)?;
         Ok(id)
@@ -270,10 +273,10 @@ impl Handler<ContextMembers> for ViewWorker {
 
     fn handle(&mut self, msg: ContextMembers, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(store::CONTEXTS)?;
-        let roles = txn.open_table(store::ROLES)?;
+        let contexts = txn.open_table(tables::CONTEXTS)?;
+        let roles = txn.open_table(tables::ROLES)?;
         let record = Self::readable(&contexts, &roles, &msg.context, &msg.by)?;
-        let changes = txn.open_table(dag::CHANGES)?;
+        let changes = txn.open_table(tables::CHANGES)?;
         let members = dag::current_members(&changes, &mut MemberCache::default(), &record)?;
         Ok(MembersReply {
             context: record.id,
@@ -290,8 +293,8 @@ impl Handler<FetchTransactions> for ViewWorker {
 
     fn handle(&mut self, msg: FetchTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let txs = txn.open_table(dag::TRANSACTIONS)?;
-        let heights = txn.open_table(dag::HEIGHTS)?;
+        let txs = txn.open_table(tables::TRANSACTIONS)?;
+        let heights = txn.open_table(tables::HEIGHTS)?;
         let mut out = Vec::with_capacity(msg.ids.len());
         for id in &msg.ids {
             let Some(key) = dag::place(&heights, id)? else {
@@ -311,8 +314,8 @@ impl Handler<GetSyncState> for ViewWorker {
 
     fn handle(&mut self, msg: GetSyncState, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
-        let changes = txn.open_table(dag::CHANGES)?;
+        let record = Self::held(&txn.open_table(tables::CONTEXTS)?, &msg.context)?;
+        let changes = txn.open_table(tables::CHANGES)?;
         let members = dag::current_members(&changes, &mut MemberCache::default(), &record)?;
         Ok(SyncState {
             members: members
@@ -335,8 +338,8 @@ impl Handler<MissingTransactions> for ViewWorker {
 
     fn handle(&mut self, msg: MissingTransactions, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let record = Self::held(&txn.open_table(store::CONTEXTS)?, &msg.context)?;
-        let txs = txn.open_table(dag::TRANSACTIONS)?;
+        let record = Self::held(&txn.open_table(tables::CONTEXTS)?, &msg.context)?;
+        let txs = txn.open_table(tables::TRANSACTIONS)?;
         let have: std::collections::HashMap<Address, u64> = msg.have.into_iter().collect();
         let limit = msg.limit.clamp(1, MAX_SYNC_PAGE);
         // A member that lags a little (the usual case: a lost broadcast, a heads notice)
@@ -347,8 +350,8 @@ impl Handler<MissingTransactions> for ViewWorker {
             .map(|(author, seq)| seq.saturating_sub(have.get(author).copied().unwrap_or(0)))
             .sum();
         if msg.after.is_none() && behind <= limit as u64 {
-            let seqs = txn.open_table(dag::AUTHOR_SEQS)?;
-            let heights = txn.open_table(dag::HEIGHTS)?;
+            let seqs = txn.open_table(tables::AUTHOR_SEQS)?;
+            let heights = txn.open_table(tables::HEIGHTS)?;
             let mut rows = Vec::new();
             for (author, _) in &record.seqs {
                 let from = have.get(author).copied().unwrap_or(0).saturating_add(1);
@@ -429,8 +432,8 @@ impl Handler<Lacking> for ViewWorker {
 
     fn handle(&mut self, msg: Lacking, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let txs = txn.open_table(dag::TRANSACTIONS)?;
-        let heights = txn.open_table(dag::HEIGHTS)?;
+        let txs = txn.open_table(tables::TRANSACTIONS)?;
+        let heights = txn.open_table(tables::HEIGHTS)?;
         let mut lacking = Vec::new();
         for id in msg.ids {
             if dag::locate(&heights, &txs, &msg.context, &id)?.is_none() {
@@ -446,7 +449,7 @@ impl Handler<AppCode> for ViewWorker {
 
     fn handle(&mut self, msg: AppCode, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let code = txn.open_table(store::APP_CODE)?;
+        let code = txn.open_table(tables::APP_CODE)?;
         Ok(code.get(msg.app.0.as_slice())?.map(|bytes| bytes.value().to_vec()))
     }
 }
@@ -456,7 +459,7 @@ impl Handler<HeldContexts> for ViewWorker {
 
     fn handle(&mut self, _: HeldContexts, _: &mut SyncContext<Self>) -> Self::Result {
         let txn = self.db.begin_read()?;
-        let contexts = txn.open_table(store::CONTEXTS)?;
+        let contexts = txn.open_table(tables::CONTEXTS)?;
         let mut held = Vec::new();
         for entry in contexts.iter()? {
             let (key, _) = entry?;

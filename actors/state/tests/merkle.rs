@@ -6,14 +6,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cmesh_common::hash::{keccak256, keccak256_parts, to_hex0x};
-use cmesh_state::merkle::{self, MerkleError, NodeStore, Proof, ProofLeaf, Step, EMPTY_ROOT, NODES};
+use cmesh_state::merkle::{self, MerkleError, NodeStore, Proof, ProofLeaf, Step, EMPTY_ROOT};
 use cmesh_state::node_cache::NodeCache;
+use cmesh_state::tables::{KV, NODES};
 use proptest::prelude::*;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 use tempfile::TempDir;
-
-/// The state actor's pair table: context(32) ++ key(32) → value.
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 type Pairs = BTreeMap<[u8; 32], Vec<u8>>;
 type Bytes = &'static [u8];

@@ -1,28 +1,65 @@
-//! Forgetting a context: deleting every row this node holds of it, in the executor's
+//! The `Forget` job: deleting every row this node holds of a context, in the batch's
 //! write transaction.
 //!
 //! Why: a node that leaves a context keeps nothing of it (the other members carry on;
 //! there is no global delete). A context's rows are spread over a dozen tables keyed in
-//! different ways (by context prefix, by transaction id, by user), so the list of what to
-//! delete lives in one place, next to the layouts it depends on. The app's code stays:
-//! other contexts may run it. The tree's node entries go through the executor's node
-//! cache, so that it never serves an entry that is no longer in the table.
+//! different ways (by context prefix, by transaction id, by user; see `tables.rs`), so the
+//! list of what to delete lives in one place. The app's code stays: other contexts may
+//! run it. The tree's node entries go through the executor's node cache, so that it never
+//! serves an entry that is no longer in the table.
+
+use std::collections::HashMap;
 
 use cmesh_common::Address;
 use redb::{ReadableTable, Table, Value};
 
+use super::{fatal, Effects, Executor, Step};
+use crate::checks::not_held;
 use crate::dag::{self, OrderKey};
 use crate::error::StateError;
 use crate::ids::Id;
 use crate::merkle;
-use crate::store;
+use crate::messages::{Forget, ForgetReply};
+use crate::store::{self, ContextRecord};
 use crate::tables::Tables;
+use crate::tx::TxBody;
+
+impl Executor {
+    /// Deletes every row of a context held here ([`delete_rows`]) and drops its record from
+    /// the batch and from the cache of committed records. Dropping a cached record early is
+    /// sound even if the batch is then abandoned (it is read from the table again), and it
+    /// keeps later jobs of this batch from seeing the forgotten context.
+    pub(super) fn forget(
+        &mut self,
+        tables: &mut Tables,
+        staged: &mut HashMap<Id, ContextRecord>,
+        effects: &mut Effects,
+        msg: Forget,
+    ) -> Step<ForgetReply> {
+        let context = msg.context;
+        if self.record(tables, staged, &context).map_err(fatal)?.is_none() {
+            return Ok(Err(not_held(&context)));
+        }
+        // Their rows are written once signed, at the end of the batch: they would outlive
+        // the context, and their callers were told they are made.
+        let pending = |(id, body): (&Id, &TxBody)| body.context_of(*id) == context;
+        if effects.unsigned.iter().any(pending) {
+            return Ok(Err(StateError::Conflict(format!(
+                "transactions of context {context} made just now are not durable yet: try again"
+            ))));
+        }
+        let transactions = delete_rows(tables, &context).map_err(fatal)?;
+        staged.remove(&context);
+        self.contexts.remove(&context);
+        Ok(Ok(ForgetReply { context, transactions }))
+    }
+}
 
 /// Deletes every row of `context`: its record, its transactions and their metadata, its
 /// apply order with the undo rows, author counts, membership changes, its key-value state
 /// and tree, and its roles (with the matching memberships of users). Answers how many
 /// transactions were deleted. The caller drops the context's record from its caches.
-pub fn forget(tables: &mut Tables, context: &Id) -> Result<u64, StateError> {
+fn delete_rows(tables: &mut Tables, context: &Id) -> Result<u64, StateError> {
     let low = context.0.as_slice();
 
     // The transactions, found through the apply order (every held one has a place in it).
