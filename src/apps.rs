@@ -94,7 +94,7 @@ pub enum CtxCommand {
 
 #[derive(Args)]
 pub struct MethodCall {
-    /// Context id, or a unique prefix of at least 8 hex digits
+    /// Context id, or a unique hex prefix of it (any length)
     context: String,
     /// The app's method, e.g. hello_world
     method: String,

@@ -172,11 +172,16 @@ async fn greeter_through_every_front_door() {
         .await;
     assert_eq!(reply.rpc_status(), Some(409), "{}", reply.body);
 
-    // Bad context names.
+    // Bad context names: not hex (the grammar's 400), and more digits than an id has
+    // (names nothing: 404).
     client
-        .fqmn(node, r#"S:0x1234:hello_world:["x"]"#, a)
+        .fqmn(node, r#"S:0xzz:hello_world:["x"]"#, a)
         .await
         .assert_fqmn_error(400);
+    client
+        .fqmn(node, &format!(r#"S:0x{}:hello_world:["x"]"#, "f".repeat(65)), a)
+        .await
+        .assert_fqmn_error(404);
     client
         .fqmn(node, r#"S:0xffffffffff:hello_world:["x"]"#, a)
         .await

@@ -340,13 +340,14 @@ async fn errors_carry_service_error_headers_and_are_counted() {
         "last_error of node-rpc"
     );
 
-    // Every service needs credentials: 401 without; then the service's own answer
-    // (a context id too short to name one: 400; consensus is not served yet: 501).
+    // Every service needs credentials: 401 without; then the service's own answer (a
+    // context reference that names no context held here, however short: 404; consensus
+    // is not served yet: 501).
     let token = client.login(&new_key(), node).await;
     for (fqmn, status) in [
-        ("S:0x01:get", 400),
-        ("SW:0x01:set:{\"k\":1}", 400),
-        ("A:~1.0.0:0x01:hello", 400),
+        ("S:0x01:get", 404),
+        ("SW:0x01:set:{\"k\":1}", 404),
+        ("A:~1.0.0:0x01:hello", 404),
         ("S:0x0123456789:get", 404),
         ("C:anything", 501),
     ] {

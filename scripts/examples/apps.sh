@@ -8,7 +8,7 @@
 #   ctx.create {app, version?}   ctx.call|ctx.view {context, method, args?}   ctx.root {context}
 # FQMNs on cmesh.fqmn: `SW:<context>:<method>:<args>` (a transaction), `S:` (a view),
 # `A:<semver-req>:<context>:…` (only if the app's version matches). A context is its id or
-# a unique prefix of at least 8 hex digits.
+# a unique hex prefix of it, of any length.
 #
 # Apps and contexts live on the node they were deployed and created on (contexts are
 # replicated between member nodes in a later release), so these requests go to one node:

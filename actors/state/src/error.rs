@@ -18,7 +18,7 @@ pub enum StateError {
     BadRequest(String),
     #[error("`{requirement}` is not a semver requirement: {source}")]
     NotARequirement { requirement: String, source: semver::Error },
-    #[error("version `{version}` is not a semver version (e.g. 1.2.3): {source}")]
+    #[error("version `{version}` is not semver (e.g. 1.2.3): {source}")]
     NotAVersion { version: String, source: semver::Error },
     #[error("{0}")]
     Forbidden(String),
@@ -197,7 +197,7 @@ mod tests {
         let cmtp = CmtpError::from(err);
         assert_eq!(cmtp.rpc_code, Some(cmesh_common::rpc::INVALID_PARAMS));
         assert!(
-            cmtp.message.starts_with("version `one` is not a semver version"),
+            cmtp.message.starts_with("version `one` is not semver (e.g. 1.2.3)"),
             "{}",
             cmtp.message
         );
