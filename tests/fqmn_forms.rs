@@ -32,6 +32,10 @@ async fn the_forms_cmesh_sends_are_understood() {
     client
         .fqmn_ok(node, &format!(r#"SW:{context}:set:{{"key":"a","value":1}}"#), t)
         .await;
+    // The write path's counters show in P:info: the genesis and the write, committed.
+    let info = client.fqmn_ok(node, "P:info", t).await;
+    assert!(info["writes"]["transactions"].as_u64() >= Some(2), "{info}");
+    assert!(info["writes"]["commits"].as_u64() >= Some(2), "{info}");
     let short = &context[..5]; // 0x and three hex digits, like CMesh's 0x001
     let read = client
         .fqmn_ok(node, &format!(r#"0xS:{short}:get:{{"key":"a"}}"#), t)

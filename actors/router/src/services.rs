@@ -196,12 +196,14 @@ impl Services {
             Method::RouterPing => Ok(json!({ "pong": true, "node": self.node, "registrar": self.is_registrar })),
             Method::RouterInfo => {
                 let peers = self.iam.send(Peers).await.map_err(mailbox("IAM"))?;
+                let writes = self.state.send(cmesh_state::Stats).await.map_err(mailbox("state"))?;
                 Ok(json!({
                     "node": self.node,
                     "mesh": self.mesh,
                     "registrar": self.is_registrar,
                     "version": env!("CARGO_PKG_VERSION"),
                     "peers": peers,
+                    "writes": writes,
                 }))
             }
             Method::AppDeploy => self.app_deploy(caller, params(method, value)?).await,

@@ -328,7 +328,7 @@ pub struct RootReply {
 #[rtype(result = "Result<(), StateError>")]
 pub struct Persist;
 
-/// Counters of the write path, for tests, benchmarks and metrics.
+/// Counters of the write path (`router.info` shows them as `writes`).
 #[derive(Message)]
 #[rtype(result = "WriteStats")]
 pub struct Stats;
