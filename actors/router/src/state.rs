@@ -211,7 +211,12 @@ impl Services {
                 let unavailable = mailbox("replicator");
                 let context = p.context;
                 match method {
-                    "ctx.join" => to_json(replicator.send(JoinContext { context }).await.map_err(unavailable)??),
+                    "ctx.join" => to_json(
+                        replicator
+                            .send(JoinContext { context, wait: false })
+                            .await
+                            .map_err(unavailable)??,
+                    ),
                     "ctx.leave" => to_json(replicator.send(LeaveContext { context }).await.map_err(unavailable)??),
                     _ => to_json(
                         replicator

@@ -1,0 +1,558 @@
+//! An in-process bus, for tests (this crate's and, later, other crates'): the nodes of a
+//! [`MemoryNetwork`] talk through it as through one NATS server, with nothing to start.
+//!
+//! It really delivers: subjects match as on NATS (`*` one token, `>` one or more), every
+//! subscriber of a subject gets its own copy (the publisher too), requests are answered
+//! through inboxes, and a request nobody listens to fails at once with no responders.
+//! Delivery is at most once, as on core NATS.
+//!
+//! A test makes the network misbehave with [`Fault`]s (drop, delay, duplicate, reorder
+//! or hold messages, chosen by subject, publishing node and receiving node) and can cut
+//! a node off entirely ([`MemoryNetwork::cut`]). A fault acts on deliveries: one message
+//! to one subscriber.
+//!
+//! Not for nodes: they talk over NATS ([`crate::nats_bus::NatsBus`]).
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cmesh_common::Address;
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use tokio::sync::Notify;
+
+use crate::bus::{Bus, BusError, BusMessage, Subscription};
+
+/// What a [`Fault`] does to the deliveries it picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// They are lost.
+    Drop,
+    /// They arrive this much later (so later messages overtake them).
+    Delay(Duration),
+    /// They arrive twice.
+    Duplicate,
+    /// They are held `n` at a time, then delivered newest first.
+    Reorder(usize),
+    /// They are held until the fault is removed, then delivered in the order held.
+    Hold,
+}
+
+/// A misbehaviour of the network: `action` on the deliveries of messages whose subject
+/// matches `subjects` (wildcards allowed), optionally only those published by one node
+/// or to one node, after the first `skip` of them, at most `times` of them.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    subjects: String,
+    action: Action,
+    from: Option<Address>,
+    to: Option<Address>,
+    skip: usize,
+    times: Option<usize>,
+}
+
+impl Fault {
+    pub fn new(subjects: impl Into<String>, action: Action) -> Fault {
+        Fault {
+            subjects: subjects.into(),
+            action,
+            from: None,
+            to: None,
+            skip: 0,
+            times: None,
+        }
+    }
+
+    /// Only messages `node` publishes (answers included).
+    pub fn from(mut self, node: Address) -> Fault {
+        self.from = Some(node);
+        self
+    }
+
+    /// Only deliveries to `node`.
+    pub fn to(mut self, node: Address) -> Fault {
+        self.to = Some(node);
+        self
+    }
+
+    /// Lets the first `count` matching deliveries through untouched.
+    pub fn skip(mut self, count: usize) -> Fault {
+        self.skip = count;
+        self
+    }
+
+    /// Acts on at most `count` deliveries, then lets everything through.
+    pub fn times(mut self, count: usize) -> Fault {
+        self.times = Some(count);
+        self
+    }
+
+    fn picks(&self, subject: &str, from: &Address, to: &Address) -> bool {
+        matches(&self.subjects, subject)
+            && self.from.is_none_or(|node| node == *from)
+            && self.to.is_none_or(|node| node == *to)
+    }
+}
+
+/// A fault installed on a network, to wait on or remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FaultId(u64);
+
+/// Whether `subject` matches `pattern`, as NATS matches them.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut pattern = pattern.split('.');
+    let mut subject = subject.split('.');
+    loop {
+        match (pattern.next(), subject.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(s)) if p == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+type Outbox = UnboundedSender<BusMessage>;
+
+struct Subscriber {
+    id: u64,
+    node: Address,
+    subject: String,
+    outbox: Outbox,
+}
+
+struct Installed {
+    id: FaultId,
+    fault: Fault,
+    seen: usize,
+    acted: usize,
+    held: Vec<(Outbox, BusMessage)>,
+}
+
+impl Installed {
+    fn done(&self) -> bool {
+        self.fault.times.is_some_and(|times| self.acted >= times)
+    }
+}
+
+#[derive(Default)]
+struct Network {
+    subscribers: Vec<Subscriber>,
+    faults: Vec<Installed>,
+    cut: HashSet<Address>,
+    published: HashMap<String, u64>,
+    next_id: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    network: Mutex<Network>,
+    /// Fires whenever a fault acts.
+    acted: Notify,
+}
+
+/// The nodes of one test and what lies between them.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    shared: Arc<Shared>,
+}
+
+/// How a publication went.
+enum Sent {
+    /// To this many subscribers (before faults).
+    To(usize),
+    /// The publisher is cut off.
+    Lost,
+}
+
+impl MemoryNetwork {
+    pub fn new() -> MemoryNetwork {
+        MemoryNetwork::default()
+    }
+
+    /// `node`'s connection.
+    pub fn connect(&self, node: Address) -> MemoryBus {
+        MemoryBus {
+            network: self.clone(),
+            node,
+        }
+    }
+
+    pub fn inject(&self, fault: Fault) -> FaultId {
+        let mut network = self.lock();
+        network.next_id += 1;
+        let id = FaultId(network.next_id);
+        network.faults.push(Installed {
+            id,
+            fault,
+            seen: 0,
+            acted: 0,
+            held: Vec::new(),
+        });
+        id
+    }
+
+    /// Removes a fault; what it held is delivered, in the order it was held.
+    pub fn remove(&self, id: FaultId) {
+        let mut network = self.lock();
+        let Some(at) = network.faults.iter().position(|f| f.id == id) else {
+            return;
+        };
+        let removed = network.faults.remove(at);
+        for (outbox, message) in removed.held {
+            let _ = outbox.unbounded_send(message);
+        }
+    }
+
+    /// Waits until fault `id` has acted on `count` deliveries (or is removed).
+    pub async fn acted(&self, id: FaultId, count: usize) {
+        loop {
+            let notified = self.shared.acted.notified();
+            {
+                let network = self.lock();
+                match network.faults.iter().find(|f| f.id == id) {
+                    Some(installed) if installed.acted < count => {}
+                    _ => return,
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Cuts `node` off: what it publishes is lost, and nothing reaches it, until
+    /// [`MemoryNetwork::restore`]. Its subscriptions stay (a NATS client subscribes
+    /// again when it reconnects).
+    pub fn cut(&self, node: Address) {
+        self.lock().cut.insert(node);
+    }
+
+    pub fn restore(&self, node: Address) {
+        self.lock().cut.remove(&node);
+    }
+
+    /// How many messages were published on subjects matching `pattern`.
+    pub fn published(&self, pattern: &str) -> u64 {
+        self.lock()
+            .published
+            .iter()
+            .filter(|(subject, _)| matches(pattern, subject))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Network> {
+        // A test that panicked while holding the lock has failed already.
+        self.shared
+            .network
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn subscribe(&self, node: Address, subject: String) -> MemorySubscription {
+        let (outbox, inbox) = unbounded();
+        let mut network = self.lock();
+        network.next_id += 1;
+        let id = network.next_id;
+        network.subscribers.push(Subscriber {
+            id,
+            node,
+            subject,
+            outbox,
+        });
+        MemorySubscription {
+            id,
+            inbox,
+            network: self.clone(),
+        }
+    }
+
+    fn send(&self, from: Address, message: BusMessage) -> Sent {
+        let mut network = self.lock();
+        *network.published.entry(message.subject.clone()).or_default() += 1;
+        if network.cut.contains(&from) {
+            return Sent::Lost;
+        }
+        let targets: Vec<(Address, Outbox)> = network
+            .subscribers
+            .iter()
+            .filter(|s| !network.cut.contains(&s.node) && matches(&s.subject, &message.subject))
+            .map(|s| (s.node, s.outbox.clone()))
+            .collect();
+        let mut acted = false;
+        for (to, outbox) in &targets {
+            acted |= deliver(&mut network, &from, to, outbox, message.clone());
+        }
+        drop(network);
+        if acted {
+            self.shared.acted.notify_waiters();
+        }
+        Sent::To(targets.len())
+    }
+}
+
+/// Delivers `message` to one subscriber through the first fault that acts on it;
+/// answers whether one did.
+fn deliver(network: &mut Network, from: &Address, to: &Address, outbox: &Outbox, message: BusMessage) -> bool {
+    let mut picked = None;
+    for installed in network.faults.iter_mut() {
+        if installed.done() || !installed.fault.picks(&message.subject, from, to) {
+            continue;
+        }
+        installed.seen += 1;
+        if installed.seen > installed.fault.skip {
+            picked = Some(installed);
+            break;
+        }
+    }
+    let Some(installed) = picked else {
+        let _ = outbox.unbounded_send(message);
+        return false;
+    };
+    installed.acted += 1;
+    match installed.fault.action {
+        Action::Drop => {}
+        Action::Duplicate => {
+            let _ = outbox.unbounded_send(message.clone());
+            let _ = outbox.unbounded_send(message);
+        }
+        Action::Delay(delay) => {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = outbox.unbounded_send(message);
+            });
+        }
+        Action::Hold => installed.held.push((outbox.clone(), message)),
+        Action::Reorder(n) => {
+            installed.held.push((outbox.clone(), message));
+            if installed.held.len() >= n.max(1) || installed.done() {
+                for (outbox, message) in installed.held.drain(..).rev() {
+                    let _ = outbox.unbounded_send(message);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// A node's connection to a [`MemoryNetwork`].
+#[derive(Clone)]
+pub struct MemoryBus {
+    network: MemoryNetwork,
+    node: Address,
+}
+
+impl MemoryBus {
+    pub fn node(&self) -> Address {
+        self.node
+    }
+
+    fn send(&self, subject: String, reply: Option<String>, node: Option<String>, payload: Bytes) -> Sent {
+        let message = BusMessage {
+            subject,
+            reply,
+            node,
+            payload,
+        };
+        self.network.send(self.node, message)
+    }
+}
+
+impl Bus for MemoryBus {
+    fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+        self.send(subject, None, Some(self.node.to_string()), payload);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish_request(&self, subject: String, reply: String, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+        self.send(subject, Some(reply), None, payload);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn respond(&self, reply: String, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+        self.send(reply, None, None, payload);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<BusMessage, BusError>> {
+        Box::pin(async move {
+            let inbox = self.new_inbox();
+            let mut answers = self.network.subscribe(self.node, inbox.clone());
+            if let Sent::To(0) = self.send(subject.clone(), Some(inbox), None, payload) {
+                return Err(BusError::NoResponders(subject));
+            }
+            match tokio::time::timeout(timeout, answers.next()).await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) | Err(_) => Err(BusError::TimedOut(timeout)),
+            }
+        })
+    }
+
+    fn new_inbox(&self) -> String {
+        let mut network = self.network.lock();
+        network.next_id += 1;
+        format!("_INBOX.{}", network.next_id)
+    }
+
+    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        let subscription = self.network.subscribe(self.node, subject);
+        Box::pin(async move { Ok(Box::pin(subscription) as Subscription) })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        // Publishing hands every message to its subscribers at once.
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A subscription; dropped, it stops receiving.
+struct MemorySubscription {
+    id: u64,
+    inbox: UnboundedReceiver<BusMessage>,
+    network: MemoryNetwork,
+}
+
+impl Stream for MemorySubscription {
+    type Item = BusMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
+        self.inbox.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.network.lock().subscribers.retain(|s| s.id != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cmesh_common::SigningKey;
+
+    fn node() -> Address {
+        SigningKey::generate().expect("key").address()
+    }
+
+    #[test]
+    fn subjects_match_as_on_nats() {
+        assert!(matches("cmesh.ctx.*.txs", "cmesh.ctx.0xab.txs"));
+        assert!(!matches("cmesh.ctx.*.txs", "cmesh.ctx.0xab.heads"));
+        assert!(!matches("cmesh.ctx.*.sync", "cmesh.ctx.0xab.sync.0xcd"));
+        assert!(matches("cmesh.ctx.*.sync.0xcd", "cmesh.ctx.0xab.sync.0xcd"));
+        assert!(matches("cmesh.>", "cmesh.ctx.0xab.sync.0xcd"));
+        assert!(!matches("cmesh.>", "cmesh"), "`>` takes at least one token");
+        assert!(!matches("cmesh.*", "cmesh.ctx.x"));
+        assert!(matches("_INBOX.7", "_INBOX.7"));
+    }
+
+    #[actix::test]
+    async fn requests_are_answered_through_inboxes_or_find_nobody() {
+        let network = MemoryNetwork::new();
+        let (asker, answerer) = (network.connect(node()), network.connect(node()));
+        let nobody = asker
+            .request("svc.echo".into(), Bytes::from_static(b"hi"), Duration::from_secs(5))
+            .await;
+        assert!(matches!(nobody, Err(BusError::NoResponders(_))), "{nobody:?}");
+
+        let mut requests = answerer.subscribe("svc.*".into()).await.expect("subscribe");
+        let serve = async {
+            let request = requests.next().await.expect("a request");
+            let reply = request.reply.expect("a reply subject");
+            answerer.respond(reply, request.payload).await.expect("respond");
+        };
+        let ask = asker.request("svc.echo".into(), Bytes::from_static(b"hi"), Duration::from_secs(5));
+        let (answer, ()) = futures::join!(ask, serve);
+        assert_eq!(answer.expect("an answer").payload, Bytes::from_static(b"hi"));
+    }
+
+    #[actix::test]
+    async fn faults_drop_duplicate_reorder_and_hold() {
+        let network = MemoryNetwork::new();
+        let (a, b) = (node(), node());
+        let (bus_a, bus_b) = (network.connect(a), network.connect(b));
+        let mut heard = bus_b.subscribe("t.>".into()).await.expect("subscribe");
+        let publish = |subject: &str, n: u8| bus_a.publish(subject.into(), Bytes::from(vec![n]));
+
+        let dropped = network.inject(Fault::new("t.drop", Action::Drop).from(a).to(b).skip(1).times(1));
+        for n in 0..3 {
+            publish("t.drop", n).await.expect("publish");
+        }
+        network.remove(dropped);
+        network.inject(Fault::new("t.twice", Action::Duplicate).times(1));
+        publish("t.twice", 3).await.expect("publish");
+        network.inject(Fault::new("t.reorder", Action::Reorder(3)));
+        for n in 4..7 {
+            publish("t.reorder", n).await.expect("publish");
+        }
+        let held = network.inject(Fault::new("t.hold", Action::Hold));
+        publish("t.hold", 7).await.expect("publish");
+        publish("t.after", 8).await.expect("publish");
+        network.acted(held, 1).await;
+        network.remove(held);
+
+        let mut got = Vec::new();
+        for _ in 0..9 {
+            let message = heard.next().await.expect("a message");
+            assert_eq!(message.node, Some(a.to_string()), "publications say who published them");
+            got.push(message.payload[0]);
+        }
+        assert_eq!(got, vec![0, 2, 3, 3, 6, 5, 4, 8, 7]);
+        assert_eq!(network.published("t.>"), 9);
+    }
+
+    #[actix::test]
+    async fn a_cut_off_node_neither_hears_nor_is_heard() {
+        let network = MemoryNetwork::new();
+        let (a, b) = (node(), node());
+        let (bus_a, bus_b) = (network.connect(a), network.connect(b));
+        let mut heard_by_b = bus_b.subscribe("t".into()).await.expect("subscribe");
+        let mut heard_by_a = bus_a.subscribe("t".into()).await.expect("subscribe");
+        network.cut(b);
+        bus_a
+            .publish("t".into(), Bytes::from_static(b"1"))
+            .await
+            .expect("publish");
+        bus_b
+            .publish("t".into(), Bytes::from_static(b"2"))
+            .await
+            .expect("publish");
+        let asked = bus_a.request("t".into(), Bytes::new(), Duration::from_millis(10)).await;
+        assert!(
+            matches!(asked, Err(BusError::TimedOut(_))),
+            "a listens itself: {asked:?}"
+        );
+        network.restore(b);
+        bus_a
+            .publish("t".into(), Bytes::from_static(b"3"))
+            .await
+            .expect("publish");
+        assert_eq!(
+            heard_by_b.next().await.expect("a message").payload,
+            Bytes::from_static(b"3")
+        );
+        let own: Vec<Bytes> = [
+            heard_by_a.next().await,
+            heard_by_a.next().await,
+            heard_by_a.next().await,
+        ]
+        .into_iter()
+        .map(|m| m.expect("a message").payload)
+        .collect();
+        assert_eq!(own[0], Bytes::from_static(b"1"));
+        assert_eq!(own[2], Bytes::from_static(b"3"), "nothing from b while it was cut off");
+    }
+}
