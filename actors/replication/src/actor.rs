@@ -167,11 +167,16 @@ impl Replicator {
     }
 
     /// Starts a catch-up of `context` from `member` (any if `None`), or queues one
-    /// behind the one running.
+    /// behind the one running. A failed join stays failed until `ctx.join` is asked
+    /// again: a catch-up of a context this node may hold only in part would end
+    /// `in-sync` (or, holding nothing, fail as not held) and hide the failure.
     pub(crate) fn catch_up(&mut self, context: Id, member: Option<Address>, ctx: &mut Context<Self>) {
         let Some(tracked) = self.contexts.get_mut(&context) else {
             return;
         };
+        if tracked.phase == Phase::Failed {
+            return;
+        }
         if tracked.syncing {
             tracked.again = Some(member.or(tracked.again.flatten()));
             return;

@@ -132,7 +132,23 @@ struct Installed {
     fault: Fault,
     seen: usize,
     acted: usize,
-    held: Vec<(Outbox, BusMessage)>,
+    held: Vec<Delivery>,
+}
+
+/// One message on its way to one subscriber.
+struct Delivery {
+    to: Address,
+    outbox: Outbox,
+    message: BusMessage,
+}
+
+impl Delivery {
+    /// Hands the message over, unless its receiver was cut off while it was on its way.
+    fn arrive(self, cut: &HashSet<Address>) {
+        if !cut.contains(&self.to) {
+            let _ = self.outbox.unbounded_send(self.message);
+        }
+    }
 }
 
 impl Installed {
@@ -198,15 +214,16 @@ impl MemoryNetwork {
         id
     }
 
-    /// Removes a fault; what it held is delivered, in the order it was held.
+    /// Removes a fault; what it held is delivered, in the order it was held (but not to
+    /// nodes cut off meanwhile).
     pub fn remove(&self, id: FaultId) {
         let mut network = self.lock();
         let Some(at) = network.faults.iter().position(|f| f.id == id) else {
             return;
         };
         let removed = network.faults.remove(at);
-        for (outbox, message) in removed.held {
-            let _ = outbox.unbounded_send(message);
+        for delivery in removed.held {
+            delivery.arrive(&network.cut);
         }
     }
 
@@ -278,67 +295,73 @@ impl MemoryNetwork {
         if network.cut.contains(&from) {
             return Sent::Lost;
         }
-        let targets: Vec<(Address, Outbox)> = network
+        let deliveries: Vec<Delivery> = network
             .subscribers
             .iter()
             .filter(|s| !network.cut.contains(&s.node) && matches(&s.subject, &message.subject))
-            .map(|s| (s.node, s.outbox.clone()))
+            .map(|s| Delivery {
+                to: s.node,
+                outbox: s.outbox.clone(),
+                message: message.clone(),
+            })
             .collect();
+        let count = deliveries.len();
         let mut acted = false;
-        for (to, outbox) in &targets {
-            acted |= deliver(&mut network, &from, to, outbox, message.clone());
+        for delivery in deliveries {
+            acted |= self.deliver(&mut network, &from, delivery);
         }
         drop(network);
         if acted {
             self.shared.acted.notify_waiters();
         }
-        Sent::To(targets.len())
+        Sent::To(count)
     }
-}
 
-/// Delivers `message` to one subscriber through the first fault that acts on it;
-/// answers whether one did.
-fn deliver(network: &mut Network, from: &Address, to: &Address, outbox: &Outbox, message: BusMessage) -> bool {
-    let mut picked = None;
-    for installed in network.faults.iter_mut() {
-        if installed.done() || !installed.fault.picks(&message.subject, from, to) {
-            continue;
+    /// Delivers through the first fault that acts on the delivery; answers whether one
+    /// did.
+    fn deliver(&self, network: &mut Network, from: &Address, delivery: Delivery) -> bool {
+        let Network { faults, cut, .. } = network;
+        let mut picked = None;
+        for installed in faults.iter_mut() {
+            if installed.done() || !installed.fault.picks(&delivery.message.subject, from, &delivery.to) {
+                continue;
+            }
+            installed.seen += 1;
+            if installed.seen > installed.fault.skip {
+                picked = Some(installed);
+                break;
+            }
         }
-        installed.seen += 1;
-        if installed.seen > installed.fault.skip {
-            picked = Some(installed);
-            break;
-        }
-    }
-    let Some(installed) = picked else {
-        let _ = outbox.unbounded_send(message);
-        return false;
-    };
-    installed.acted += 1;
-    match installed.fault.action {
-        Action::Drop => {}
-        Action::Duplicate => {
-            let _ = outbox.unbounded_send(message.clone());
-            let _ = outbox.unbounded_send(message);
-        }
-        Action::Delay(delay) => {
-            let outbox = outbox.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = outbox.unbounded_send(message);
-            });
-        }
-        Action::Hold => installed.held.push((outbox.clone(), message)),
-        Action::Reorder(n) => {
-            installed.held.push((outbox.clone(), message));
-            if installed.held.len() >= n.max(1) || installed.done() {
-                for (outbox, message) in installed.held.drain(..).rev() {
-                    let _ = outbox.unbounded_send(message);
+        let Some(installed) = picked else {
+            delivery.arrive(cut);
+            return false;
+        };
+        installed.acted += 1;
+        match installed.fault.action {
+            Action::Drop => {}
+            Action::Duplicate => {
+                let _ = delivery.outbox.unbounded_send(delivery.message.clone());
+                delivery.arrive(cut);
+            }
+            Action::Delay(delay) => {
+                let network = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    delivery.arrive(&network.lock().cut);
+                });
+            }
+            Action::Hold => installed.held.push(delivery),
+            Action::Reorder(n) => {
+                installed.held.push(delivery);
+                if installed.held.len() >= n.max(1) || installed.done() {
+                    for delivery in installed.held.drain(..).rev() {
+                        delivery.arrive(cut);
+                    }
                 }
             }
         }
+        true
     }
-    true
 }
 
 /// A node's connection to a [`MemoryNetwork`].
@@ -512,6 +535,29 @@ mod tests {
         }
         assert_eq!(got, vec![0, 2, 3, 3, 6, 5, 4, 8, 7]);
         assert_eq!(network.published("t.>"), 9);
+    }
+
+    #[actix::test]
+    async fn what_was_held_for_a_node_cut_off_meanwhile_is_lost() {
+        let network = MemoryNetwork::new();
+        let (a, b) = (node(), node());
+        let (bus_a, bus_b) = (network.connect(a), network.connect(b));
+        let mut heard = bus_b.subscribe("t".into()).await.expect("subscribe");
+        let held = network.inject(Fault::new("t", Action::Hold).to(b));
+        bus_a
+            .publish("t".into(), Bytes::from_static(b"held"))
+            .await
+            .expect("publish");
+        network.acted(held, 1).await;
+        network.cut(b);
+        network.remove(held);
+        network.restore(b);
+        bus_a
+            .publish("t".into(), Bytes::from_static(b"after"))
+            .await
+            .expect("publish");
+        let next = heard.next().await.expect("a message");
+        assert_eq!(next.payload, Bytes::from_static(b"after"));
     }
 
     #[actix::test]
