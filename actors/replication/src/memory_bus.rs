@@ -104,7 +104,7 @@ impl Fault {
 pub struct FaultId(u64);
 
 /// Whether `subject` matches `pattern`, as NATS matches them.
-pub fn matches(pattern: &str, subject: &str) -> bool {
+fn matches(pattern: &str, subject: &str) -> bool {
     let mut pattern = pattern.split('.');
     let mut subject = subject.split('.');
     loop {
@@ -372,10 +372,6 @@ pub struct MemoryBus {
 }
 
 impl MemoryBus {
-    pub fn node(&self) -> Address {
-        self.node
-    }
-
     fn send(&self, subject: String, reply: Option<String>, node: Option<String>, payload: Bytes) -> Sent {
         let message = BusMessage {
             subject,
@@ -535,6 +531,23 @@ mod tests {
         }
         assert_eq!(got, vec![0, 2, 3, 3, 6, 5, 4, 8, 7]);
         assert_eq!(network.published("t.>"), 9);
+    }
+
+    #[actix::test]
+    async fn delayed_messages_are_overtaken() {
+        let network = MemoryNetwork::new();
+        let bus = network.connect(node());
+        let mut heard = bus.subscribe("t.*".into()).await.expect("subscribe");
+        network.inject(Fault::new("t.slow", Action::Delay(Duration::from_millis(20))));
+        bus.publish("t.slow".into(), Bytes::from_static(b"slow"))
+            .await
+            .expect("publish");
+        bus.publish("t.fast".into(), Bytes::from_static(b"fast"))
+            .await
+            .expect("publish");
+        let first = heard.next().await.expect("a message");
+        let second = heard.next().await.expect("a message");
+        assert_eq!((first.subject.as_str(), second.subject.as_str()), ("t.fast", "t.slow"));
     }
 
     #[actix::test]

@@ -8,6 +8,8 @@
 //! the fetch of a parked transaction's parents among members that keep writing) does not
 //! hold calls back: being a little behind is a member's ordinary state.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use cmesh_state::Id;
 
@@ -22,8 +24,12 @@ pub enum NotReady {
     Joining { context: Id, fetched: u64, expected: u64 },
     #[error("context {context} is catching up on this node{}; retry in a moment", progress(*.fetched, *.expected))]
     CatchingUp { context: Id, fetched: u64, expected: u64 },
-    #[error("joining context {context} failed on this node ({error}); a node admin joins it again (ctx.join)")]
-    JoinFailed { context: Id, error: String },
+    #[error("joining context {context} failed on this node ({cause}); a node admin joins it again (ctx.join)")]
+    JoinFailed {
+        context: Id,
+        #[source]
+        cause: Arc<ReplicationError>,
+    },
 }
 
 fn progress(fetched: u64, expected: u64) -> String {
@@ -63,12 +69,17 @@ impl Tracked {
                 expected,
             }),
             Phase::CatchingUp => Ok(()),
-            Phase::Failed => Err(NotReady::JoinFailed {
-                context,
-                error: self
-                    .error
-                    .as_ref()
-                    .map_or_else(|| "no reason given".to_string(), |e| e.to_string()),
+            Phase::Failed => Err(match &self.error {
+                Some(cause) => NotReady::JoinFailed {
+                    context,
+                    cause: cause.clone(),
+                },
+                // Not reached: a join fails with its error.
+                None => NotReady::Joining {
+                    context,
+                    fetched,
+                    expected,
+                },
             }),
         }
     }
