@@ -76,6 +76,7 @@ pub enum CtxCommand {
         /// The context's full id (0x + 64 hex digits)
         context: Id,
         /// Return once a member accepted this node, without waiting for the catch-up
+        /// (by default the node answers once it is in sync, at most an hour or --timeout)
         #[arg(long)]
         no_wait: bool,
     },
@@ -168,17 +169,26 @@ pub async fn ctx(command: CtxCommand, target: &Target) -> anyhow::Result<ExitCod
 
 /// How often `ctx join` asks for progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How long `ctx join` waits for the node to be in sync, unless `--timeout` is longer.
+const JOIN_WAIT: Duration = Duration::from_secs(3600);
 
-/// `ctx.join`, then `ctx.status` until the node is in sync, with a progress bar (counts
-/// and rate) on a terminal. Prints the last status.
+/// `ctx.join {wait: true}`: answered once the node is in sync (or the join failed), while
+/// `ctx.status` feeds a progress bar (counts and rate) on a terminal. Prints the last
+/// status. With `no_wait`, the answer once a member accepted this node.
 async fn join(target: &Target, context: Id, no_wait: bool) -> anyhow::Result<ExitCode> {
     let client = Session::open(target).await?;
-    let params = json!({ "context": context });
-    let mut status = client.rpc("ctx.join", params.clone()).await?;
+    let params = json!({ "context": context, "wait": !no_wait });
     if no_wait {
-        crate::print(&status);
+        crate::print(&client.rpc("ctx.join", params).await?);
         return Ok(ExitCode::SUCCESS);
     }
+    let patient = Target {
+        timeout: target.timeout.max(JOIN_WAIT.as_secs()),
+        ..target.clone()
+    };
+    let waiting = Session::open(&patient).await?;
+    let joined = waiting.rpc("ctx.join", params);
+    tokio::pin!(joined);
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} {msg} [{bar:30}] {pos}/{len} transactions, {per_sec}, {elapsed}",
@@ -187,26 +197,29 @@ async fn join(target: &Target, context: Id, no_wait: bool) -> anyhow::Result<Exi
         .progress_chars("=> "),
     );
     bar.set_message("joining");
+    let status_params = json!({ "context": context });
     loop {
-        let phase = status["phase"].as_str().unwrap_or_default().to_string();
-        let count = |field: &str| status[field].as_u64().unwrap_or(0);
-        bar.set_length(count("expected").max(count("fetched")));
-        bar.set_position(count("fetched"));
-        match phase.as_str() {
-            "in-sync" => {
-                bar.finish_with_message("in sync");
-                crate::print(&status);
-                return Ok(ExitCode::SUCCESS);
+        tokio::select! {
+            answer = &mut joined => match answer {
+                Ok(status) => {
+                    bar.finish_with_message("in sync");
+                    crate::print(&status);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => {
+                    bar.abandon_with_message("failed");
+                    return Err(e.context(format!("joining context {context}")));
+                }
+            },
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                // Before the node has taken the join, it has no status yet.
+                if let Ok(status) = client.rpc("ctx.status", status_params.clone()).await {
+                    let count = |field: &str| status[field].as_u64().unwrap_or(0);
+                    bar.set_length(count("expected").max(count("fetched")));
+                    bar.set_position(count("fetched"));
+                    bar.set_message(status["phase"].as_str().unwrap_or("joining").to_string());
+                }
             }
-            "failed" => {
-                bar.abandon_with_message("failed");
-                crate::print(&status);
-                let error = status["error"].as_str().unwrap_or("no reason given");
-                anyhow::bail!("joining context {context} failed: {error}");
-            }
-            other => bar.set_message(other.to_string()),
         }
-        tokio::time::sleep(PROGRESS_EVERY).await;
-        status = client.rpc("ctx.status", params.clone()).await?;
     }
 }

@@ -11,7 +11,7 @@ use cmesh_common::{Address, SigningKey};
 use cmesh_events::{EventsActor, Ready, Shutdown};
 use cmesh_iam::{IamActor, IamConfig, Verifier};
 use cmesh_registrar::RegistrarActor;
-use cmesh_replication::{Link, Replicator, Subscriptions, TxVerifier};
+use cmesh_replication::{Link, NatsBus, Replicator, Settings, Subscriptions, TxVerifier};
 use cmesh_router::forward::{ForwardedCalls, RegistrarHandle};
 use cmesh_router::gateway::{endpoint_specs, Gateway};
 use cmesh_router::micro::{Micro, ServiceIdentity};
@@ -24,8 +24,6 @@ use crate::config::NodeConfig;
 
 /// How long a stopping node waits for requests in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-/// How often each held context's heads go out (what repairs lost broadcasts).
-const GOSSIP_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs a node until SIGINT or SIGTERM.
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
@@ -138,19 +136,21 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         Some(replication.address().recipient()),
     )
     .context("state store")?;
-    let subscriptions = Subscriptions::open(&client, &address)
+    let bus = std::sync::Arc::new(NatsBus::new(client.clone(), &address));
+    let subscriptions = Subscriptions::open(bus.as_ref(), &address)
         .await
         .context("replication subjects")?;
     let link = Link {
-        client: client.clone(),
+        bus,
         key: key.clone(),
         state: state.clone(),
         verifier: TxVerifier::start(threads),
         threads,
         events: Some(events.clone()),
         max_payload: client.server_info().max_payload,
+        settings: Settings::default(),
     };
-    let replicator = replication.run(Replicator::new(link, subscriptions, GOSSIP_EVERY));
+    let replicator = replication.run(Replicator::new(link, subscriptions));
 
     let (registrar, forwarded) = if config.registrar {
         let actor =

@@ -502,9 +502,34 @@ async fn a_joiner_catches_up_on_ten_thousand_transactions() {
     let root = m.root(0).await;
     assert_eq!(root["applied"], json!(applied), "{root}");
 
+    // While node 1 joins, calls to the context there are refused with 503 and how far
+    // it got, never 404; `ctx.join {wait}` answers once it is in sync.
     let joining = Instant::now();
-    let status = m.join_within(1, Duration::from_secs(300)).await;
+    let joined = m.call(1, "ctx.join", json!({"context": m.context})).await;
+    assert_eq!(joined["phase"], json!("joining"), "{joined}");
+    let get = json!({"context": m.context, "method": "get", "args": ["k0"]});
+    let busy = m.rpc(1, "ctx.view", get.clone()).await;
+    busy.assert_rpc_error(-32000, 503);
+    let message = busy.error_message().unwrap_or_default();
+    assert!(
+        message.contains("is being joined on this node") && message.contains("retry"),
+        "{message}"
+    );
+    let patient = Client::connect(&m.mesh.nats.url())
+        .await
+        .with_timeout(Duration::from_secs(300));
+    let status = patient
+        .call(
+            m.node(1),
+            "ctx.join",
+            json!({"context": m.context, "wait": true}),
+            m.token(1),
+        )
+        .await;
+    assert_eq!(status["phase"], json!("in-sync"), "{status}");
+    assert_eq!(status["root"], root["root"], "{status}");
     let joined = joining.elapsed();
+    m.call(1, "ctx.view", get).await;
     let converged = m.converged(&[0, 1], applied).await;
     assert_eq!(converged["root"], root["root"]);
     let fetched = status["fetched"].as_u64().expect("fetched");

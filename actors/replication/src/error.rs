@@ -1,8 +1,13 @@
 //! What can go wrong while replicating. Every error carries a status, so the router can
 //! answer `ctx.join`, `ctx.leave` and `ctx.status` with the right code.
 
+use std::sync::Arc;
+
 use cmesh_common::{CmtpError, Status};
-use cmesh_state::StateError;
+use cmesh_state::{Id, StateError};
+
+use crate::bus::BusError;
+use crate::readiness::NotReady;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -19,10 +24,21 @@ pub enum ReplicationError {
     NotFound(String),
     #[error("a member sent something wrong: {0}")]
     BadPeer(String),
-    #[error("NATS: {0}")]
-    Nats(String),
+    #[error("{0}")]
+    Bus(#[from] BusError),
     #[error("{0} is gone")]
     Gone(&'static str),
+    /// The catch-up of a join (`ctx.join` with `wait`) failed; its status is the
+    /// catch-up's.
+    #[error("joining context {context} failed: {source}")]
+    JoinFailed {
+        context: Id,
+        #[source]
+        source: Arc<ReplicationError>,
+    },
+    /// The context is being joined or caught up here: calls wait (`CheckReady`).
+    #[error("{0}")]
+    NotReady(#[from] NotReady),
 }
 
 impl ReplicationError {
@@ -30,9 +46,11 @@ impl ReplicationError {
         match self {
             ReplicationError::Refused(e) => e.status,
             ReplicationError::State(e) => e.status(),
-            ReplicationError::NoMember(_) | ReplicationError::Nats(_) | ReplicationError::Gone(_) => {
-                Status::UNAVAILABLE
-            }
+            ReplicationError::NoMember(_)
+            | ReplicationError::Bus(_)
+            | ReplicationError::Gone(_)
+            | ReplicationError::NotReady(_) => Status::UNAVAILABLE,
+            ReplicationError::JoinFailed { source, .. } => source.status(),
             ReplicationError::Conflict(_) => Status::CONFLICT,
             ReplicationError::NotFound(_) => Status::NOT_FOUND,
             ReplicationError::BadPeer(_) => Status(502),

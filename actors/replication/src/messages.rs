@@ -7,13 +7,17 @@ use serde::Serialize;
 
 use crate::error::ReplicationError;
 
-/// `ctx.join {context}`: this node was invited; fetch the context from a member. Answers
-/// once a member has accepted this node; catching up goes on in the background
-/// (`ctx.status`).
+/// `ctx.join {context, wait?}`: this node was invited; fetch the context from a member.
+/// Without `wait`, answers once a member has accepted this node, and catching up goes on
+/// in the background (`ctx.status`). With `wait`, answers once the catch-up is over: the
+/// status (phase `in-sync`, with the local root), or the catch-up's failure as
+/// [`ReplicationError::JoinFailed`] (its status kept). Asked while a join or catch-up of
+/// the context runs, it answers that one's status (with `wait`, once it is over).
 #[derive(Message)]
 #[rtype(result = "Result<StatusReply, ReplicationError>")]
 pub struct JoinContext {
     pub context: Id,
+    pub wait: bool,
 }
 
 /// `ctx.leave {context}`: says so to the other members (a `Leave` transaction), then
@@ -22,6 +26,18 @@ pub struct JoinContext {
 #[rtype(result = "Result<LeftReply, ReplicationError>")]
 pub struct LeaveContext {
     pub context: Id,
+}
+
+/// Whether calls to a context may run here now: `Ok` unless the context is being joined,
+/// catching up with transactions it knows it lacks, or its join failed; then
+/// [`ReplicationError::NotReady`] (503) says what is going on and to retry, with the
+/// progress. `context` is what the client gave: an id or a hex prefix of any length,
+/// with or without `0x`; text that names no such context here is `Ok` (the call itself
+/// says what is wrong with it). Cheap: no round trip to the state actor.
+#[derive(Message)]
+#[rtype(result = "Result<(), ReplicationError>")]
+pub struct CheckReady {
+    pub context: String,
 }
 
 /// `ctx.status {context}`.

@@ -27,33 +27,28 @@ use futures::channel::oneshot;
 use futures::StreamExt;
 use serde_json::json;
 
+use crate::bus::{Bus, BusError};
 use crate::error::ReplicationError;
 use crate::responder::MAX_FETCH_IDS;
+use crate::settings::{span, Settings};
 use crate::verify::{self, Rejected, TxVerifier};
 use crate::wire::{self, Answer, Query, Reply, SyncRequest};
 
-/// How long one member has to answer one request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a request to any member collects answers before it settles for a refusal.
-pub const DISCOVER_WAIT: Duration = Duration::from_millis(1_500);
-/// Transactions asked for per page.
-pub const PAGE_LIMIT: u32 = 2_048;
-/// How long a leaving node waits for another member to hold its `Leave`.
-pub const CONFIRM_LIMIT: Duration = Duration::from_secs(10);
 /// Rounds of fetching heads and their missing parents by id.
 const FETCH_ROUNDS: usize = 64;
 
 /// Everything a node needs to talk to members and hand their transactions to its state.
 #[derive(Clone)]
 pub struct Link {
-    pub client: async_nats::Client,
+    pub bus: Arc<dyn Bus>,
     pub key: Arc<SigningKey>,
     pub state: Addr<StateActor>,
     pub verifier: Addr<TxVerifier>,
     pub threads: usize,
     pub events: Option<Addr<EventsActor>>,
-    /// The largest message the NATS server takes.
+    /// The largest message the bus takes.
     pub max_payload: usize,
+    pub settings: Settings,
 }
 
 /// What a member said about a context.
@@ -76,7 +71,8 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub peer: Address,
-    pub fetched: u64,
+    /// The progress last reported.
+    pub progress: Progress,
     pub added: u64,
 }
 
@@ -135,19 +131,19 @@ impl Link {
         match member {
             Some(member) => {
                 let subject = wire::sync_subject(&context, Some(&member));
-                let request = self.client.request(subject, payload);
-                let message = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-                    Err(_) => {
+                let timeout = self.settings.request_timeout;
+                let message = match self.bus.request(subject, payload, timeout).await {
+                    Err(BusError::TimedOut(_)) => {
                         return Err(ReplicationError::NoMember(format!(
-                            "member {member} did not answer within {} s",
-                            REQUEST_TIMEOUT.as_secs()
+                            "member {member} did not answer within {}",
+                            span(timeout)
                         )))
                     }
-                    Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    Err(BusError::NoResponders(_)) => {
                         return Err(ReplicationError::NoMember(format!("member {member} is not online")))
                     }
-                    Ok(Err(e)) => return Err(ReplicationError::Nats(e.to_string())),
-                    Ok(Ok(message)) => message,
+                    Err(e) => return Err(e.into()),
+                    Ok(message) => message,
                 };
                 wire::decode::<Answer>(&message.payload)?.map_err(ReplicationError::Refused)
             }
@@ -158,17 +154,13 @@ impl Link {
     /// Publishes to every member and takes the first good answer; refusals count only if
     /// nobody answers well (a member that has not yet seen an invitation refuses it).
     async fn ask_any(&self, context: Id, payload: Bytes) -> Result<Reply, ReplicationError> {
-        let inbox = self.client.new_inbox();
-        let mut answers = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ReplicationError::Nats(e.to_string()))?;
-        self.client
-            .publish_with_reply(wire::sync_subject(&context, None), inbox, payload)
-            .await
-            .map_err(|e| ReplicationError::Nats(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + DISCOVER_WAIT;
+        let inbox = self.bus.new_inbox();
+        let mut answers = self.bus.subscribe(inbox.clone()).await?;
+        self.bus
+            .publish_request(wire::sync_subject(&context, None), inbox, payload)
+            .await?;
+        let wait = self.settings.discover_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut refusal: Option<CmtpError> = None;
         loop {
             let message = match tokio::time::timeout_at(deadline, answers.next()).await {
@@ -189,8 +181,8 @@ impl Link {
         Err(match refusal {
             Some(refused) => ReplicationError::Refused(refused),
             None => ReplicationError::NoMember(format!(
-                "no other member of context {context} answered within {} ms",
-                DISCOVER_WAIT.as_millis()
+                "no other member of context {context} answered within {}",
+                span(wait)
             )),
         })
     }
@@ -357,7 +349,7 @@ impl Link {
         progress(status);
         let mut outcome = Outcome {
             peer,
-            fetched: 0,
+            progress: status,
             added: 0,
         };
         let mut waiting: HashMap<Id, VerifiedTx> = HashMap::new();
@@ -392,7 +384,7 @@ impl Link {
             }
         }
         outcome.added += self.fetch_lacking(context, peer, remote.heads, waiting).await?;
-        outcome.fetched = status.fetched;
+        outcome.progress = status;
         Ok(outcome)
     }
 
@@ -406,7 +398,7 @@ impl Link {
         let query = Query::Page {
             have: have.to_vec(),
             after,
-            limit: PAGE_LIMIT,
+            limit: self.settings.page_limit,
         };
         match self.ask(context, Some(peer), query).await? {
             Reply::Page { txs, next } => Ok((txs.into_iter().map(|tx| tx.into_vec()).collect(), next)),
@@ -472,7 +464,7 @@ impl Link {
     }
 
     /// Waits until another member holds `tx` (it had the broadcast, or fetched it after
-    /// a heads notice), for at most [`CONFIRM_LIMIT`]; not needed if this node is the
+    /// a heads notice), for at most [`Settings::confirm_limit`]; not needed if this node is the
     /// context's only member. What a leaving node says must outlive its copy.
     pub async fn confirm_held(&self, context: Id, tx: Id) -> Result<(), ReplicationError> {
         let alone = self
@@ -482,7 +474,8 @@ impl Link {
         if alone {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + CONFIRM_LIMIT;
+        let limit = self.settings.confirm_limit;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             match self.ask(context, None, Query::Fetch { ids: vec![tx] }).await {
                 Ok(Reply::Txs { txs }) if !txs.is_empty() => return Ok(()),
@@ -492,9 +485,9 @@ impl Link {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ReplicationError::NoMember(format!(
-                    "no other member of context {context} confirmed it holds transaction {tx} within {} s; \
+                    "no other member of context {context} confirmed it holds transaction {tx} within {}; \
                      nothing was deleted: try again when another member is online",
-                    CONFIRM_LIMIT.as_secs()
+                    span(limit)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -6,7 +6,7 @@
 use base64::Engine;
 use cmesh_common::{Address, CmtpError};
 use cmesh_iam::Caller;
-use cmesh_replication::{ContextStatus, JoinContext, LeaveContext};
+use cmesh_replication::{CheckReady, ContextStatus, JoinContext, LeaveContext};
 use cmesh_state::messages::{
     CallContext, ContextMembers, ContextRoot, CreateContext, Deploy, Invite, ListApps, ListContexts, Requester,
     ResolveContext, SetRole,
@@ -82,6 +82,15 @@ pub(crate) struct ContextParams {
     context: String,
 }
 
+/// `ctx.join`: with `wait`, answered once this node is in sync (the CLI's default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JoinParams {
+    context: Id,
+    #[serde(default)]
+    wait: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FullContextParams {
@@ -140,6 +149,7 @@ impl Services {
 
     /// `ctx.call` (`write`: a transaction) or `ctx.view`.
     pub(crate) async fn ctx_call(&self, caller: &Caller, p: CallParams, write: bool) -> Result<Value, CmtpError> {
+        self.ready(&p.context).await?;
         let args = serde_json::to_vec(&p.args).map_err(|e| CmtpError::bad_request(e.to_string()))?;
         let msg = CallContext {
             by: requester(caller)?,
@@ -153,6 +163,7 @@ impl Services {
     }
 
     pub(crate) async fn ctx_grant(&self, caller: &Caller, p: GrantParams) -> Result<Value, CmtpError> {
+        self.ready(&p.context).await?;
         let msg = SetRole {
             by: requester(caller)?,
             context: p.context,
@@ -163,6 +174,7 @@ impl Services {
     }
 
     pub(crate) async fn ctx_revoke(&self, caller: &Caller, p: RevokeParams) -> Result<Value, CmtpError> {
+        self.ready(&p.context).await?;
         let msg = SetRole {
             by: requester(caller)?,
             context: p.context,
@@ -181,6 +193,7 @@ impl Services {
     }
 
     pub(crate) async fn ctx_invite(&self, caller: &Caller, p: InviteParams) -> Result<Value, CmtpError> {
+        self.ready(&p.context).await?;
         let msg = Invite {
             by: requester(caller)?,
             context: p.context,
@@ -198,8 +211,11 @@ impl Services {
         to_json(self.state.send(msg).await.map_err(mailbox("state"))??)
     }
 
-    pub(crate) async fn ctx_join(&self, p: FullContextParams) -> Result<Value, CmtpError> {
-        let msg = JoinContext { context: p.context };
+    pub(crate) async fn ctx_join(&self, p: JoinParams) -> Result<Value, CmtpError> {
+        let msg = JoinContext {
+            context: p.context,
+            wait: p.wait,
+        };
         to_json(self.replicator.send(msg).await.map_err(mailbox("replicator"))??)
     }
 
@@ -211,6 +227,17 @@ impl Services {
     pub(crate) async fn ctx_status(&self, p: FullContextParams) -> Result<Value, CmtpError> {
         let msg = ContextStatus { context: p.context };
         to_json(self.replicator.send(msg).await.map_err(mailbox("replicator"))??)
+    }
+
+    /// 503 while the context `context` names is being joined or caught up on this node
+    /// (its copy is not yet what its members hold), with how far it got. Calls, role and
+    /// member changes and context events wait for it; `ctx.root` and `ctx.members` do not:
+    /// they say what this node holds, which is how far it got.
+    async fn ready(&self, context: &str) -> Result<(), CmtpError> {
+        let check = CheckReady {
+            context: context.to_string(),
+        };
+        Ok(self.replicator.send(check).await.map_err(mailbox("replicator"))??)
     }
 
     /// `S:<context>[:<event>]` topics name a context by id or prefix: resolves it to the
@@ -233,6 +260,7 @@ impl Services {
     /// The full id of the context `context` (an id or a unique prefix) names, if the
     /// caller holds at least `role` in it.
     pub(crate) async fn resolve_context(&self, caller: &Caller, context: &str, role: Role) -> Result<Id, CmtpError> {
+        self.ready(context).await?;
         let msg = ResolveContext {
             by: caller_address(caller)?,
             context: context.to_string(),
