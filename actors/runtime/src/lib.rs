@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cmesh_common::hash::keccak256;
 use wasmer::{Extern, FunctionEnv, Instance, Module, Store, TypedFunction, Value};
 
 pub use error::{CallError, DeployError, RuntimeError};
@@ -185,10 +186,20 @@ impl Runtime {
     /// Deploy-time validation (size, parses as wasm, imports exactly those of docs/ABI.md
     /// with the right types, every exported function is `() -> ()`, `memory` exported,
     /// declared minimum memory within the limit, no start function), then compiles and
-    /// caches (memory + disk) under `app`, replacing what was cached for it. Returns the
-    /// callable method names (sorted; names starting with `_` excluded).
+    /// caches (memory + disk) under `app`, replacing what was cached for it. When `app` is
+    /// the keccak256 of `wasm` (an app id) and a module of it is cached already, that one
+    /// is used: it was compiled from these very bytes, and compiling is most of a deploy
+    /// (a joiner that had the module, a node whose cache survived). Returns the callable
+    /// method names (sorted; names starting with `_` excluded).
     pub fn prepare(&self, app: &[u8; 32], wasm: &[u8]) -> Result<AppInfo, DeployError> {
-        let prepared = self.compile(app, wasm)?;
+        let cached = (keccak256(wasm) == *app).then(|| self.cached(app)).flatten();
+        let prepared = match cached {
+            Some(prepared) => {
+                validate::validate(wasm, &self.limits())?;
+                prepared
+            }
+            None => self.compile(app, wasm)?,
+        };
         Ok(AppInfo {
             methods: prepared.methods.clone(),
         })
@@ -220,8 +231,17 @@ impl Runtime {
         app: &[u8; 32],
         load_wasm: &dyn Fn() -> Result<Vec<u8>, StorageError>,
     ) -> Result<Arc<Prepared>, CallError> {
-        if let Some(prepared) = self.inner.memory.get(app) {
+        if let Some(prepared) = self.cached(app) {
             return Ok(prepared);
+        }
+        let wasm = load_wasm()?;
+        self.compile(app, &wasm).map_err(CallError::Deploy)
+    }
+
+    /// The module of `app` from memory, or from disk (then kept in memory too).
+    fn cached(&self, app: &[u8; 32]) -> Option<Arc<Prepared>> {
+        if let Some(prepared) = self.inner.memory.get(app) {
+            return Some(prepared);
         }
         if let Some(disk) = &self.inner.disk {
             let engine = self.inner.settings.engine();
@@ -230,7 +250,7 @@ impl Runtime {
                     Ok(prepared) => {
                         let prepared = Arc::new(prepared);
                         self.inner.memory.insert(*app, prepared.clone());
-                        return Ok(prepared);
+                        return Some(prepared);
                     }
                     Err(e) => {
                         tracing::warn!(app = %Hex(app), "cached module is unusable ({e}); rebuilding it")
@@ -238,16 +258,18 @@ impl Runtime {
                 }
             }
         }
-        let wasm = load_wasm()?;
-        self.compile(app, &wasm).map_err(CallError::Deploy)
+        None
+    }
+
+    fn limits(&self) -> validate::Limits {
+        validate::Limits {
+            max_module_bytes: self.inner.config.max_module_bytes,
+            max_pages: self.inner.max_pages,
+        }
     }
 
     fn compile(&self, app: &[u8; 32], wasm: &[u8]) -> Result<Arc<Prepared>, DeployError> {
-        let limits = validate::Limits {
-            max_module_bytes: self.inner.config.max_module_bytes,
-            max_pages: self.inner.max_pages,
-        };
-        validate::validate(wasm, &limits)?;
+        validate::validate(wasm, &self.limits())?;
         let engine = self.inner.settings.engine();
         let started = std::time::Instant::now();
         let module = Module::from_binary(&engine, wasm).map_err(|e| DeployError::Compile(e.to_string()))?;

@@ -128,6 +128,37 @@ fn prepare_lists_callable_methods_sorted() {
     assert!(!info.methods.iter().any(|m| m.contains("metering")));
 }
 
+/// A module cached under its app id (its keccak256) is reused by a later deploy of the
+/// same bytes, in this runtime or another sharing the disk cache; under any other id the
+/// bytes given are compiled and replace what was cached, so an id never runs other code.
+#[test]
+fn prepare_reuses_only_a_module_of_the_same_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let good = wasm("good");
+    let app = cmesh_common::hash::keccak256(&good);
+    let first = Runtime::new(config()).expect("runtime");
+    let methods = first.prepare(&app, &good).expect("prepare").methods;
+    let second = Runtime::new(config()).expect("runtime");
+    assert_eq!(second.prepare(&app, &good).expect("from the cache").methods, methods);
+    // Bad bytes are refused whatever is cached under their id.
+    assert!(second.prepare(&app, b"not wasm").is_err());
+    // Under an id that is no hash of them, other bytes replace the cached module.
+    let tiny = wasm("tiny");
+    let replaced = second.prepare(&app, &tiny).expect("prepare tiny").methods;
+    assert_ne!(replaced, methods);
+    let gone = methods
+        .iter()
+        .find(|m| !replaced.contains(m))
+        .expect("good has a method tiny lacks");
+    let state = MapState::default();
+    let call = second.call(&app, &no_wasm, view(gone, b"{}"), &state);
+    assert!(matches!(call, Err(CallError::MethodNotFound { .. })), "{call:?}");
+}
+
 #[test]
 fn echo_returns_the_input_and_reports_gas() {
     let rt = with("good");
