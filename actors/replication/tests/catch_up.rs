@@ -14,18 +14,12 @@ use common::*;
 #[actix::test]
 async fn a_joiner_fetches_a_context_page_by_page() {
     let mesh = Mesh::new();
-    let a = mesh.node("a", quick()).await;
-    let b = mesh
-        .node(
-            "b",
-            Settings {
-                page_limit: 7,
-                ..quick()
-            },
-        )
+    let (a, b, context) = mesh
+        .invited_pair(Settings {
+            page_limit: 7,
+            ..quick()
+        })
         .await;
-    let context = mesh.create_context(&a).await;
-    mesh.invite(&a, context, &b).await;
     mesh.writes(&a, context, 40).await;
     let source = a.sync_state(context).await;
     assert_eq!(source.applied, 42, "genesis, invitation, 40 writes");
@@ -82,19 +76,13 @@ async fn a_joiner_fetches_a_context_page_by_page() {
 #[actix::test]
 async fn a_member_vanishing_mid_join_fails_it_clearly_and_a_retry_completes() {
     let mesh = Mesh::new();
-    let a = mesh.node("a", quick()).await;
-    let b = mesh
-        .node(
-            "b",
-            Settings {
-                page_limit: 5,
-                request_timeout: Duration::from_millis(100),
-                ..quick()
-            },
-        )
+    let (a, b, context) = mesh
+        .invited_pair(Settings {
+            page_limit: 5,
+            request_timeout: Duration::from_millis(100),
+            ..quick()
+        })
         .await;
-    let context = mesh.create_context(&a).await;
-    mesh.invite(&a, context, &b).await;
     mesh.writes(&a, context, 30).await;
     let source = a.sync_state(context).await;
     assert_eq!(source.applied, 32);

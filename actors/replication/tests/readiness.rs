@@ -12,18 +12,12 @@ use common::*;
 #[actix::test]
 async fn calls_wait_while_a_context_is_joined_or_caught_up_and_say_how_far_it_got() {
     let mesh = Mesh::new();
-    let a = mesh.node("a", quick()).await;
-    let b = mesh
-        .node(
-            "b",
-            Settings {
-                page_limit: 4,
-                ..quick()
-            },
-        )
+    let (a, b, context) = mesh
+        .invited_pair(Settings {
+            page_limit: 4,
+            ..quick()
+        })
         .await;
-    let context = mesh.create_context(&a).await;
-    mesh.invite(&a, context, &b).await;
     mesh.writes(&a, context, 10).await;
     let full = context.to_string();
     let short = full[..10].to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cmesh_replication::memory_bus::{Action, Fault};
 use cmesh_replication::wire::{self, TxBatch};
-use cmesh_replication::{Bus, Phase, Settings};
+use cmesh_replication::{Bus, Settings};
 use cmesh_state::tx::Transaction;
 
 mod common;
@@ -26,11 +26,7 @@ fn no_heads_catch_up() -> Settings {
 #[actix::test]
 async fn transactions_before_their_parents_wait_for_a_catch_up_from_their_author() {
     let mesh = Mesh::new();
-    let a = mesh.node("a", quick()).await;
-    let b = mesh.node("b", no_heads_catch_up()).await;
-    let context = mesh.create_context(&a).await;
-    mesh.invite(&a, context, &b).await;
-    assert_eq!(b.join(context, true).await.expect("B joins").phase, Phase::InSync);
+    let (a, b, context) = mesh.joined_pair(no_heads_catch_up()).await;
 
     let lost = mesh.network.inject(
         Fault::new(wire::txs_subject(&context), Action::Drop)
@@ -57,11 +53,7 @@ async fn transactions_before_their_parents_wait_for_a_catch_up_from_their_author
 #[actix::test]
 async fn reordered_and_duplicated_broadcasts_converge_and_apply_once() {
     let mesh = Mesh::new();
-    let a = mesh.node("a", quick()).await;
-    let b = mesh.node("b", no_heads_catch_up()).await;
-    let context = mesh.create_context(&a).await;
-    mesh.invite(&a, context, &b).await;
-    assert_eq!(b.join(context, true).await.expect("B joins").phase, Phase::InSync);
+    let (a, b, context) = mesh.joined_pair(no_heads_catch_up()).await;
 
     // A's broadcasts reach B three at a time, newest first; B's reach A twice.
     let txs = wire::TXS_WILDCARD;
@@ -98,11 +90,7 @@ async fn reordered_and_duplicated_broadcasts_converge_and_apply_once() {
 #[actix::test]
 async fn a_batch_is_handed_over_after_the_batch_before_it_even_when_checked_first() {
     let mesh = Mesh::new();
-    let a = mesh.node("a", quick()).await;
-    let b = mesh.node("b", no_heads_catch_up()).await;
-    let context = mesh.create_context(&a).await;
-    mesh.invite(&a, context, &b).await;
-    assert_eq!(b.join(context, true).await.expect("B joins").phase, Phase::InSync);
+    let (a, b, context) = mesh.joined_pair(no_heads_catch_up()).await;
 
     // B hears A's transactions only as the test sends them: 60 in one batch, then
     // one on top of them in the next. The small batch is checked long before the big

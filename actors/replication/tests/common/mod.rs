@@ -132,6 +132,24 @@ impl Mesh {
     }
 
     /// Makes `member` a member of `context`, through `node`.
+    /// Node `a` (quick settings) with a kv context that node `b` (the `joiner`'s settings)
+    /// is invited to, not yet joined.
+    pub async fn invited_pair(&self, joiner: Settings) -> (Node, Node, Id) {
+        let a = self.node("a", quick()).await;
+        let b = self.node("b", joiner).await;
+        let context = self.create_context(&a).await;
+        self.invite(&a, context, &b).await;
+        (a, b, context)
+    }
+
+    /// The same, with `b` joined and in sync.
+    pub async fn joined_pair(&self, joiner: Settings) -> (Node, Node, Id) {
+        let (a, b, context) = self.invited_pair(joiner).await;
+        let joined = b.join(context, true).await.expect("B joins");
+        assert_eq!(joined.phase, Phase::InSync, "{joined:?}");
+        (a, b, context)
+    }
+
     pub async fn invite(&self, node: &Node, context: Id, member: &Node) {
         let invite = Invite {
             by: Requester::new(self.admin),
