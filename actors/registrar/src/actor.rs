@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # use actix::Actor;
-//! # use cmesh_router::registrar::{RegistrarActor, RegistrarError};
+//! # use cmesh_registrar::{RegistrarActor, RegistrarError};
 //! # fn start(data: &std::path::Path) -> Result<(), RegistrarError> {
 //! let registrar = RegistrarActor::open(&data.join("registrar.redb"), vec!["mcom".into()])?;
 //! let arbiter = actix::Arbiter::new();

@@ -11,7 +11,7 @@ use cmesh_iam::{Admit, Authorize, Caller, Credentials, SessionIssuer, SignedRequ
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::fqmn::{EventTopic, Fqmn, READ_VERB};
+use crate::fqmn::{Fqmn, READ_VERB};
 use crate::request::{Endpoint, Inbound, Reply, FORWARDED_HEADER};
 use crate::services::{mailbox, Services};
 
@@ -114,18 +114,8 @@ fn method_of(fqmn: &Fqmn) -> Target {
                     "events have no verb `{verb}`: `E:{topic}:{READ_VERB}` (or just `E:{topic}`) reads them"
                 )));
             }
-            let key = match topic {
-                EventTopic::App(topic) => topic.clone(),
-                EventTopic::Name { name, kind: None } => format!("R:{name}"),
-                EventTopic::Name { name, kind: Some(kind) } => format!("R:{name}:{kind}"),
-                EventTopic::Names { kind } => format!("R:{kind}"),
-                EventTopic::Context { context, event: None } => format!("S:{context}"),
-                EventTopic::Context {
-                    context,
-                    event: Some(event),
-                } => format!("S:{context}:{event}"),
-            };
-            (Method::EventsRecent, json!({ "topic": key }))
+            // Recent events are kept under the topic's canonical form (`R:<name>:<kind>`, …).
+            (Method::EventsRecent, json!({ "topic": topic.to_string() }))
         }
         Fqmn::Publish { topic, payload } => (
             Method::EventsPublish,
