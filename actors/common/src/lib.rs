@@ -5,6 +5,7 @@
 pub mod address;
 pub mod cmtp;
 pub mod event_name;
+pub mod genesis;
 pub mod hash;
 pub mod jcs;
 pub mod jwt;

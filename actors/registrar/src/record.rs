@@ -51,7 +51,7 @@ impl NameChange {
         self.kind == ChangeKind::Transferred && self.owner_before == self.owner_after
     }
 
-    pub(crate) fn registered(record: &NameRecord) -> Self {
+    pub fn registered(record: &NameRecord) -> Self {
         NameChange {
             kind: ChangeKind::Registered,
             name: record.name.clone(),
@@ -61,7 +61,7 @@ impl NameChange {
         }
     }
 
-    pub(crate) fn transferred(record: &NameRecord, from: Address) -> Self {
+    pub fn transferred(record: &NameRecord, from: Address) -> Self {
         NameChange {
             kind: ChangeKind::Transferred,
             name: record.name.clone(),
@@ -71,7 +71,7 @@ impl NameChange {
         }
     }
 
-    pub(crate) fn released(record: &NameRecord) -> Self {
+    pub fn released(record: &NameRecord) -> Self {
         NameChange {
             kind: ChangeKind::Released,
             name: record.name.clone(),

@@ -1,0 +1,73 @@
+//! Why the registry did not change, and whose fault it is.
+//!
+//! Two kinds, because they are reported differently: an [`EntryFault`] means the log
+//! entry itself cannot count (a forged or replayed proposal): every replica applies it as
+//! a no-op and logs it. A [`Refusal`] is a well-formed command the rules refuse; the
+//! client gets its status and message, as from the single registrar before.
+
+use cmesh_common::genesis::MeshId;
+use cmesh_common::{Address, CmtpError, Status};
+use serde::{Deserialize, Serialize};
+
+/// A log entry that does not count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum EntryFault {
+    #[error("the entry names mesh {found}, not this mesh {expected}")]
+    OtherMesh { found: MeshId, expected: MeshId },
+    #[error("the entry's signature is not by its proposer {proposer}")]
+    BadSignature { proposer: Address },
+    #[error("the entry's proposer {proposer} is not an admitted node")]
+    NotAdmitted { proposer: Address },
+    #[error("the entry's id was applied before: a replay")]
+    Replayed,
+    #[error("the entry is older than the replay window of the registry ({age_ms} ms behind its clock)")]
+    Stale { age_ms: u64 },
+}
+
+/// A command the registry's rules refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 403.
+    #[error("only a mesh admin may {action}; {caller} is not one")]
+    NotAdmin { caller: Address, action: &'static str },
+    /// 404.
+    #[error("node {node} is not admitted")]
+    UnknownNode { node: Address },
+    /// 409.
+    #[error("node {node} is the last voter; admit another voter first")]
+    LastVoter { node: Address },
+    /// 422.
+    #[error(
+        "`{0}` is not an attribute: write key=value (key of a-z, 0-9, _ . -; value without spaces; 128 bytes at most)"
+    )]
+    BadAttribute(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> Status {
+        match self {
+            Refusal::NotAdmin { .. } => Status::FORBIDDEN,
+            Refusal::UnknownNode { .. } => Status::NOT_FOUND,
+            Refusal::LastVoter { .. } => Status::CONFLICT,
+            Refusal::BadAttribute(_) => Status::UNPROCESSABLE,
+        }
+    }
+}
+
+impl From<Refusal> for CmtpError {
+    fn from(refusal: Refusal) -> Self {
+        CmtpError::new(refusal.status(), refusal.to_string())
+    }
+}
+
+impl EntryFault {
+    /// What a client whose request became this entry is told.
+    pub fn status(&self) -> Status {
+        match self {
+            EntryFault::OtherMesh { .. } | EntryFault::BadSignature { .. } | EntryFault::NotAdmitted { .. } => {
+                Status::UNAUTHORIZED
+            }
+            EntryFault::Replayed | EntryFault::Stale { .. } => Status::CONFLICT,
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The mesh registry: the state machine every replica applies the Raft log to.
+//!
+//! Why pure: it is a function of the genesis and the entries, nothing else. No clock, no
+//! randomness, no local configuration: time comes from the entry, the name rules from
+//! the genesis. So replicas that applied the same log hold equal registries, and a
+//! snapshot restored anywhere goes on exactly as the original would.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cmesh_common::genesis::{Genesis, MeshId};
+use cmesh_common::method::is_attribute;
+use cmesh_common::{Address, CmtpError};
+use cmesh_registrar::{check_target, NameChange, NamePolicy, NameRecord, RegistrarError, TldConfigError};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Role};
+use crate::entry::{EntryId, SignedEntry};
+use crate::error::{EntryFault, Refusal};
+
+/// How long an applied entry id is remembered, in the registry's clock (entry times). An
+/// entry older than this behind the clock is stale, so a replay cannot outlive the memory.
+pub const REPLAY_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// The attribute that makes an identity a mesh admin besides the genesis admins.
+pub const ADMIN_ATTRIBUTE: &str = "role=admin";
+
+/// What an accepted command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Outcome {
+    /// A node's role after the command; `None` once removed.
+    Node { node: Address, role: Option<Role> },
+    /// A name's record (as it was, for a release) and the change to publish.
+    Name { record: NameRecord, change: NameChange },
+    /// An identity's mesh-wide attributes afterwards.
+    Attributes { address: Address, attributes: Vec<String> },
+}
+
+/// The result of applying one entry. Only `Done` changed the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Done(Outcome),
+    /// The rules refused the command: the client's error.
+    Refused(CmtpError),
+    /// The entry does not count: a no-op on every replica, reported.
+    Ignored(EntryFault),
+}
+
+/// Everything replicated, as it goes into a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RegistryState {
+    mesh: MeshId,
+    admins: BTreeSet<Address>,
+    tlds: Vec<String>,
+    nodes: BTreeMap<Address, Role>,
+    names: BTreeMap<String, NameRecord>,
+    grants: BTreeMap<Address, BTreeSet<String>>,
+    /// Ids applied within [`REPLAY_WINDOW_MS`] of `clock_ms`, with their times.
+    recent: BTreeMap<EntryId, u64>,
+    /// The latest entry time applied.
+    clock_ms: u64,
+}
+
+/// The registry of one mesh.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    state: RegistryState,
+    policy: NamePolicy,
+}
+
+/// A snapshot that cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the registry snapshot does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("the registry snapshot holds an unusable TLD list: {0}")]
+    Tlds(#[from] TldConfigError),
+}
+
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+    }
+}
+
+impl Registry {
+    /// The registry before the first entry: the genesis voters admitted as voters.
+    pub fn from_genesis(genesis: &Genesis) -> Result<Self, TldConfigError> {
+        let policy = NamePolicy::new(genesis.tlds.clone())?;
+        let state = RegistryState {
+            mesh: genesis.mesh_id(),
+            admins: genesis.admins.iter().copied().collect(),
+            tlds: genesis.tlds.clone(),
+            nodes: genesis.voters.iter().map(|voter| (*voter, Role::Voter)).collect(),
+            names: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            clock_ms: 0,
+        };
+        Ok(Registry { state, policy })
+    }
+
+    pub fn mesh(&self) -> MeshId {
+        self.state.mesh
+    }
+
+    /// The admitted nodes and their roles.
+    pub fn nodes(&self) -> &BTreeMap<Address, Role> {
+        &self.state.nodes
+    }
+
+    pub fn role(&self, node: &Address) -> Option<Role> {
+        self.state.nodes.get(node).copied()
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<&NameRecord, CmtpError> {
+        let name = self.policy.normalize(name).map_err(RegistrarError::from)?;
+        self.state
+            .names
+            .get(&name)
+            .ok_or_else(|| RegistrarError::NotFound { name }.into())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &NameRecord> {
+        self.state.names.values()
+    }
+
+    /// An identity's mesh-wide attributes, sorted.
+    pub fn attributes(&self, address: &Address) -> Vec<String> {
+        self.state
+            .grants
+            .get(address)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A genesis admin, or granted [`ADMIN_ATTRIBUTE`] mesh-wide.
+    pub fn is_admin(&self, address: &Address) -> bool {
+        self.state.admins.contains(address)
+            || self
+                .state
+                .grants
+                .get(address)
+                .is_some_and(|set| set.contains(ADMIN_ATTRIBUTE))
+    }
+
+    /// The replicated state as bytes (MessagePack), for a Raft snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(&self.state).unwrap_or_default()
+    }
+
+    /// The registry a [`Registry::snapshot`] was taken of.
+    pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
+        let state: RegistryState = rmp_serde::from_slice(bytes)?;
+        let policy = NamePolicy::new(state.tlds.clone())?;
+        Ok(Registry { state, policy })
+    }
+
+    /// Applies one log entry: checks that it counts, then runs its command.
+    pub fn apply(&mut self, entry: &SignedEntry) -> Applied {
+        if let Err(fault) = self.admit_entry(entry) {
+            tracing::warn!(proposer = %entry.proposer, %fault, "registry entry ignored");
+            return Applied::Ignored(fault);
+        }
+        let body = &entry.body;
+        self.state.clock_ms = self.state.clock_ms.max(body.time_ms);
+        let horizon = self.state.clock_ms.saturating_sub(REPLAY_WINDOW_MS);
+        self.state.recent.retain(|_, time| *time >= horizon);
+        self.state.recent.insert(body.id, body.time_ms);
+        match self.run(&body.command, body.caller, body.time_ms) {
+            Ok(outcome) => Applied::Done(outcome),
+            Err(error) => Applied::Refused(error),
+        }
+    }
+
+    fn admit_entry(&self, entry: &SignedEntry) -> Result<(), EntryFault> {
+        let body = &entry.body;
+        if body.mesh != self.state.mesh {
+            return Err(EntryFault::OtherMesh {
+                found: body.mesh,
+                expected: self.state.mesh,
+            });
+        }
+        if !entry.signature_holds() {
+            return Err(EntryFault::BadSignature {
+                proposer: entry.proposer,
+            });
+        }
+        if !self.state.nodes.contains_key(&entry.proposer) {
+            return Err(EntryFault::NotAdmitted {
+                proposer: entry.proposer,
+            });
+        }
+        if self.state.recent.contains_key(&body.id) {
+            return Err(EntryFault::Replayed);
+        }
+        let age_ms = self.state.clock_ms.saturating_sub(body.time_ms);
+        if age_ms > REPLAY_WINDOW_MS {
+            return Err(EntryFault::Stale { age_ms });
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, command: &Command, caller: Address, now_ms: u64) -> Result<Outcome, CmtpError> {
+        match command {
+            Command::Admit { node, role } => {
+                self.require_admin(caller, "admit nodes")?;
+                if *role != Role::Voter && self.is_last_voter(node) {
+                    return Err(Refusal::LastVoter { node: *node }.into());
+                }
+                self.state.nodes.insert(*node, *role);
+                Ok(Outcome::Node {
+                    node: *node,
+                    role: Some(*role),
+                })
+            }
+            Command::Remove { node } => {
+                self.require_admin(caller, "remove nodes")?;
+                if !self.state.nodes.contains_key(node) {
+                    return Err(Refusal::UnknownNode { node: *node }.into());
+                }
+                if self.is_last_voter(node) {
+                    return Err(Refusal::LastVoter { node: *node }.into());
+                }
+                self.state.nodes.remove(node);
+                Ok(Outcome::Node {
+                    node: *node,
+                    role: None,
+                })
+            }
+            Command::Register { name, target } => self.register(caller, name, target, now_ms),
+            Command::Transfer { name, to } => self.transfer(caller, name, *to, now_ms),
+            Command::Release { name } => self.release(caller, name),
+            Command::Grant { address, attribute } => {
+                self.require_admin(caller, "grant mesh-wide attributes")?;
+                check_attribute(attribute)?;
+                self.state.grants.entry(*address).or_default().insert(attribute.clone());
+                Ok(self.attributes_of(*address))
+            }
+            Command::Revoke { address, attribute } => {
+                self.require_admin(caller, "revoke mesh-wide attributes")?;
+                check_attribute(attribute)?;
+                if let Some(set) = self.state.grants.get_mut(address) {
+                    set.remove(attribute);
+                    if set.is_empty() {
+                        self.state.grants.remove(address);
+                    }
+                }
+                Ok(self.attributes_of(*address))
+            }
+        }
+    }
+
+    fn register(&mut self, caller: Address, name: &str, target: &str, now_ms: u64) -> Result<Outcome, CmtpError> {
+        let name = self.policy.normalize(name).map_err(RegistrarError::from)?;
+        check_target(target).map_err(RegistrarError::from)?;
+        if let Some(existing) = self.state.names.get(&name) {
+            return Err(RegistrarError::Taken {
+                name,
+                owner: existing.owner,
+            }
+            .into());
+        }
+        let record = NameRecord {
+            name: name.clone(),
+            owner: caller,
+            target: target.to_owned(),
+            registered_at: now_ms,
+            updated_at: now_ms,
+        };
+        self.state.names.insert(name, record.clone());
+        let change = NameChange::registered(&record);
+        Ok(Outcome::Name { record, change })
+    }
+
+    fn transfer(&mut self, caller: Address, name: &str, to: Address, now_ms: u64) -> Result<Outcome, CmtpError> {
+        let name = self.owned_by(caller, name, "transfer")?;
+        let Some(record) = self.state.names.get_mut(&name) else {
+            return Err(RegistrarError::NotFound { name }.into());
+        };
+        if record.owner != to {
+            record.owner = to;
+            record.updated_at = now_ms.max(record.registered_at);
+        }
+        let record = record.clone();
+        let change = NameChange::transferred(&record, caller);
+        Ok(Outcome::Name { record, change })
+    }
+
+    fn release(&mut self, caller: Address, name: &str) -> Result<Outcome, CmtpError> {
+        let name = self.owned_by(caller, name, "release")?;
+        let Some(record) = self.state.names.remove(&name) else {
+            return Err(RegistrarError::NotFound { name }.into());
+        };
+        let change = NameChange::released(&record);
+        Ok(Outcome::Name { record, change })
+    }
+
+    /// The normalised name, if `caller` owns it.
+    fn owned_by(&self, caller: Address, name: &str, action: &'static str) -> Result<String, CmtpError> {
+        let name = self.policy.normalize(name).map_err(RegistrarError::from)?;
+        match self.state.names.get(&name) {
+            None => Err(RegistrarError::NotFound { name }.into()),
+            Some(record) if record.owner != caller => Err(RegistrarError::NotOwner {
+                name,
+                owner: record.owner,
+                action,
+            }
+            .into()),
+            Some(_) => Ok(name),
+        }
+    }
+
+    fn require_admin(&self, caller: Address, action: &'static str) -> Result<(), Refusal> {
+        if self.is_admin(&caller) {
+            Ok(())
+        } else {
+            Err(Refusal::NotAdmin { caller, action })
+        }
+    }
+
+    fn is_last_voter(&self, node: &Address) -> bool {
+        self.state.nodes.get(node) == Some(&Role::Voter)
+            && self.state.nodes.values().filter(|role| **role == Role::Voter).count() == 1
+    }
+
+    fn attributes_of(&self, address: Address) -> Outcome {
+        Outcome::Attributes {
+            address,
+            attributes: self.attributes(&address),
+        }
+    }
+}
+
+fn check_attribute(attribute: &str) -> Result<(), Refusal> {
+    if is_attribute(attribute) {
+        Ok(())
+    } else {
+        Err(Refusal::BadAttribute(attribute.to_string()))
+    }
+}

@@ -1,0 +1,373 @@
+//! The registry as a state machine: who may change what, which entries do not count, and
+//! (property) that a snapshot restored anywhere goes on exactly as the original.
+
+use cmesh_common::genesis::Genesis;
+use cmesh_common::{Address, SigningKey, Status};
+use cmesh_consensus::{Applied, Command, EntryBody, EntryFault, EntryId, Outcome, Registry, Role, REPLAY_WINDOW_MS};
+use proptest::prelude::*;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes([seed; 32]).expect("a valid secret key")
+}
+
+/// Keys 1 (admin), 2 and 3 (genesis voters), 4..=6 (clients or later nodes).
+fn genesis() -> Genesis {
+    Genesis::new("test", vec![key(1).address()], vec![key(2).address(), key(3).address()]).unwrap()
+}
+
+fn registry() -> Registry {
+    Registry::from_genesis(&genesis()).unwrap()
+}
+
+struct Proposal {
+    proposer: u8,
+    caller: Address,
+    time_ms: u64,
+    id: u8,
+}
+
+fn entry(registry: &Registry, proposal: &Proposal, command: Command) -> cmesh_consensus::SignedEntry {
+    EntryBody {
+        mesh: registry.mesh(),
+        command,
+        caller: proposal.caller,
+        time_ms: proposal.time_ms,
+        id: EntryId([proposal.id; 16]),
+    }
+    .sign(&key(proposal.proposer))
+}
+
+fn by(caller: u8, id: u8) -> Proposal {
+    Proposal {
+        proposer: 2,
+        caller: key(caller).address(),
+        time_ms: 1_000 + u64::from(id),
+        id,
+    }
+}
+
+fn refused_status(applied: &Applied) -> Status {
+    match applied {
+        Applied::Refused(error) => error.status,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn genesis_voters_are_admitted_and_only_admins_change_nodes() {
+    let mut registry = registry();
+    assert_eq!(registry.role(&key(2).address()), Some(Role::Voter));
+    assert_eq!(registry.role(&key(4).address()), None);
+
+    let admit = Command::Admit {
+        node: key(4).address(),
+        role: Role::Learner,
+    };
+    let by_stranger = registry.apply(&entry(&registry, &by(5, 1), admit.clone()));
+    assert_eq!(refused_status(&by_stranger), Status::FORBIDDEN);
+    assert_eq!(registry.role(&key(4).address()), None);
+
+    let by_admin = registry.apply(&entry(&registry, &by(1, 2), admit));
+    assert_eq!(
+        by_admin,
+        Applied::Done(Outcome::Node {
+            node: key(4).address(),
+            role: Some(Role::Learner)
+        })
+    );
+    assert_eq!(registry.role(&key(4).address()), Some(Role::Learner));
+
+    let remove = |node: u8| Command::Remove {
+        node: key(node).address(),
+    };
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(1, 3), remove(4))),
+        Applied::Done(_)
+    ));
+    assert_eq!(registry.role(&key(4).address()), None);
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(1, 4), remove(4)))),
+        Status::NOT_FOUND
+    );
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(1, 5), remove(3))),
+        Applied::Done(_)
+    ));
+    // Node 2 is now the only voter: it can be neither removed nor demoted.
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(1, 6), remove(2)))),
+        Status::CONFLICT
+    );
+    let demote = Command::Admit {
+        node: key(2).address(),
+        role: Role::Member,
+    };
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(1, 7), demote))),
+        Status::CONFLICT
+    );
+}
+
+#[test]
+fn entries_that_do_not_count_change_nothing() {
+    let mut registry = registry();
+    let register = Command::Register {
+        name: "hello.mcom".into(),
+        target: "I:whoami".into(),
+    };
+    let before = registry.clone();
+
+    // A key the registry never admitted, signing correctly.
+    let stranger = Proposal {
+        proposer: 6,
+        ..by(4, 1)
+    };
+    let applied = registry.apply(&entry(&registry, &stranger, register.clone()));
+    assert_eq!(
+        applied,
+        Applied::Ignored(EntryFault::NotAdmitted {
+            proposer: key(6).address()
+        })
+    );
+
+    // An admitted node's entry with a signature that is not its own.
+    let mut forged = entry(&registry, &by(4, 2), register.clone());
+    forged.proposer = key(3).address();
+    assert!(matches!(
+        registry.apply(&forged),
+        Applied::Ignored(EntryFault::BadSignature { .. })
+    ));
+
+    // A body changed after signing.
+    let mut tampered = entry(&registry, &by(4, 3), register.clone());
+    tampered.body.caller = key(5).address();
+    assert!(matches!(
+        registry.apply(&tampered),
+        Applied::Ignored(EntryFault::BadSignature { .. })
+    ));
+
+    // Another mesh's entry.
+    let other = Registry::from_genesis(&Genesis::new("other", vec![key(1).address()], vec![key(2).address()]).unwrap())
+        .unwrap();
+    let foreign = entry(&other, &by(4, 4), register.clone());
+    assert!(matches!(
+        registry.apply(&foreign),
+        Applied::Ignored(EntryFault::OtherMesh { .. })
+    ));
+    assert_eq!(registry, before, "nothing that did not count changed the registry");
+
+    // A good entry counts once; its replay is ignored, and so is one older than the window.
+    let good = entry(&registry, &by(4, 5), register);
+    assert!(matches!(registry.apply(&good), Applied::Done(Outcome::Name { .. })));
+    let after = registry.clone();
+    assert_eq!(registry.apply(&good), Applied::Ignored(EntryFault::Replayed));
+    let late = Proposal {
+        time_ms: 1_000 + REPLAY_WINDOW_MS + 10,
+        ..by(4, 6)
+    };
+    let release = Command::Release {
+        name: "hello.mcom".into(),
+    };
+    let stale = entry(&registry, &by(4, 7), release.clone());
+    assert!(matches!(
+        registry.apply(&entry(
+            &registry,
+            &late,
+            Command::Register {
+                name: "late.mcom".into(),
+                target: "I:whoami".into()
+            }
+        )),
+        Applied::Done(_)
+    ));
+    assert!(matches!(
+        registry.apply(&stale),
+        Applied::Ignored(EntryFault::Stale { .. })
+    ));
+    assert!(registry.resolve("hello.mcom").is_ok(), "the stale release did not run");
+    assert_ne!(registry, after);
+}
+
+#[test]
+fn names_keep_the_registrar_rules_and_statuses() {
+    let mut registry = registry();
+    let register = |name: &str| Command::Register {
+        name: name.into(),
+        target: "I:whoami".into(),
+    };
+    let applied = registry.apply(&entry(&registry, &by(4, 1), register("Hello.mcom")));
+    let Applied::Done(Outcome::Name { record, change }) = applied else {
+        panic!("register failed: {applied:?}");
+    };
+    assert_eq!(record.name, "hello.mcom");
+    assert_eq!(record.owner, key(4).address());
+    assert_eq!(
+        record.registered_at, 1_001,
+        "the time is the entry's, the same on every replica"
+    );
+    assert!(!change.is_noop());
+
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(5, 2), register("hello.mcom")))),
+        Status::CONFLICT
+    );
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(5, 3), register("bad name")))),
+        Status::UNPROCESSABLE
+    );
+    let steal = Command::Transfer {
+        name: "hello.mcom".into(),
+        to: key(5).address(),
+    };
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(5, 4), steal.clone()))),
+        Status::FORBIDDEN
+    );
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(4, 5), steal)),
+        Applied::Done(_)
+    ));
+    assert_eq!(registry.resolve("hello.mcom").unwrap().owner, key(5).address());
+    let release = Command::Release {
+        name: "hello.mcom".into(),
+    };
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(4, 6), release.clone()))),
+        Status::FORBIDDEN
+    );
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(5, 7), release.clone())),
+        Applied::Done(_)
+    ));
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(5, 8), release))),
+        Status::NOT_FOUND
+    );
+}
+
+#[test]
+fn mesh_grants_need_an_admin_and_a_granted_admin_is_one() {
+    let mut registry = registry();
+    let grant = |address: u8, attribute: &str| Command::Grant {
+        address: key(address).address(),
+        attribute: attribute.into(),
+    };
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(4, 1), grant(4, "role=admin")))),
+        Status::FORBIDDEN
+    );
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(1, 2), grant(4, "no attribute")))),
+        Status::UNPROCESSABLE
+    );
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(1, 3), grant(4, "role=admin"))),
+        Applied::Done(_)
+    ));
+    assert!(registry.is_admin(&key(4).address()));
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(4, 4), grant(5, "team=blue"))),
+        Applied::Done(_)
+    ));
+    assert_eq!(registry.attributes(&key(5).address()), vec!["team=blue".to_string()]);
+    let revoke = Command::Revoke {
+        address: key(4).address(),
+        attribute: "role=admin".into(),
+    };
+    assert!(matches!(
+        registry.apply(&entry(&registry, &by(1, 5), revoke)),
+        Applied::Done(_)
+    ));
+    assert!(!registry.is_admin(&key(4).address()));
+    assert_eq!(
+        refused_status(&registry.apply(&entry(&registry, &by(4, 6), grant(6, "team=red")))),
+        Status::FORBIDDEN
+    );
+}
+
+/// A command from a small universe, so that sequences hit the same names and nodes.
+fn command() -> impl Strategy<Value = Command> {
+    let who = 1u8..=6;
+    let name = prop::sample::select(vec!["a.mcom", "b.mcom", "c.mcom", "bad name"]);
+    let role = prop::sample::select(vec![Role::Voter, Role::Learner, Role::Member]);
+    let attribute = prop::sample::select(vec!["role=admin", "team=blue", "x"]);
+    prop_oneof![
+        (who.clone(), role).prop_map(|(n, role)| Command::Admit {
+            node: key(n).address(),
+            role
+        }),
+        who.clone().prop_map(|n| Command::Remove { node: key(n).address() }),
+        name.clone().prop_map(|name| Command::Register {
+            name: name.into(),
+            target: "I:whoami".into()
+        }),
+        (name.clone(), who.clone()).prop_map(|(name, n)| Command::Transfer {
+            name: name.into(),
+            to: key(n).address()
+        }),
+        name.prop_map(|name| Command::Release { name: name.into() }),
+        (who.clone(), attribute.clone()).prop_map(|(n, attribute)| Command::Grant {
+            address: key(n).address(),
+            attribute: attribute.into()
+        }),
+        (who, attribute).prop_map(|(n, attribute)| Command::Revoke {
+            address: key(n).address(),
+            attribute: attribute.into()
+        }),
+    ]
+}
+
+/// (proposer, caller, time step, id, command): ids from a small range so replays happen,
+/// proposers from all keys so strangers propose too.
+fn entries() -> impl Strategy<Value = Vec<(u8, u8, u64, u8, Command)>> {
+    prop::collection::vec((1u8..=6, 1u8..=6, 0u64..200_000, 0u8..40, command()), 0..60)
+}
+
+fn signed(registry: &Registry, step: &(u8, u8, u64, u8, Command), clock: &mut u64) -> cmesh_consensus::SignedEntry {
+    let (proposer, caller, advance, id, command) = step;
+    *clock += advance;
+    let proposal = Proposal {
+        proposer: *proposer,
+        caller: key(*caller).address(),
+        time_ms: *clock,
+        id: *id,
+    };
+    entry(registry, &proposal, command.clone())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Apply a prefix, snapshot, restore; the rest of the log then gives the same results
+    /// and the same registry on the original and the restored copy.
+    #[test]
+    fn apply_then_snapshot_then_restore_is_the_same_registry(log in entries(), cut in 0usize..60) {
+        let mut original = registry();
+        let cut = cut.min(log.len());
+        let mut clock = 0;
+        for step in &log[..cut] {
+            let entry = signed(&original, step, &mut clock);
+            original.apply(&entry);
+        }
+        let mut restored = Registry::restore(&original.snapshot()).unwrap();
+        prop_assert_eq!(&restored, &original);
+        for step in &log[cut..] {
+            let entry = signed(&original, step, &mut clock);
+            prop_assert_eq!(original.apply(&entry), restored.apply(&entry));
+        }
+        prop_assert_eq!(&restored, &original);
+        prop_assert_eq!(restored.snapshot(), original.snapshot());
+    }
+
+    /// Whatever the log, at least one voter stays admitted.
+    #[test]
+    fn a_voter_always_remains(log in entries()) {
+        let mut registry = registry();
+        let mut clock = 0;
+        for step in &log {
+            let entry = signed(&registry, step, &mut clock);
+            registry.apply(&entry);
+            prop_assert!(registry.nodes().values().any(|role| *role == Role::Voter));
+        }
+    }
+}
