@@ -261,13 +261,7 @@ impl Registry {
             }
             .into());
         }
-        let record = NameRecord {
-            name: name.clone(),
-            owner: caller,
-            target: target.to_owned(),
-            registered_at: now_ms,
-            updated_at: now_ms,
-        };
+        let record = NameRecord::registered(name.clone(), caller, target, now_ms);
         self.state.names.insert(name, record.clone());
         let change = NameChange::registered(&record);
         Ok(Outcome::Name { record, change })

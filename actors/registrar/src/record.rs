@@ -23,6 +23,19 @@ pub struct NameRecord {
     pub updated_at: u64,
 }
 
+impl NameRecord {
+    /// A fresh registration of the (normalised) `name` to `owner`, made at `now_ms`.
+    pub fn registered(name: String, owner: Address, target: &str, now_ms: u64) -> Self {
+        NameRecord {
+            name,
+            owner,
+            target: target.to_owned(),
+            registered_at: now_ms,
+            updated_at: now_ms,
+        }
+    }
+}
+
 /// What kind of write a [`NameChange`] describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -103,13 +103,7 @@ impl RegistrarStore {
     ) -> Result<(NameRecord, NameChange), RegistrarError> {
         let name = self.policy.normalize(name)?;
         check_target(target)?;
-        let record = NameRecord {
-            name: name.clone(),
-            owner: caller,
-            target: target.to_owned(),
-            registered_at: now_ms,
-            updated_at: now_ms,
-        };
+        let record = NameRecord::registered(name.clone(), caller, target, now_ms);
         let bytes = encode(&record)?;
         let done = self.write("registering", |table| {
             if let Some(existing) = get(table, &name)? {
