@@ -58,6 +58,18 @@ pub fn is_attribute(text: &str) -> bool {
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// [`is_attribute`], as the 422 a caller who named a bad attribute gets.
+pub fn check_attribute(attribute: &str) -> Result<(), crate::CmtpError> {
+    if is_attribute(attribute) {
+        Ok(())
+    } else {
+        Err(crate::CmtpError::new(
+            crate::Status::UNPROCESSABLE,
+            format!("`{attribute}` is not an attribute: write key=value (key of a-z, 0-9, _ . -; value without spaces; 128 bytes at most)"),
+        ))
+    }
+}
+
 /// A method's default permission, as written in the table.
 enum Needs {
     Public,

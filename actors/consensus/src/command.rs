@@ -38,18 +38,3 @@ pub enum Command {
     /// `iam.revoke {address, attribute}`. Mesh admins only.
     Revoke { address: Address, attribute: String },
 }
-
-impl Command {
-    /// The method name a client uses for it, for logs and errors.
-    pub fn method(&self) -> &'static str {
-        match self {
-            Command::Admit { .. } => "mesh.admit",
-            Command::Remove { .. } => "mesh.remove",
-            Command::Register { .. } => "registrar.register",
-            Command::Transfer { .. } => "registrar.transfer",
-            Command::Release { .. } => "registrar.release",
-            Command::Grant { .. } => "iam.grant",
-            Command::Revoke { .. } => "iam.revoke",
-        }
-    }
-}

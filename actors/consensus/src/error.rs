@@ -36,11 +36,6 @@ pub enum Refusal {
     /// 409.
     #[error("node {node} is the last voter; admit another voter first")]
     LastVoter { node: Address },
-    /// 422.
-    #[error(
-        "`{0}` is not an attribute: write key=value (key of a-z, 0-9, _ . -; value without spaces; 128 bytes at most)"
-    )]
-    BadAttribute(String),
 }
 
 impl Refusal {
@@ -49,7 +44,6 @@ impl Refusal {
             Refusal::NotAdmin { .. } => Status::FORBIDDEN,
             Refusal::UnknownNode { .. } => Status::NOT_FOUND,
             Refusal::LastVoter { .. } => Status::CONFLICT,
-            Refusal::BadAttribute(_) => Status::UNPROCESSABLE,
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cmesh_common::genesis::{Genesis, MeshId};
-use cmesh_common::method::is_attribute;
+use cmesh_common::method::check_attribute;
 use cmesh_common::{Address, CmtpError};
 use cmesh_registrar::{check_target, NameChange, NamePolicy, NameRecord, RegistrarError, TldConfigError};
 use serde::{Deserialize, Serialize};
@@ -269,9 +269,11 @@ impl Registry {
 
     fn transfer(&mut self, caller: Address, name: &str, to: Address, now_ms: u64) -> Result<Outcome, CmtpError> {
         let name = self.owned_by(caller, name, "transfer")?;
-        let Some(record) = self.state.names.get_mut(&name) else {
-            return Err(RegistrarError::NotFound { name }.into());
-        };
+        let record = self
+            .state
+            .names
+            .get_mut(&name)
+            .ok_or_else(|| RegistrarError::NotFound { name })?;
         if record.owner != to {
             record.owner = to;
             record.updated_at = now_ms.max(record.registered_at);
@@ -283,9 +285,11 @@ impl Registry {
 
     fn release(&mut self, caller: Address, name: &str) -> Result<Outcome, CmtpError> {
         let name = self.owned_by(caller, name, "release")?;
-        let Some(record) = self.state.names.remove(&name) else {
-            return Err(RegistrarError::NotFound { name }.into());
-        };
+        let record = self
+            .state
+            .names
+            .remove(&name)
+            .ok_or_else(|| RegistrarError::NotFound { name })?;
         let change = NameChange::released(&record);
         Ok(Outcome::Name { record, change })
     }
@@ -293,16 +297,13 @@ impl Registry {
     /// The normalised name, if `caller` owns it.
     fn owned_by(&self, caller: Address, name: &str, action: &'static str) -> Result<String, CmtpError> {
         let name = self.policy.normalize(name).map_err(RegistrarError::from)?;
-        match self.state.names.get(&name) {
-            None => Err(RegistrarError::NotFound { name }.into()),
-            Some(record) if record.owner != caller => Err(RegistrarError::NotOwner {
-                name,
-                owner: record.owner,
-                action,
-            }
-            .into()),
-            Some(_) => Ok(name),
-        }
+        let record = self
+            .state
+            .names
+            .get(&name)
+            .ok_or_else(|| RegistrarError::NotFound { name: name.clone() })?;
+        record.check_owner(caller, action)?;
+        Ok(name)
     }
 
     fn require_admin(&self, caller: Address, action: &'static str) -> Result<(), Refusal> {
@@ -323,13 +324,5 @@ impl Registry {
             address,
             attributes: self.attributes(&address),
         }
-    }
-}
-
-fn check_attribute(attribute: &str) -> Result<(), Refusal> {
-    if is_attribute(attribute) {
-        Ok(())
-    } else {
-        Err(Refusal::BadAttribute(attribute.to_string()))
     }
 }

@@ -17,7 +17,7 @@ use crate::config::IamConfig;
 use crate::error::IamError;
 use crate::messages::*;
 use crate::peers::{Announcement, PeerTable};
-use cmesh_common::method::{is_attribute, Method, Permission};
+use cmesh_common::method::{check_attribute, Method, Permission};
 
 use crate::permissions::Permissions;
 use crate::sessions::{SessionId, Sessions};
@@ -359,17 +359,6 @@ impl Handler<Login> for IamActor {
                     })
                 }),
         )
-    }
-}
-
-fn check_attribute(attribute: &str) -> Result<(), CmtpError> {
-    if is_attribute(attribute) {
-        Ok(())
-    } else {
-        Err(CmtpError::new(
-            Status::UNPROCESSABLE,
-            format!("`{attribute}` is not an attribute: write key=value (key of a-z, 0-9, _ . -; value without spaces; 128 bytes at most)"),
-        ))
     }
 }
 

@@ -6,6 +6,8 @@
 //! and between nodes).
 
 use cmesh_common::Address;
+
+use crate::error::RegistrarError;
 use serde::{Deserialize, Serialize};
 
 /// One registered name.
@@ -32,6 +34,19 @@ impl NameRecord {
             target: target.to_owned(),
             registered_at: now_ms,
             updated_at: now_ms,
+        }
+    }
+
+    /// 403 unless `caller` owns the name; `action` says what they tried.
+    pub fn check_owner(&self, caller: Address, action: &'static str) -> Result<(), RegistrarError> {
+        if self.owner == caller {
+            Ok(())
+        } else {
+            Err(RegistrarError::NotOwner {
+                name: self.name.clone(),
+                owner: self.owner,
+                action,
+            })
         }
     }
 }

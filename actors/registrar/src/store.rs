@@ -284,13 +284,7 @@ fn owned_by(
     action: &'static str,
 ) -> Result<NameRecord, RegistrarError> {
     let record = get(table, name)?.ok_or_else(|| RegistrarError::NotFound { name: name.to_owned() })?;
-    if record.owner != caller {
-        return Err(RegistrarError::NotOwner {
-            name: name.to_owned(),
-            owner: record.owner,
-            action,
-        });
-    }
+    record.check_owner(caller, action)?;
     Ok(record)
 }
 
