@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::hash::keccak256;
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `Default` is the zero address, which no key has: Raft (openraft) needs a default node id.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Address(pub [u8; 20]);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +45,16 @@ impl Address {
             }
         }
         out
+    }
+}
+
+/// A numbered address (the number big-endian in the last 8 bytes), which no key has:
+/// openraft's storage test suite names its nodes by number.
+impl From<u64> for Address {
+    fn from(number: u64) -> Self {
+        let mut bytes = [0u8; 20];
+        bytes[12..].copy_from_slice(&number.to_be_bytes());
+        Address(bytes)
     }
 }
 

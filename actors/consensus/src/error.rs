@@ -65,3 +65,45 @@ impl EntryFault {
         }
     }
 }
+
+/// Why a write or a read through Raft did not complete. Each says whether the client may
+/// simply retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    /// 503: no leader could be reached; nothing was written.
+    #[error("the mesh registry has no reachable leader ({reason}); nothing was written, retry in a few seconds")]
+    NoLeader { reason: String },
+    /// 503: the leader was lost while the write was in flight.
+    #[error(
+        "the mesh registry's leader did not answer ({reason}); the write may or may not have committed: \
+         read it back (for a name, resolve it) before retrying"
+    )]
+    FateUnknown { reason: String },
+    /// 503: the registry cannot serve (Raft stopped, or this node is refused by its peers).
+    #[error("the mesh registry is unavailable: {0}")]
+    Unavailable(String),
+    /// 413.
+    #[error("the registry entry is {size} bytes; at most {max} are taken")]
+    TooLarge { size: usize, max: usize },
+    /// 500.
+    #[error("the mesh registry failed: {0}")]
+    Internal(String),
+}
+
+impl ConsensusError {
+    pub fn status(&self) -> Status {
+        match self {
+            ConsensusError::NoLeader { .. } | ConsensusError::FateUnknown { .. } | ConsensusError::Unavailable(_) => {
+                Status::UNAVAILABLE
+            }
+            ConsensusError::TooLarge { .. } => Status::PAYLOAD_TOO_LARGE,
+            ConsensusError::Internal(_) => Status::INTERNAL,
+        }
+    }
+}
+
+impl From<ConsensusError> for CmtpError {
+    fn from(error: ConsensusError) -> Self {
+        CmtpError::new(error.status(), error.to_string())
+    }
+}

@@ -1,21 +1,36 @@
 //! Consensus: the mesh registry (admitted nodes, names, mesh-wide grants) and the signed
 //! entries that change it.
 //!
-//! Why this crate: seed 002 gives Raft everything that needs a total order. This first
-//! part is the state machine and its log entries, pure and testable without I/O; the Raft
-//! node (openraft, redb storage, NATS transport) drives it.
+//! Why this crate: seed 002 gives Raft everything that needs a total order. The state
+//! machine and its entries are pure and testable without I/O; the Raft node (openraft,
+//! redb storage, signed NATS transport) drives them.
 //!
 //! - [`command`]: [`Command`] and [`Role`], what an entry asks.
 //! - [`entry`]: [`SignedEntry`], a command signed by the node that proposed it.
 //! - [`registry`]: [`Registry`], the deterministic state machine, with snapshots.
-//! - [`error`]: [`EntryFault`] (an entry that does not count) and [`Refusal`].
+//! - [`error`]: [`EntryFault`] (an entry that does not count), [`Refusal`], and
+//!   [`ConsensusError`] (a write or read that did not complete).
+//! - [`raft_types`]: openraft's type configuration; a Raft entry is a [`raft_types::Batch`].
+//! - [`store`]: the log, the vote and snapshots in redb; the registry as state machine.
+//! - [`wire`], [`requester`], [`network`]: the signed RPCs on `cmesh.raft.<mesh>.<node>`.
+//! - [`settings`]: timeouts and batch sizes.
+//! - [`node`]: [`ConsensusNode`], one node's Raft, server, batcher and membership upkeep.
 
 pub mod command;
 pub mod entry;
 pub mod error;
+pub mod network;
+pub mod node;
+pub mod raft_types;
 pub mod registry;
+pub mod requester;
+pub mod settings;
+pub mod store;
+pub mod wire;
 
 pub use command::{Command, Role};
 pub use entry::{EntryBody, EntryId, SignedEntry, ENTRY_DOMAIN};
-pub use error::{EntryFault, Refusal};
+pub use error::{ConsensusError, EntryFault, Refusal};
+pub use node::{ConsensusNode, ConsensusStatus, Consistency, ReadInfo};
 pub use registry::{Applied, Outcome, Registry, RestoreError, ADMIN_ATTRIBUTE, REPLAY_WINDOW_MS};
+pub use settings::ConsensusSettings;

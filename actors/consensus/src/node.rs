@@ -1,0 +1,724 @@
+//! One node's part in the mesh registry: its Raft (openraft, over [`crate::network`],
+//! stored by [`crate::store`]), the server for its peers' requests, the leader's batcher
+//! and the leader's membership upkeep.
+//!
+//! Why the registry drives Raft's membership: who is a voter or a learner is decided by
+//! signed, admin-checked `admit` and `remove` entries, applied like every other command.
+//! The leader then changes Raft's membership to match (joint consensus, through
+//! openraft), so the registry is the one place where admission is decided.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use cmesh_common::genesis::{Genesis, MeshId};
+use cmesh_common::time::unix_millis;
+use cmesh_common::{Address, SigningKey};
+use futures::StreamExt;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, EmptyNode, ServerState};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::command::{Command, Role};
+use crate::entry::{EntryBody, EntryId, SignedEntry};
+use crate::error::ConsensusError;
+use crate::network::NatsNetwork;
+use crate::raft_types::{Batch, Raft};
+use crate::registry::{Applied, Registry};
+use crate::requester::{CallError, Requester};
+use crate::settings::ConsensusSettings;
+use crate::store::{self, MachineState, RegistryMachine};
+use crate::wire::{node_subject, Committed, LeaderError, ReplyBody, RequestBody, Rpc, RpcReply, REQUEST_WINDOW_MS};
+
+/// Largest signed registry entry taken, encoded. A command is small (a name of at most
+/// 127 characters and a target of at most 1 KiB); the cap keeps a batch within a message.
+pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Through the leader's read index: sees every write acknowledged before it began.
+    #[default]
+    Linearizable,
+    /// This node's replica as it is: fast, possibly behind.
+    Local,
+}
+
+/// How far the replica that answered a read had applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReadInfo {
+    pub applied: Option<u64>,
+    /// True when this node has not heard from a leader within an election timeout, so
+    /// the replica may be behind the mesh.
+    pub stale: bool,
+}
+
+/// What `C:status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsensusStatus {
+    pub node: Address,
+    /// This node's role in the registry (none: not admitted).
+    pub role: Option<Role>,
+    /// Its Raft state: leader, follower, candidate or learner.
+    pub raft: String,
+    pub leader: Option<Address>,
+    pub term: u64,
+    pub last_log: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub voters: Vec<Address>,
+    pub learners: Vec<Address>,
+}
+
+struct Proposal {
+    entry: SignedEntry,
+    /// The result and the log index of the Raft entry that carried it.
+    done: oneshot::Sender<Result<(Applied, u64), LeaderError>>,
+}
+
+/// A node of the mesh registry. Clones share the node.
+#[derive(Clone)]
+pub struct ConsensusNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    address: Address,
+    mesh: MeshId,
+    key: SigningKey,
+    raft: Raft,
+    machine: RegistryMachine,
+    requester: Arc<Requester>,
+    proposals: mpsc::Sender<Proposal>,
+    settings: ConsensusSettings,
+    /// When a leader's append was last taken here.
+    leader_contact: Mutex<Option<Instant>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ConsensusNode {
+    /// Opens the store at `path`, starts Raft and serves peers on `client`. A genesis
+    /// voter whose log is empty proposes the genesis membership (all genesis voters do
+    /// the same, so it is one membership).
+    pub async fn start(
+        genesis: &Genesis,
+        key: SigningKey,
+        path: &Path,
+        client: async_nats::Client,
+        settings: ConsensusSettings,
+    ) -> Result<ConsensusNode, ConsensusError> {
+        let address = key.address();
+        let mesh = genesis.mesh_id();
+        let registry = Registry::from_genesis(genesis).map_err(|e| ConsensusError::Internal(e.to_string()))?;
+        let (log, machine) = store::open(path, registry).map_err(|e| ConsensusError::Internal(e.to_string()))?;
+        let config = settings
+            .raft_config(mesh.to_string())
+            .map_err(|e| ConsensusError::Internal(format!("consensus settings: {e}")))?;
+        let requester = Arc::new(
+            Requester::start(client.clone(), key.clone(), mesh)
+                .await
+                .map_err(|e| ConsensusError::Internal(e.to_string()))?,
+        );
+        let raft = Raft::new(
+            address,
+            Arc::new(config),
+            NatsNetwork::new(requester.clone()),
+            log,
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| ConsensusError::Internal(format!("starting Raft: {e}")))?;
+        let subscription = client
+            .subscribe(node_subject(&mesh, &address))
+            .await
+            .map_err(|e| ConsensusError::Internal(format!("subscribing the consensus subject: {e}")))?;
+        let (proposals, queue) = mpsc::channel(settings.batch_entries * 4);
+        let node = ConsensusNode {
+            inner: Arc::new(Inner {
+                address,
+                mesh,
+                key,
+                raft: raft.clone(),
+                machine,
+                requester,
+                proposals,
+                settings,
+                leader_contact: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let tasks = vec![
+            tokio::spawn(serve(node.clone(), client, subscription)),
+            tokio::spawn(run_batcher(node.clone(), queue)),
+            tokio::spawn(keep_membership(node.clone())),
+        ];
+        node.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(tasks);
+        if genesis.voters.contains(&address)
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| ConsensusError::Internal(e.to_string()))?
+        {
+            let voters: BTreeSet<Address> = genesis.voters.iter().copied().collect();
+            match raft.initialize(voters).await {
+                Ok(()) => info!(node = %address, "registry log started from the genesis voters"),
+                Err(error) => debug!(node = %address, %error, "registry log already started"),
+            }
+        }
+        info!(node = %address, %mesh, "consensus node started");
+        Ok(node)
+    }
+
+    pub fn address(&self) -> Address {
+        self.inner.address
+    }
+
+    pub fn mesh(&self) -> MeshId {
+        self.inner.mesh
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// This node's replica, as applied so far (no consistency guarantee).
+    pub fn replica(&self) -> std::sync::RwLockReadGuard<'_, MachineState> {
+        self.inner.machine.read()
+    }
+
+    /// Signs `command` as run by `caller`, has it committed, and gives what it did.
+    pub async fn propose(&self, command: Command, caller: Address) -> Result<Applied, ConsensusError> {
+        let id =
+            EntryId::random().map_err(|e| ConsensusError::Internal(format!("no randomness for an entry id: {e}")))?;
+        let entry = EntryBody {
+            mesh: self.inner.mesh,
+            command,
+            caller,
+            time_ms: unix_millis(),
+            id,
+        }
+        .sign(&self.inner.key);
+        self.submit(entry).await
+    }
+
+    /// Has a signed entry committed: by this node's batcher when it leads, else by the
+    /// leader. Retries only where nothing can have been appended.
+    pub async fn submit(&self, entry: SignedEntry) -> Result<Applied, ConsensusError> {
+        let size = rmp_serde::to_vec_named(&entry).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > MAX_ENTRY_BYTES {
+            return Err(ConsensusError::TooLarge {
+                size,
+                max: MAX_ENTRY_BYTES,
+            });
+        }
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = if leader == self.inner.address {
+                self.submit_here(entry.clone()).await
+            } else {
+                match self
+                    .inner
+                    .requester
+                    .call(leader, Rpc::Propose(vec![entry.clone()]), remaining)
+                    .await
+                {
+                    Ok(RpcReply::Propose(Ok(Committed { mut results, index }))) if results.len() == 1 => results
+                        .pop()
+                        .map(|applied| (applied, index))
+                        .ok_or_else(|| LeaderError::Unavailable("the leader gave no result".to_string())),
+                    Ok(RpcReply::Propose(Err(error))) => Err(error),
+                    Ok(RpcReply::Refused(reason)) => {
+                        return Err(ConsensusError::Unavailable(format!(
+                            "{leader} refuses this node: {reason}"
+                        )))
+                    }
+                    Ok(other) => {
+                        return Err(ConsensusError::Internal(format!(
+                            "{leader} answered a proposal with {other:?}"
+                        )))
+                    }
+                    // Not delivered: safe to try again.
+                    Err(CallError::NoResponders { .. } | CallError::Send { .. }) => {
+                        Err(LeaderError::NotLeader { leader: None })
+                    }
+                    Err(error) => {
+                        return Err(ConsensusError::FateUnknown {
+                            reason: error.to_string(),
+                        })
+                    }
+                }
+            };
+            match outcome {
+                Ok((applied, index)) => {
+                    self.wait_for_own_replica(index, deadline).await;
+                    return Ok(applied);
+                }
+                Err(LeaderError::NotLeader { leader: hint }) => {
+                    debug!(?hint, "proposal: not the leader, trying again");
+                    if Instant::now() >= deadline {
+                        return Err(ConsensusError::NoLeader {
+                            reason: "the leader changed and no new one took the write in time".to_string(),
+                        });
+                    }
+                    self.changed_leader(leader, deadline).await;
+                }
+                Err(LeaderError::Unavailable(reason)) => return Err(ConsensusError::FateUnknown { reason }),
+            }
+        }
+    }
+
+    /// Read-your-writes on this node: a replica waits (until `deadline`) to have applied
+    /// the entry that carried its own committed write, so that a local read sees it.
+    async fn wait_for_own_replica(&self, index: u64, deadline: Instant) {
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let is_replica = membership
+            .membership()
+            .nodes()
+            .any(|(node, _)| *node == self.inner.address);
+        if !is_replica {
+            return;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Err(error) = self
+            .inner
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "own write")
+            .await
+        {
+            debug!(%error, index, "the write committed; this replica has not applied it yet");
+        }
+    }
+
+    async fn submit_here(&self, entry: SignedEntry) -> Result<(Applied, u64), LeaderError> {
+        let (done, result) = oneshot::channel();
+        if self.inner.proposals.send(Proposal { entry, done }).await.is_err() {
+            return Err(LeaderError::Unavailable("the batcher stopped".to_string()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(LeaderError::Unavailable("the batcher dropped the write".to_string())))
+    }
+
+    /// The current leader, waiting for one until `deadline`.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<Address, ConsensusError> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ConsensusError::Unavailable("Raft stopped".to_string())),
+                Err(_) => {
+                    return Err(ConsensusError::NoLeader {
+                        reason: "no leader elected".to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits until the leader is no longer `former` (or a short while), before a retry.
+    async fn changed_leader(&self, former: Address, deadline: Instant) {
+        let mut metrics = self.inner.raft.metrics();
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.inner.settings.heartbeat * 2);
+        let _ = tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader != Some(former))).await;
+    }
+
+    /// Runs `read` on the registry with the given consistency.
+    pub async fn read<T>(
+        &self,
+        consistency: Consistency,
+        read: impl FnOnce(&Registry) -> T,
+    ) -> Result<(T, ReadInfo), ConsensusError> {
+        if consistency == Consistency::Linearizable {
+            self.catch_up_to_read_index().await?;
+        }
+        let state = self.inner.machine.read();
+        let info = ReadInfo {
+            applied: state.last_applied.map(|log_id| log_id.index),
+            stale: self.is_stale(),
+        };
+        Ok((read(&state.registry), info))
+    }
+
+    /// Waits until this replica has applied everything committed when the read began.
+    async fn catch_up_to_read_index(&self) -> Result<(), ConsensusError> {
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let index = if leader == self.inner.address {
+                self.read_index_here().await
+            } else {
+                match self.inner.requester.call(leader, Rpc::ReadIndex, remaining).await {
+                    Ok(RpcReply::ReadIndex(result)) => result,
+                    Ok(RpcReply::Refused(reason)) => {
+                        return Err(ConsensusError::Unavailable(format!(
+                            "{leader} refuses this node: {reason}"
+                        )))
+                    }
+                    Ok(other) => {
+                        return Err(ConsensusError::Internal(format!(
+                            "{leader} answered a read index with {other:?}"
+                        )))
+                    }
+                    Err(error) => Err(LeaderError::NotLeader { leader: None })
+                        .inspect_err(|_| debug!(%error, "read index: no answer from the leader")),
+                }
+            };
+            match index {
+                Ok(index) => {
+                    let Some(index) = index.map(|log_id| log_id.index) else {
+                        return Ok(());
+                    };
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| ConsensusError::NoLeader {
+                            reason: format!("this replica did not catch up with the leader: {e}"),
+                        });
+                }
+                Err(LeaderError::NotLeader { .. }) if Instant::now() < deadline => {
+                    self.changed_leader(leader, deadline).await;
+                }
+                Err(error) => {
+                    return Err(ConsensusError::NoLeader {
+                        reason: error.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn read_index_here(&self) -> Result<Option<crate::raft_types::LogId>, LeaderError> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => Err(LeaderError::NotLeader {
+                leader: forward.leader_id,
+            }),
+            Err(error) => Err(LeaderError::Unavailable(error.to_string())),
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let limit = self.inner.settings.election_max;
+        if metrics.state == ServerState::Leader {
+            return metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| Duration::from_millis(ms) > limit);
+        }
+        let contact = *self.inner.leader_contact.lock().unwrap_or_else(PoisonError::into_inner);
+        contact.is_none_or(|at| at.elapsed() > limit)
+    }
+
+    pub async fn status(&self) -> ConsensusStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let committed = self
+            .inner
+            .raft
+            .with_raft_state(|state| state.committed.map(|log_id| log_id.index))
+            .await
+            .unwrap_or(None);
+        let membership = metrics.membership_config.membership();
+        let raft = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "stopped",
+        };
+        ConsensusStatus {
+            node: self.inner.address,
+            role: self.inner.machine.read().registry.role(&self.inner.address),
+            raft: raft.to_string(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log: metrics.last_log_index,
+            committed,
+            applied: metrics.last_applied.map(|log_id| log_id.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    /// Stops Raft and the tasks of this node.
+    pub async fn shutdown(&self) {
+        for task in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+        if let Err(error) = self.inner.raft.shutdown().await {
+            warn!(%error, "Raft did not stop cleanly");
+        }
+    }
+}
+
+/// Answers the requests of peers on this node's subject.
+async fn serve(node: ConsensusNode, client: async_nats::Client, mut requests: async_nats::Subscriber) {
+    while let Some(message) = requests.next().await {
+        let node = node.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let Some(reply_to) = message.reply.clone() else {
+                return;
+            };
+            let Some((request, reply)) = node.answer(&message.payload).await else {
+                return;
+            };
+            let body = ReplyBody {
+                request,
+                from: node.inner.address,
+                reply,
+            };
+            match body.seal(&node.inner.key) {
+                Ok(bytes) => {
+                    if let Err(error) = client.publish(reply_to, bytes.into()).await {
+                        debug!(%error, "cannot send a consensus reply");
+                    }
+                }
+                Err(error) => warn!(%error, "cannot sign a consensus reply"),
+            }
+        });
+    }
+}
+
+impl ConsensusNode {
+    /// The reply to one request, with the digest it answers; `None` when it is not for
+    /// this node at all (unsigned, another mesh, another node), which gets no answer.
+    async fn answer(&self, bytes: &[u8]) -> Option<([u8; 32], RpcReply)> {
+        let (request, digest) = match RequestBody::open(bytes) {
+            Ok(opened) => opened,
+            Err(error) => {
+                debug!(%error, "ignored a consensus request");
+                return None;
+            }
+        };
+        if request.mesh != self.inner.mesh || request.to != self.inner.address {
+            debug!(from = %request.from, "ignored a consensus request for another mesh or node");
+            return None;
+        }
+        if let Err(reason) = self.admits(&request) {
+            warn!(from = %request.from, kind = request.rpc.kind(), %reason, "refused a consensus request");
+            return Some((digest, RpcReply::Refused(reason)));
+        }
+        let from = request.from;
+        let reply = match request.rpc {
+            Rpc::Append(append) => {
+                let result = self.inner.raft.append_entries(append).await;
+                if result.as_ref().is_ok_and(|response| response.is_success()) {
+                    *self.inner.leader_contact.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                }
+                RpcReply::Append(result)
+            }
+            Rpc::Vote(vote) => RpcReply::Vote(self.inner.raft.vote(vote).await),
+            Rpc::Snapshot(chunk) => RpcReply::Snapshot(self.inner.raft.install_snapshot(chunk).await),
+            Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
+            Rpc::Propose(entries) => {
+                if let Some(other) = entries.iter().find(|entry| entry.proposer != from) {
+                    return Some((
+                        digest,
+                        RpcReply::Refused(format!("an entry proposed by {} was sent by {from}", other.proposer)),
+                    ));
+                }
+                let mut committed = Committed {
+                    results: Vec::with_capacity(entries.len()),
+                    index: 0,
+                };
+                for entry in entries {
+                    match self.submit_here(entry).await {
+                        Ok((applied, index)) => {
+                            committed.results.push(applied);
+                            committed.index = committed.index.max(index);
+                        }
+                        Err(error) => return Some((digest, RpcReply::Propose(Err(error)))),
+                    }
+                }
+                RpcReply::Propose(Ok(committed))
+            }
+        };
+        Some((digest, reply))
+    }
+
+    /// Whether `request` counts: recent, and from a node the registry admits (Raft's own
+    /// messages only from voters and learners).
+    fn admits(&self, request: &RequestBody) -> Result<(), String> {
+        let now = unix_millis();
+        if request.time_ms.abs_diff(now) > REQUEST_WINDOW_MS {
+            return Err(format!(
+                "the request is dated {} ms from this node's clock; at most {REQUEST_WINDOW_MS} ms are taken",
+                request.time_ms.abs_diff(now)
+            ));
+        }
+        let role = self.inner.machine.read().registry.role(&request.from);
+        match role {
+            None => Err(format!("{} is not admitted to mesh {}", request.from, self.inner.mesh)),
+            Some(Role::Member) if request.rpc.is_raft() => Err(format!(
+                "{} is a member of mesh {}, not a Raft voter or learner",
+                request.from, self.inner.mesh
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// Packs the proposals waiting at the leader into Raft entries, a few in flight at once.
+async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
+    let settings = node.inner.settings.clone();
+    let in_flight = Arc::new(Semaphore::new(settings.batches_in_flight.max(1)));
+    loop {
+        // The permit first: while the leader is busy, proposals gather into a larger batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut bytes = encoded_len(&first.entry);
+        let mut batch = vec![first];
+        while batch.len() < settings.batch_entries && bytes < settings.batch_bytes {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += encoded_len(&next.entry);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = node.inner.raft.clone();
+        tokio::spawn(async move {
+            let (entries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.entry, p.done)).unzip();
+            match raft.client_write(Batch(entries)).await {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    let mut results = response.data.0.into_iter();
+                    for done in waiting {
+                        let result = results
+                            .next()
+                            .map(|applied| (applied, index))
+                            .ok_or_else(|| LeaderError::Unavailable("the batch gave too few results".to_string()));
+                        let _ = done.send(result);
+                    }
+                }
+                Err(error) => {
+                    let error = match error {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => LeaderError::NotLeader {
+                            leader: forward.leader_id,
+                        },
+                        other => LeaderError::Unavailable(other.to_string()),
+                    };
+                    for done in waiting {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn encoded_len(entry: &SignedEntry) -> usize {
+    rmp_serde::to_vec_named(entry)
+        .map(|b| b.len())
+        .unwrap_or(MAX_ENTRY_BYTES)
+}
+
+/// On the leader: keeps Raft's voters and learners equal to the registry's.
+async fn keep_membership(node: ConsensusNode) {
+    let mut nodes = node.inner.machine.watch_nodes();
+    let mut metrics = node.inner.raft.metrics();
+    loop {
+        let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
+        if is_leader {
+            if let Err(error) = reconcile(&node).await {
+                warn!(%error, "cannot bring Raft's membership in line with the registry yet");
+            }
+        }
+        tokio::select! {
+            changed = nodes.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn reconcile(node: &ConsensusNode) -> Result<(), String> {
+    let raft = &node.inner.raft;
+    let (voters, learners): (BTreeSet<Address>, BTreeSet<Address>) = {
+        let state = node.inner.machine.read();
+        let nodes = state.registry.nodes();
+        (
+            nodes
+                .iter()
+                .filter(|(_, r)| **r == Role::Voter)
+                .map(|(a, _)| *a)
+                .collect(),
+            nodes
+                .iter()
+                .filter(|(_, r)| **r == Role::Learner)
+                .map(|(a, _)| *a)
+                .collect(),
+        )
+    };
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let current_voters: BTreeSet<Address> = membership.membership().voter_ids().collect();
+    let current_nodes: BTreeSet<Address> = membership.membership().nodes().map(|(a, _)| *a).collect();
+    let timeout = node.inner.settings.request_timeout;
+    for new in voters
+        .iter()
+        .chain(learners.iter())
+        .filter(|a| !current_nodes.contains(a))
+    {
+        info!(node = %new, "adding to Raft as a learner");
+        // Blocking: a voter-to-be catches up before it counts towards a quorum.
+        let blocking = voters.contains(new);
+        tokio::time::timeout(timeout, raft.add_learner(*new, EmptyNode {}, blocking))
+            .await
+            .map_err(|_| format!("{new} did not catch up within {timeout:?}"))?
+            .map_err(|e| e.to_string())?;
+    }
+    if voters != current_voters {
+        info!(?voters, "changing Raft's voters");
+        raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let gone: BTreeSet<Address> = membership
+        .membership()
+        .learner_ids()
+        .filter(|a| !learners.contains(a) && !voters.contains(a))
+        .collect();
+    if !gone.is_empty() {
+        info!(?gone, "removing from Raft");
+        raft.change_membership(ChangeMembers::RemoveNodes(gone), false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

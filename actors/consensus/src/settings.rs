@@ -1,0 +1,74 @@
+//! The knobs of a node's Raft, with defaults for a bus that adds a hop to every message.
+//!
+//! Why these defaults: a heartbeat crosses NATS twice (request and reply), so 250 ms
+//! leaves room for a busy server, and an election timeout of 1.5–3 s does not mistake a
+//! slow heartbeat for a dead leader. Snapshots go in chunks well under NATS's default
+//! 1 MiB `max_payload`.
+
+use std::time::Duration;
+
+use openraft::{Config, SnapshotPolicy};
+
+#[derive(Debug, Clone)]
+pub struct ConsensusSettings {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// A snapshot is taken after this many log entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot, for followers that are only a little behind.
+    pub keep_after_snapshot: u64,
+    /// Snapshot bytes per message.
+    pub snapshot_chunk_bytes: u64,
+    /// How long one snapshot chunk may take to install.
+    pub snapshot_chunk_timeout: Duration,
+    /// Signed registry entries per Raft entry, at most.
+    pub batch_entries: usize,
+    /// Bytes of signed registry entries per Raft entry, at most.
+    pub batch_bytes: usize,
+    /// Raft entries a leader commits concurrently.
+    pub batches_in_flight: usize,
+    /// How long a write or a linearizable read may wait for a leader and its answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for ConsensusSettings {
+    fn default() -> Self {
+        ConsensusSettings {
+            heartbeat: Duration::from_millis(250),
+            election_min: Duration::from_millis(1500),
+            election_max: Duration::from_millis(3000),
+            snapshot_after_entries: 5_000,
+            keep_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 256 * 1024,
+            snapshot_chunk_timeout: Duration::from_secs(5),
+            batch_entries: 512,
+            batch_bytes: 256 * 1024,
+            batches_in_flight: 4,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConsensusSettings {
+    /// openraft's configuration, checked (the error says which setting is wrong).
+    pub fn raft_config(&self, cluster: String) -> Result<Config, String> {
+        let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        Config {
+            cluster_name: cluster,
+            heartbeat_interval: millis(self.heartbeat),
+            election_timeout_min: millis(self.election_min),
+            election_timeout_max: millis(self.election_max),
+            install_snapshot_timeout: millis(self.snapshot_chunk_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            // A batch is up to `batch_bytes`; four fit in one message. Larger appends are
+            // split on PayloadTooLarge.
+            max_payload_entries: 4,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|error| error.to_string())
+    }
+}
