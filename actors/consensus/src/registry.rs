@@ -66,6 +66,8 @@ struct RegistryState {
 pub struct Registry {
     state: RegistryState,
     policy: NamePolicy,
+    /// `state.recent` ordered by time, so that expired ids leave without a scan.
+    expiry: BTreeSet<(u64, EntryId)>,
 }
 
 /// A snapshot that cannot be restored.
@@ -97,7 +99,11 @@ impl Registry {
             recent: BTreeMap::new(),
             clock_ms: 0,
         };
-        Ok(Registry { state, policy })
+        Ok(Registry {
+            state,
+            policy,
+            expiry: BTreeSet::new(),
+        })
     }
 
     pub fn mesh(&self) -> MeshId {
@@ -153,7 +159,8 @@ impl Registry {
     pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
         let state: RegistryState = rmp_serde::from_slice(bytes)?;
         let policy = NamePolicy::new(state.tlds.clone())?;
-        Ok(Registry { state, policy })
+        let expiry = state.recent.iter().map(|(id, time)| (*time, *id)).collect();
+        Ok(Registry { state, policy, expiry })
     }
 
     /// Applies one log entry: checks that it counts, then runs its command.
@@ -165,8 +172,15 @@ impl Registry {
         let body = &entry.body;
         self.state.clock_ms = self.state.clock_ms.max(body.time_ms);
         let horizon = self.state.clock_ms.saturating_sub(REPLAY_WINDOW_MS);
-        self.state.recent.retain(|_, time| *time >= horizon);
+        while let Some(&(time, id)) = self.expiry.first() {
+            if time >= horizon {
+                break;
+            }
+            self.expiry.pop_first();
+            self.state.recent.remove(&id);
+        }
         self.state.recent.insert(body.id, body.time_ms);
+        self.expiry.insert((body.time_ms, body.id));
         match self.run(&body.command, body.caller, body.time_ms) {
             Ok(outcome) => Applied::Done(outcome),
             Err(error) => Applied::Refused(error),
