@@ -68,7 +68,7 @@ impl EntryFault {
 
 /// Why a write or a read through Raft did not complete. Each says whether the client may
 /// simply retry.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsensusError {
     /// 503: no leader could be reached; nothing was written.
     #[error("the mesh registry has no reachable leader ({reason}); nothing was written, retry in a few seconds")]

@@ -74,10 +74,17 @@ pub struct ConsensusStatus {
     pub learners: Vec<Address>,
 }
 
+/// A signed entry waiting at the leader, for its results and the log index of the Raft
+/// entry that carried it.
 struct Proposal {
     entry: SignedEntry,
-    /// The result and the log index of the Raft entry that carried it.
-    done: oneshot::Sender<Result<(Applied, u64), LeaderError>>,
+    done: oneshot::Sender<Result<Committed, LeaderError>>,
+}
+
+/// A command waiting at its proposer to be signed with the others that wait with it.
+struct Outgoing {
+    body: EntryBody,
+    done: oneshot::Sender<Result<Applied, ConsensusError>>,
 }
 
 /// A node of the mesh registry. Clones share the node.
@@ -93,7 +100,10 @@ struct Inner {
     raft: Raft,
     machine: RegistryMachine,
     requester: Arc<Requester>,
+    /// To the leader's batcher (used when this node leads).
     proposals: mpsc::Sender<Proposal>,
+    /// To this node's signer of its own proposals.
+    outbox: mpsc::Sender<Outgoing>,
     settings: ConsensusSettings,
     /// When a leader's append was last taken here.
     leader_contact: Mutex<Option<Instant>>,
@@ -137,6 +147,7 @@ impl ConsensusNode {
             .await
             .map_err(|e| ConsensusError::Internal(format!("subscribing the consensus subject: {e}")))?;
         let (proposals, queue) = mpsc::channel(settings.batch_entries * 4);
+        let (outbox, outgoing) = mpsc::channel(settings.batch_entries * 4);
         let node = ConsensusNode {
             inner: Arc::new(Inner {
                 address,
@@ -146,6 +157,7 @@ impl ConsensusNode {
                 machine,
                 requester,
                 proposals,
+                outbox,
                 settings,
                 leader_contact: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
@@ -154,6 +166,7 @@ impl ConsensusNode {
         let tasks = vec![
             tokio::spawn(serve(node.clone(), client, subscription)),
             tokio::spawn(run_batcher(node.clone(), queue)),
+            tokio::spawn(run_outbox(node.clone(), outgoing)),
             tokio::spawn(keep_membership(node.clone())),
         ];
         node.inner
@@ -194,31 +207,37 @@ impl ConsensusNode {
         self.inner.machine.read()
     }
 
-    /// Signs `command` as run by `caller`, has it committed, and gives what it did.
+    /// Has `command` committed as run by `caller`, signed by this node together with the
+    /// other commands proposed meanwhile, and gives what it did.
     pub async fn propose(&self, command: Command, caller: Address) -> Result<Applied, ConsensusError> {
         let id =
             EntryId::random().map_err(|e| ConsensusError::Internal(format!("no randomness for an entry id: {e}")))?;
-        let entry = EntryBody {
+        let body = EntryBody {
             mesh: self.inner.mesh,
             command,
             caller,
             time_ms: unix_millis(),
             id,
-        }
-        .sign(&self.inner.key);
-        self.submit(entry).await
-    }
-
-    /// Has a signed entry committed: by this node's batcher when it leads, else by the
-    /// leader. Retries only where nothing can have been appended.
-    pub async fn submit(&self, entry: SignedEntry) -> Result<Applied, ConsensusError> {
-        let size = rmp_serde::to_vec_named(&entry).map(|b| b.len()).unwrap_or(usize::MAX);
+        };
+        let size = encoded_len(&body);
         if size > MAX_ENTRY_BYTES {
             return Err(ConsensusError::TooLarge {
                 size,
                 max: MAX_ENTRY_BYTES,
             });
         }
+        let (done, result) = oneshot::channel();
+        if self.inner.outbox.send(Outgoing { body, done }).await.is_err() {
+            return Err(ConsensusError::Unavailable("the node is stopping".to_string()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(ConsensusError::Unavailable("the node is stopping".to_string())))
+    }
+
+    /// Has a signed entry committed: by this node's batcher when it leads, else by the
+    /// leader. Retries only where nothing can have been appended. One result per command.
+    pub async fn submit(&self, entry: SignedEntry) -> Result<Vec<Applied>, ConsensusError> {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
         loop {
             let leader = self.wait_for_leader(deadline).await?;
@@ -229,14 +248,10 @@ impl ConsensusNode {
                 match self
                     .inner
                     .requester
-                    .call(leader, Rpc::Propose(vec![entry.clone()]), remaining)
+                    .call(leader, Rpc::Propose(entry.clone()), remaining)
                     .await
                 {
-                    Ok(RpcReply::Propose(Ok(Committed { mut results, index }))) if results.len() == 1 => results
-                        .pop()
-                        .map(|applied| (applied, index))
-                        .ok_or_else(|| LeaderError::Unavailable("the leader gave no result".to_string())),
-                    Ok(RpcReply::Propose(Err(error))) => Err(error),
+                    Ok(RpcReply::Propose(result)) => result,
                     Ok(RpcReply::Refused(reason)) => {
                         return Err(ConsensusError::Unavailable(format!(
                             "{leader} refuses this node: {reason}"
@@ -259,9 +274,16 @@ impl ConsensusNode {
                 }
             };
             match outcome {
-                Ok((applied, index)) => {
+                Ok(Committed { results, index }) if results.len() == entry.bodies.len() => {
                     self.wait_for_own_replica(index, deadline).await;
-                    return Ok(applied);
+                    return Ok(results);
+                }
+                Ok(Committed { results, .. }) => {
+                    return Err(ConsensusError::Internal(format!(
+                        "{leader} gave {} results for {} commands",
+                        results.len(),
+                        entry.bodies.len()
+                    )))
                 }
                 Err(LeaderError::NotLeader { leader: hint }) => {
                     debug!(?hint, "proposal: not the leader, trying again");
@@ -300,7 +322,7 @@ impl ConsensusNode {
         }
     }
 
-    async fn submit_here(&self, entry: SignedEntry) -> Result<(Applied, u64), LeaderError> {
+    async fn submit_here(&self, entry: SignedEntry) -> Result<Committed, LeaderError> {
         let (done, result) = oneshot::channel();
         if self.inner.proposals.send(Proposal { entry, done }).await.is_err() {
             return Err(LeaderError::Unavailable("the batcher stopped".to_string()));
@@ -539,27 +561,14 @@ impl ConsensusNode {
             Rpc::Vote(vote) => RpcReply::Vote(self.inner.raft.vote(vote).await),
             Rpc::Snapshot(chunk) => RpcReply::Snapshot(self.inner.raft.install_snapshot(chunk).await),
             Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
-            Rpc::Propose(entries) => {
-                if let Some(other) = entries.iter().find(|entry| entry.proposer != from) {
+            Rpc::Propose(entry) => {
+                if entry.proposer != from {
                     return Some((
                         digest,
-                        RpcReply::Refused(format!("an entry proposed by {} was sent by {from}", other.proposer)),
+                        RpcReply::Refused(format!("an entry proposed by {} was sent by {from}", entry.proposer)),
                     ));
                 }
-                let mut committed = Committed {
-                    results: Vec::with_capacity(entries.len()),
-                    index: 0,
-                };
-                for entry in entries {
-                    match self.submit_here(entry).await {
-                        Ok((applied, index)) => {
-                            committed.results.push(applied);
-                            committed.index = committed.index.max(index);
-                        }
-                        Err(error) => return Some((digest, RpcReply::Propose(Err(error)))),
-                    }
-                }
-                RpcReply::Propose(Ok(committed))
+                RpcReply::Propose(self.submit_here(entry).await)
             }
         };
         Some((digest, reply))
@@ -587,12 +596,56 @@ impl ConsensusNode {
     }
 }
 
-/// Packs the proposals waiting at the leader into Raft entries, a few in flight at once.
+/// Signs the commands waiting at this node together and has them committed, a few
+/// signed entries in flight at once.
+async fn run_outbox(node: ConsensusNode, mut outbox: mpsc::Receiver<Outgoing>) {
+    let settings = node.inner.settings.clone();
+    let in_flight = Arc::new(Semaphore::new(settings.batches_in_flight.max(1)));
+    loop {
+        // The permit first: while earlier entries are in flight, commands gather.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = outbox.recv().await else {
+            return;
+        };
+        let mut bytes = encoded_len(&first.body);
+        let mut waiting = vec![first];
+        while waiting.len() < settings.batch_entries && bytes < settings.batch_bytes {
+            match outbox.try_recv() {
+                Ok(next) => {
+                    bytes += encoded_len(&next.body);
+                    waiting.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let (bodies, done): (Vec<_>, Vec<_>) = waiting.into_iter().map(|o| (o.body, o.done)).unzip();
+            let entry = SignedEntry::sign(bodies, &node.inner.key);
+            match node.submit(entry).await {
+                Ok(results) => {
+                    for (done, applied) in done.into_iter().zip(results) {
+                        let _ = done.send(Ok(applied));
+                    }
+                }
+                Err(error) => {
+                    for done in done {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Packs the signed entries waiting at the leader into Raft entries, a few in flight.
 async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
     let settings = node.inner.settings.clone();
     let in_flight = Arc::new(Semaphore::new(settings.batches_in_flight.max(1)));
     loop {
-        // The permit first: while the leader is busy, proposals gather into a larger batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
@@ -601,7 +654,7 @@ async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
         };
         let mut bytes = encoded_len(&first.entry);
         let mut batch = vec![first];
-        while batch.len() < settings.batch_entries && bytes < settings.batch_bytes {
+        while bytes < settings.batch_bytes {
             match queue.try_recv() {
                 Ok(next) => {
                     bytes += encoded_len(&next.entry);
@@ -612,17 +665,15 @@ async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
         }
         let raft = node.inner.raft.clone();
         tokio::spawn(async move {
+            let counts: Vec<usize> = batch.iter().map(|p| p.entry.bodies.len()).collect();
             let (entries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.entry, p.done)).unzip();
             match raft.client_write(Batch(entries)).await {
                 Ok(response) => {
                     let index = response.log_id.index;
                     let mut results = response.data.0.into_iter();
-                    for done in waiting {
-                        let result = results
-                            .next()
-                            .map(|applied| (applied, index))
-                            .ok_or_else(|| LeaderError::Unavailable("the batch gave too few results".to_string()));
-                        let _ = done.send(result);
+                    for (done, count) in waiting.into_iter().zip(counts) {
+                        let results: Vec<Applied> = results.by_ref().take(count).collect();
+                        let _ = done.send(Ok(Committed { results, index }));
                     }
                 }
                 Err(error) => {
@@ -642,8 +693,8 @@ async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
     }
 }
 
-fn encoded_len(entry: &SignedEntry) -> usize {
-    rmp_serde::to_vec_named(entry)
+fn encoded_len<T: Serialize>(value: &T) -> usize {
+    rmp_serde::to_vec_named(value)
         .map(|b| b.len())
         .unwrap_or(MAX_ENTRY_BYTES)
 }

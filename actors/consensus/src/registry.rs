@@ -14,7 +14,7 @@ use cmesh_registrar::{check_target, NameChange, NamePolicy, NameRecord, Registra
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Role};
-use crate::entry::{EntryId, SignedEntry};
+use crate::entry::{EntryBody, EntryId, SignedEntry};
 use crate::error::{EntryFault, Refusal};
 
 /// How long an applied entry id is remembered, in the registry's clock (entry times). An
@@ -163,13 +163,25 @@ impl Registry {
         Ok(Registry { state, policy, expiry })
     }
 
-    /// Applies one log entry: checks that it counts, then runs its command.
-    pub fn apply(&mut self, entry: &SignedEntry) -> Applied {
-        if let Err(fault) = self.admit_entry(entry) {
+    /// Applies one log entry: checks that it counts, then runs its commands in order, one
+    /// result each.
+    pub fn apply(&mut self, entry: &SignedEntry) -> Vec<Applied> {
+        if let Err(fault) = self.check_proposer(entry) {
             tracing::warn!(proposer = %entry.proposer, %fault, "registry entry ignored");
+            return vec![Applied::Ignored(fault); entry.bodies.len()];
+        }
+        entry
+            .bodies
+            .iter()
+            .map(|body| self.apply_body(entry.proposer, body))
+            .collect()
+    }
+
+    fn apply_body(&mut self, proposer: Address, body: &EntryBody) -> Applied {
+        if let Err(fault) = self.check_body(body) {
+            tracing::warn!(%proposer, %fault, "registry command ignored");
             return Applied::Ignored(fault);
         }
-        let body = &entry.body;
         self.state.clock_ms = self.state.clock_ms.max(body.time_ms);
         let horizon = self.state.clock_ms.saturating_sub(REPLAY_WINDOW_MS);
         while let Some(&(time, id)) = self.expiry.first() {
@@ -187,14 +199,8 @@ impl Registry {
         }
     }
 
-    fn admit_entry(&self, entry: &SignedEntry) -> Result<(), EntryFault> {
-        let body = &entry.body;
-        if body.mesh != self.state.mesh {
-            return Err(EntryFault::OtherMesh {
-                found: body.mesh,
-                expected: self.state.mesh,
-            });
-        }
+    /// The entry is signed by its proposer, an admitted node.
+    fn check_proposer(&self, entry: &SignedEntry) -> Result<(), EntryFault> {
         if !entry.signature_holds() {
             return Err(EntryFault::BadSignature {
                 proposer: entry.proposer,
@@ -203,6 +209,17 @@ impl Registry {
         if !self.state.nodes.contains_key(&entry.proposer) {
             return Err(EntryFault::NotAdmitted {
                 proposer: entry.proposer,
+            });
+        }
+        Ok(())
+    }
+
+    /// The command is for this mesh, new and recent.
+    fn check_body(&self, body: &EntryBody) -> Result<(), EntryFault> {
+        if body.mesh != self.state.mesh {
+            return Err(EntryFault::OtherMesh {
+                found: body.mesh,
+                expected: self.state.mesh,
             });
         }
         if self.state.recent.contains_key(&body.id) {

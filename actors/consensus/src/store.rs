@@ -384,7 +384,8 @@ impl RaftStateMachine<MeshRaft> for RegistryMachine {
                         responses.push(BatchApplied::default());
                     }
                     EntryPayload::Normal(batch) => {
-                        let results: Vec<Applied> = batch.0.iter().map(|signed| state.registry.apply(signed)).collect();
+                        let results: Vec<Applied> =
+                            batch.0.iter().flat_map(|signed| state.registry.apply(signed)).collect();
                         nodes_changed |= results
                             .iter()
                             .any(|applied| matches!(applied, Applied::Done(Outcome::Node { .. })));

@@ -43,8 +43,8 @@ pub enum Rpc {
     Append(AppendEntriesRequest<MeshRaft>),
     Vote(VoteRequest<Address>),
     Snapshot(InstallSnapshotRequest<MeshRaft>),
-    /// Signed registry entries for the leader to commit, from the nodes that signed them.
-    Propose(Vec<SignedEntry>),
+    /// A signed registry entry for the leader to commit, from the node that signed it.
+    Propose(SignedEntry),
     /// The leader's read index, for a linearizable read from a replica.
     ReadIndex,
 }
@@ -77,8 +77,8 @@ pub enum LeaderError {
     Unavailable(String),
 }
 
-/// Proposals committed by the leader: their results, and the log index of the Raft
-/// entry that carried the last of them (so the proposer can wait for its own replica).
+/// A proposal committed by the leader: one result per command, and the log index of the
+/// Raft entry that carried it (so the proposer can wait for its own replica).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     pub results: Vec<Applied>,

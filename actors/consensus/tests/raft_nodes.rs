@@ -249,7 +249,7 @@ async fn strangers_cannot_propose_vote_or_answer_for_a_node() {
     }
     .sign(&stranger);
     let reply = requester
-        .call(leader.address(), Rpc::Propose(vec![entry]), Duration::from_secs(5))
+        .call(leader.address(), Rpc::Propose(entry), Duration::from_secs(5))
         .await
         .expect("an answer");
     match reply {

@@ -3,7 +3,9 @@
 
 use cmesh_common::genesis::Genesis;
 use cmesh_common::{Address, SigningKey, Status};
-use cmesh_consensus::{Applied, Command, EntryBody, EntryFault, EntryId, Outcome, Registry, Role, REPLAY_WINDOW_MS};
+use cmesh_consensus::{
+    Applied, Command, EntryBody, EntryFault, EntryId, Outcome, Registry, Role, SignedEntry, REPLAY_WINDOW_MS,
+};
 use proptest::prelude::*;
 
 fn key(seed: u8) -> SigningKey {
@@ -24,6 +26,19 @@ struct Proposal {
     caller: Address,
     time_ms: u64,
     id: u8,
+}
+
+trait ApplyOne {
+    /// Applies an entry of one command and gives its one result.
+    fn apply_one(&mut self, entry: &cmesh_consensus::SignedEntry) -> Applied;
+}
+
+impl ApplyOne for Registry {
+    fn apply_one(&mut self, entry: &cmesh_consensus::SignedEntry) -> Applied {
+        let mut results = self.apply(entry);
+        assert_eq!(results.len(), 1, "one result per command");
+        results.remove(0)
+    }
 }
 
 fn entry(registry: &Registry, proposal: &Proposal, command: Command) -> cmesh_consensus::SignedEntry {
@@ -54,6 +69,47 @@ fn refused_status(applied: &Applied) -> Status {
 }
 
 #[test]
+fn commands_signed_together_each_get_their_own_result() {
+    let mut registry = registry();
+    let mesh = registry.mesh();
+    let body = |id: u8, name: &str| EntryBody {
+        mesh,
+        command: Command::Register {
+            name: name.into(),
+            target: "I:whoami".into(),
+        },
+        caller: key(4).address(),
+        time_ms: 1_000,
+        id: EntryId([id; 16]),
+    };
+    let first = SignedEntry::sign(vec![body(1, "a.mcom"), body(2, "b.mcom")], &key(2));
+    // The same name twice and an id used before, next to a good command.
+    let second = SignedEntry::sign(vec![body(3, "a.mcom"), body(1, "c.mcom"), body(4, "d.mcom")], &key(2));
+    let results = registry.apply(&first);
+    assert!(results.iter().all(|r| matches!(r, Applied::Done(_))), "{results:?}");
+    let results = registry.apply(&second);
+    assert!(
+        matches!(&results[0], Applied::Refused(e) if e.status == Status::CONFLICT),
+        "{results:?}"
+    );
+    assert_eq!(results[1], Applied::Ignored(EntryFault::Replayed));
+    assert!(matches!(results[2], Applied::Done(_)));
+    let names: Vec<_> = registry.names().map(|r| r.name.clone()).collect();
+    assert_eq!(names, ["a.mcom", "b.mcom", "d.mcom"]);
+
+    // One signature covers every body: change one, and none counts.
+    let before = registry.clone();
+    let mut tampered = SignedEntry::sign(vec![body(5, "e.mcom"), body(6, "f.mcom")], &key(2));
+    tampered.bodies[1].caller = key(5).address();
+    let results = registry.apply(&tampered);
+    assert_eq!(results.len(), 2);
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Applied::Ignored(EntryFault::BadSignature { .. }))));
+    assert_eq!(registry, before);
+}
+
+#[test]
 fn genesis_voters_are_admitted_and_only_admins_change_nodes() {
     let mut registry = registry();
     assert_eq!(registry.role(&key(2).address()), Some(Role::Voter));
@@ -63,11 +119,11 @@ fn genesis_voters_are_admitted_and_only_admins_change_nodes() {
         node: key(4).address(),
         role: Role::Learner,
     };
-    let by_stranger = registry.apply(&entry(&registry, &by(5, 1), admit.clone()));
+    let by_stranger = registry.apply_one(&entry(&registry, &by(5, 1), admit.clone()));
     assert_eq!(refused_status(&by_stranger), Status::FORBIDDEN);
     assert_eq!(registry.role(&key(4).address()), None);
 
-    let by_admin = registry.apply(&entry(&registry, &by(1, 2), admit));
+    let by_admin = registry.apply_one(&entry(&registry, &by(1, 2), admit));
     assert_eq!(
         by_admin,
         Applied::Done(Outcome::Node {
@@ -81,21 +137,21 @@ fn genesis_voters_are_admitted_and_only_admins_change_nodes() {
         node: key(node).address(),
     };
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(1, 3), remove(4))),
+        registry.apply_one(&entry(&registry, &by(1, 3), remove(4))),
         Applied::Done(_)
     ));
     assert_eq!(registry.role(&key(4).address()), None);
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(1, 4), remove(4)))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(1, 4), remove(4)))),
         Status::NOT_FOUND
     );
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(1, 5), remove(3))),
+        registry.apply_one(&entry(&registry, &by(1, 5), remove(3))),
         Applied::Done(_)
     ));
     // Node 2 is now the only voter: it can be neither removed nor demoted.
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(1, 6), remove(2)))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(1, 6), remove(2)))),
         Status::CONFLICT
     );
     let demote = Command::Admit {
@@ -103,7 +159,7 @@ fn genesis_voters_are_admitted_and_only_admins_change_nodes() {
         role: Role::Member,
     };
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(1, 7), demote))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(1, 7), demote))),
         Status::CONFLICT
     );
 }
@@ -122,7 +178,7 @@ fn entries_that_do_not_count_change_nothing() {
         proposer: 6,
         ..by(4, 1)
     };
-    let applied = registry.apply(&entry(&registry, &stranger, register.clone()));
+    let applied = registry.apply_one(&entry(&registry, &stranger, register.clone()));
     assert_eq!(
         applied,
         Applied::Ignored(EntryFault::NotAdmitted {
@@ -134,15 +190,15 @@ fn entries_that_do_not_count_change_nothing() {
     let mut forged = entry(&registry, &by(4, 2), register.clone());
     forged.proposer = key(3).address();
     assert!(matches!(
-        registry.apply(&forged),
+        registry.apply_one(&forged),
         Applied::Ignored(EntryFault::BadSignature { .. })
     ));
 
     // A body changed after signing.
     let mut tampered = entry(&registry, &by(4, 3), register.clone());
-    tampered.body.caller = key(5).address();
+    tampered.bodies[0].caller = key(5).address();
     assert!(matches!(
-        registry.apply(&tampered),
+        registry.apply_one(&tampered),
         Applied::Ignored(EntryFault::BadSignature { .. })
     ));
 
@@ -151,16 +207,16 @@ fn entries_that_do_not_count_change_nothing() {
         .unwrap();
     let foreign = entry(&other, &by(4, 4), register.clone());
     assert!(matches!(
-        registry.apply(&foreign),
+        registry.apply_one(&foreign),
         Applied::Ignored(EntryFault::OtherMesh { .. })
     ));
     assert_eq!(registry, before, "nothing that did not count changed the registry");
 
     // A good entry counts once; its replay is ignored, and so is one older than the window.
     let good = entry(&registry, &by(4, 5), register);
-    assert!(matches!(registry.apply(&good), Applied::Done(Outcome::Name { .. })));
+    assert!(matches!(registry.apply_one(&good), Applied::Done(Outcome::Name { .. })));
     let after = registry.clone();
-    assert_eq!(registry.apply(&good), Applied::Ignored(EntryFault::Replayed));
+    assert_eq!(registry.apply_one(&good), Applied::Ignored(EntryFault::Replayed));
     let late = Proposal {
         time_ms: 1_000 + REPLAY_WINDOW_MS + 10,
         ..by(4, 6)
@@ -170,7 +226,7 @@ fn entries_that_do_not_count_change_nothing() {
     };
     let stale = entry(&registry, &by(4, 7), release.clone());
     assert!(matches!(
-        registry.apply(&entry(
+        registry.apply_one(&entry(
             &registry,
             &late,
             Command::Register {
@@ -181,7 +237,7 @@ fn entries_that_do_not_count_change_nothing() {
         Applied::Done(_)
     ));
     assert!(matches!(
-        registry.apply(&stale),
+        registry.apply_one(&stale),
         Applied::Ignored(EntryFault::Stale { .. })
     ));
     assert!(registry.resolve("hello.mcom").is_ok(), "the stale release did not run");
@@ -195,7 +251,7 @@ fn names_keep_the_registrar_rules_and_statuses() {
         name: name.into(),
         target: "I:whoami".into(),
     };
-    let applied = registry.apply(&entry(&registry, &by(4, 1), register("Hello.mcom")));
+    let applied = registry.apply_one(&entry(&registry, &by(4, 1), register("Hello.mcom")));
     let Applied::Done(Outcome::Name { record, change }) = applied else {
         panic!("register failed: {applied:?}");
     };
@@ -208,11 +264,11 @@ fn names_keep_the_registrar_rules_and_statuses() {
     assert!(!change.is_noop());
 
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(5, 2), register("hello.mcom")))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(5, 2), register("hello.mcom")))),
         Status::CONFLICT
     );
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(5, 3), register("bad name")))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(5, 3), register("bad name")))),
         Status::UNPROCESSABLE
     );
     let steal = Command::Transfer {
@@ -220,11 +276,11 @@ fn names_keep_the_registrar_rules_and_statuses() {
         to: key(5).address(),
     };
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(5, 4), steal.clone()))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(5, 4), steal.clone()))),
         Status::FORBIDDEN
     );
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(4, 5), steal)),
+        registry.apply_one(&entry(&registry, &by(4, 5), steal)),
         Applied::Done(_)
     ));
     assert_eq!(registry.resolve("hello.mcom").unwrap().owner, key(5).address());
@@ -232,15 +288,15 @@ fn names_keep_the_registrar_rules_and_statuses() {
         name: "hello.mcom".into(),
     };
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(4, 6), release.clone()))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(4, 6), release.clone()))),
         Status::FORBIDDEN
     );
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(5, 7), release.clone())),
+        registry.apply_one(&entry(&registry, &by(5, 7), release.clone())),
         Applied::Done(_)
     ));
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(5, 8), release))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(5, 8), release))),
         Status::NOT_FOUND
     );
 }
@@ -253,20 +309,20 @@ fn mesh_grants_need_an_admin_and_a_granted_admin_is_one() {
         attribute: attribute.into(),
     };
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(4, 1), grant(4, "role=admin")))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(4, 1), grant(4, "role=admin")))),
         Status::FORBIDDEN
     );
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(1, 2), grant(4, "no attribute")))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(1, 2), grant(4, "no attribute")))),
         Status::UNPROCESSABLE
     );
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(1, 3), grant(4, "role=admin"))),
+        registry.apply_one(&entry(&registry, &by(1, 3), grant(4, "role=admin"))),
         Applied::Done(_)
     ));
     assert!(registry.is_admin(&key(4).address()));
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(4, 4), grant(5, "team=blue"))),
+        registry.apply_one(&entry(&registry, &by(4, 4), grant(5, "team=blue"))),
         Applied::Done(_)
     ));
     assert_eq!(registry.attributes(&key(5).address()), vec!["team=blue".to_string()]);
@@ -275,12 +331,12 @@ fn mesh_grants_need_an_admin_and_a_granted_admin_is_one() {
         attribute: "role=admin".into(),
     };
     assert!(matches!(
-        registry.apply(&entry(&registry, &by(1, 5), revoke)),
+        registry.apply_one(&entry(&registry, &by(1, 5), revoke)),
         Applied::Done(_)
     ));
     assert!(!registry.is_admin(&key(4).address()));
     assert_eq!(
-        refused_status(&registry.apply(&entry(&registry, &by(4, 6), grant(6, "team=red")))),
+        refused_status(&registry.apply_one(&entry(&registry, &by(4, 6), grant(6, "team=red")))),
         Status::FORBIDDEN
     );
 }
@@ -347,13 +403,13 @@ proptest! {
         let mut clock = 0;
         for step in &log[..cut] {
             let entry = signed(&original, step, &mut clock);
-            original.apply(&entry);
+            original.apply_one(&entry);
         }
         let mut restored = Registry::restore(&original.snapshot()).unwrap();
         prop_assert_eq!(&restored, &original);
         for step in &log[cut..] {
             let entry = signed(&original, step, &mut clock);
-            prop_assert_eq!(original.apply(&entry), restored.apply(&entry));
+            prop_assert_eq!(original.apply_one(&entry), restored.apply_one(&entry));
         }
         prop_assert_eq!(&restored, &original);
         prop_assert_eq!(restored.snapshot(), original.snapshot());
@@ -366,7 +422,7 @@ proptest! {
         let mut clock = 0;
         for step in &log {
             let entry = signed(&registry, step, &mut clock);
-            registry.apply(&entry);
+            registry.apply_one(&entry);
             prop_assert!(registry.nodes().values().any(|role| *role == Role::Voter));
         }
     }
