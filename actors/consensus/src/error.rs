@@ -80,7 +80,7 @@ pub enum ConsensusError {
     )]
     FateUnknown { reason: String },
     /// 503: the registry cannot serve (Raft stopped, or this node is refused by its peers).
-    #[error("the mesh registry is unavailable: {0}")]
+    #[error("the mesh registry is unavailable on this node ({0}); retry later, or through another node")]
     Unavailable(String),
     /// 413.
     #[error("the registry entry is {size} bytes; at most {max} are taken")]

@@ -327,9 +327,16 @@ impl ConsensusNode {
         if self.inner.proposals.send(Proposal { entry, done }).await.is_err() {
             return Err(LeaderError::Unavailable("the batcher stopped".to_string()));
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(LeaderError::Unavailable("the batcher dropped the write".to_string())))
+        // A leader cut off from its quorum does not know it yet, and its entries wait for
+        // a commit that may never come (or may, if the quorum comes back): fate unknown.
+        let limit = self.inner.settings.request_timeout;
+        match tokio::time::timeout(limit, result).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(LeaderError::Unavailable("the batcher dropped the write".to_string())),
+            Err(_) => Err(LeaderError::Unavailable(format!(
+                "the leader could not commit within {limit:?}"
+            ))),
+        }
     }
 
     /// The current leader, waiting for one until `deadline`.
