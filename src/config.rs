@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 use clap::Args;
+use cmesh_common::genesis::Genesis;
 use cmesh_common::Address;
+use cmesh_consensus::ConsensusSettings;
 use serde::Deserialize;
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -20,18 +24,16 @@ pub const DEFAULT_MAX_MODULE_BYTES: usize = 768 * 1024;
 /// command shares.
 #[derive(Debug, Args, Clone, Default)]
 pub struct NodeArgs {
-    /// Data directory: node key, IAM, registrar and audit stores [default: ./cmesh-data]
+    /// Data directory: node key, IAM, consensus and audit stores [default: ./cmesh-data]
     #[arg(long, env = "CMESH_DATA")]
     pub data: Option<PathBuf>,
-    /// Run this node as the mesh's registrar (exactly one per mesh)
-    #[arg(long, env = "CMESH_REGISTRAR")]
-    pub registrar: bool,
+    /// The mesh's genesis file (its name, admins, first voters and TLDs; `cmesh mesh init`
+    /// writes one). Its hash, the mesh id, is in every token and node signature
+    #[arg(long, env = "CMESH_GENESIS")]
+    pub genesis: Option<PathBuf>,
     /// TOML config file with any of these settings (flag names with `_`, e.g. `nats_url`)
     #[arg(long, env = "CMESH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Mesh name: in login messages, token audience and announcements [default: cmesh]
-    #[arg(long, env = "CMESH_MESH")]
-    pub mesh: Option<String>,
     /// An identity that holds role=admin from start (repeat for several; comma-separated in the env)
     #[arg(long = "admin", env = "CMESH_ADMIN", value_delimiter = ',')]
     pub admins: Vec<Address>,
@@ -47,9 +49,12 @@ pub struct NodeArgs {
     /// Time allowed to answer a login challenge, in seconds [default: 25]
     #[arg(long, env = "CMESH_CHALLENGE_TTL")]
     pub challenge_ttl: Option<u64>,
-    /// Top-level domains the registrar serves (repeatable) [default: mcom]
-    #[arg(long = "tld", env = "CMESH_TLDS", value_delimiter = ',')]
-    pub tlds: Vec<String>,
+    /// Raft heartbeat, in milliseconds [default: 250]
+    #[arg(long, env = "CMESH_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout, in milliseconds, as MIN-MAX [default: 1500-3000]
+    #[arg(long, env = "CMESH_RAFT_ELECTION_MS")]
+    pub raft_election_ms: Option<String>,
     /// Gas each app call may use (1 per WASM operator, more for host calls) [default: 100000000]
     #[arg(long, env = "CMESH_GAS_LIMIT")]
     pub gas_limit: Option<u64>,
@@ -67,8 +72,7 @@ pub struct NodeArgs {
 struct FileConfig {
     nats_url: Option<String>,
     data: Option<PathBuf>,
-    registrar: Option<bool>,
-    mesh: Option<String>,
+    genesis: Option<PathBuf>,
     #[serde(default)]
     admins: Vec<Address>,
     #[serde(default)]
@@ -76,8 +80,8 @@ struct FileConfig {
     max_payload: Option<usize>,
     token_ttl: Option<u64>,
     challenge_ttl: Option<u64>,
-    #[serde(default)]
-    tlds: Vec<String>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_ms: Option<String>,
     /// method → "public" | "authenticated" | "key=value"
     #[serde(default)]
     permissions: BTreeMap<String, String>,
@@ -91,14 +95,13 @@ struct FileConfig {
 pub struct NodeConfig {
     pub nats_url: String,
     pub data: PathBuf,
-    pub registrar: bool,
-    pub mesh: String,
+    pub genesis: Genesis,
     pub admins: Vec<Address>,
     pub peers: Vec<Address>,
     pub max_payload: usize,
     pub token_ttl: u64,
     pub challenge_ttl: u64,
-    pub tlds: Vec<String>,
+    pub consensus: ConsensusSettings,
     pub permissions: BTreeMap<String, String>,
     pub gas_limit: u64,
     pub memory_limit_mib: u64,
@@ -120,13 +123,33 @@ impl NodeConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let genesis_path = args.genesis.or(file.genesis).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no genesis: a node needs the genesis file of its mesh (--genesis <file>, CMESH_GENESIS, \
+                 or `genesis` in the config file); `cmesh mesh init` writes one for a new mesh"
+            )
+        })?;
+        let genesis = Genesis::load(&genesis_path)?;
+        let mut consensus = ConsensusSettings::default();
+        if let Some(ms) = args.raft_heartbeat_ms.or(file.raft_heartbeat_ms) {
+            consensus.heartbeat = Duration::from_millis(ms);
+        }
+        if let Some(range) = args.raft_election_ms.or(file.raft_election_ms) {
+            let (min, max) = parse_range(&range).with_context(|| {
+                format!("raft_election_ms `{range}` is not MIN-MAX in milliseconds, e.g. 1500-3000")
+            })?;
+            consensus.election_min = Duration::from_millis(min);
+            consensus.election_max = Duration::from_millis(max);
+        }
+        consensus
+            .raft_config(genesis.mesh.clone())
+            .map_err(|e| anyhow::anyhow!("Raft settings: {e}"))?;
         let config = NodeConfig {
             nats_url: nats_url
                 .or(file.nats_url)
                 .unwrap_or_else(|| DEFAULT_NATS_URL.to_string()),
             data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from("cmesh-data")),
-            registrar: args.registrar || file.registrar.unwrap_or(false),
-            mesh: args.mesh.or(file.mesh).unwrap_or_else(|| "cmesh".to_string()),
+            genesis,
             admins: or_file(args.admins, file.admins),
             peers: or_file(args.peers, file.peers),
             max_payload: args
@@ -135,7 +158,7 @@ impl NodeConfig {
                 .unwrap_or(cmesh_router::gateway::DEFAULT_MAX_PAYLOAD),
             token_ttl: args.token_ttl.or(file.token_ttl).unwrap_or(3600),
             challenge_ttl: args.challenge_ttl.or(file.challenge_ttl).unwrap_or(25),
-            tlds: or_file(args.tlds, file.tlds),
+            consensus,
             permissions: file.permissions,
             gas_limit: args.gas_limit.or(file.gas_limit).unwrap_or(DEFAULT_GAS_LIMIT),
             memory_limit_mib: args
@@ -159,19 +182,13 @@ impl NodeConfig {
         if !(1..=4096).contains(&config.memory_limit_mib) {
             bail!("memory_limit_mib must be 1 to 4096 (WebAssembly memories are at most 4 GiB)");
         }
-        if config.mesh.is_empty() || config.mesh.len() > 64 {
-            bail!("the mesh name must be 1 to 64 characters");
-        }
         Ok(config)
     }
+}
 
-    pub fn tlds(&self) -> Vec<String> {
-        if self.tlds.is_empty() {
-            vec!["mcom".to_string()]
-        } else {
-            self.tlds.clone()
-        }
-    }
+fn parse_range(text: &str) -> Option<(u64, u64)> {
+    let (min, max) = text.split_once('-')?;
+    Some((min.trim().parse().ok()?, max.trim().parse().ok()?))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -182,26 +199,38 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cmesh_common::SigningKey;
+
+    fn genesis_file(dir: &Path) -> PathBuf {
+        let key = SigningKey::generate().expect("a key");
+        let genesis = Genesis::new("filemesh", vec![key.address()], vec![key.address()]).expect("a genesis");
+        let path = dir.join("genesis.json");
+        std::fs::write(&path, genesis.to_file_text()).expect("write");
+        path
+    }
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cmesh.toml");
-        std::fs::write(&path, "nats_url = \"nats://file:4222\"\nmesh = \"filemesh\"\ntoken_ttl = 60\n[permissions]\n\"registrar.register\" = \"role=registrant\"\n")
+        let genesis = genesis_file(dir.path());
+        std::fs::write(&path, format!("nats_url = \"nats://file:4222\"\ngenesis = {:?}\ntoken_ttl = 60\nraft_heartbeat_ms = 100\n[permissions]\n\"registrar.register\" = \"role=registrant\"\n", genesis.display().to_string()))
             .expect("write");
         let args = NodeArgs {
             config: Some(path),
-            mesh: Some("flagmesh".into()),
+            raft_election_ms: Some("800-1600".into()),
             ..Default::default()
         };
         let config = NodeConfig::resolve(args.clone(), None).expect("valid");
         assert_eq!(config.nats_url, "nats://file:4222");
         let flagged = NodeConfig::resolve(args, Some("nats://flag:4222".into())).expect("valid");
         assert_eq!(flagged.nats_url, "nats://flag:4222");
-        assert_eq!(config.mesh, "flagmesh");
+        assert_eq!(config.genesis.mesh, "filemesh");
         assert_eq!(config.token_ttl, 60);
         assert_eq!(config.challenge_ttl, 25);
-        assert_eq!(config.tlds(), vec!["mcom"]);
+        assert_eq!(config.consensus.heartbeat, Duration::from_millis(100));
+        assert_eq!(config.consensus.election_min, Duration::from_millis(800));
+        assert_eq!(config.consensus.election_max, Duration::from_millis(1600));
         assert_eq!(
             config.permissions.get("registrar.register").map(String::as_str),
             Some("role=registrant")
@@ -209,19 +238,38 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_and_zero_ttls_are_refused() {
+    fn unknown_keys_zero_ttls_bad_raft_timeouts_and_no_genesis_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let genesis = Some(genesis_file(dir.path()));
         let path = dir.path().join("cmesh.toml");
         std::fs::write(&path, "nats = \"x\"\n").expect("write");
-        let args = NodeArgs {
+        let refused = |args: NodeArgs| NodeConfig::resolve(args, None).expect_err("refused").to_string();
+        refused(NodeArgs {
             config: Some(path),
+            genesis: genesis.clone(),
             ..Default::default()
-        };
-        assert!(NodeConfig::resolve(args, None).is_err());
-        let args = NodeArgs {
+        });
+        refused(NodeArgs {
             token_ttl: Some(0),
+            genesis: genesis.clone(),
             ..Default::default()
-        };
-        assert!(NodeConfig::resolve(args, None).is_err());
+        });
+        let election = refused(NodeArgs {
+            raft_election_ms: Some("3000".into()),
+            genesis: genesis.clone(),
+            ..Default::default()
+        });
+        assert!(election.contains("MIN-MAX"), "{election}");
+        let inverted = refused(NodeArgs {
+            raft_heartbeat_ms: Some(5000),
+            genesis,
+            ..Default::default()
+        });
+        assert!(inverted.contains("Raft settings"), "{inverted}");
+        let missing = refused(NodeArgs::default());
+        assert!(
+            missing.contains("no genesis") && missing.contains("cmesh mesh init"),
+            "{missing}"
+        );
     }
 }

@@ -4,6 +4,7 @@ mod apps;
 mod config;
 mod logging;
 mod mesh;
+mod migrate;
 mod node;
 mod session;
 
@@ -153,7 +154,9 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum MeshCommand {
-    /// Start a local nats-server and N nodes (node 1 is the registrar) until Ctrl-C
+    /// Write the genesis of a new mesh and the keys of its first voters
+    Init(mesh::InitArgs),
+    /// Start a local nats-server and N nodes (the voters of one genesis) until Ctrl-C
     Up(mesh::UpArgs),
 }
 
@@ -266,6 +269,7 @@ fn run(command: Command, target: &Target) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Mesh(MeshCommand::Init(args)) => mesh::init(args),
         Command::Mesh(MeshCommand::Up(args)) => mesh::up(args),
         Command::Bench(command) => cmesh_bench::run(command, target.nats_url()),
     }

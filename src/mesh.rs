@@ -1,5 +1,8 @@
-//! `cmesh mesh up`: a local development mesh — one nats-server and N nodes (node 1 is the
-//! registrar) as child processes, until Ctrl-C.
+//! `cmesh mesh init`: the genesis of a new mesh and its first voters' keys.
+//!
+//! `cmesh mesh up`: a local development mesh — one nats-server and N nodes, the voters of
+//! one genesis (kept in the mesh's directory across runs), as child processes, until
+//! Ctrl-C.
 //!
 //! The developer's own client key (`$CMESH_HOME/key`) is made a node admin of every node,
 //! with any `--admin` addresses: node-level methods such as `ctx.join` need `role=admin`,
@@ -10,10 +13,89 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use cmesh_common::genesis::Genesis;
 use cmesh_common::{Address, SigningKey};
-use cmesh_testkit::{NatsServer, NatsSetup, Node, NodeOptions, NodeSetup};
+use cmesh_testkit::{write_genesis, NatsServer, NatsSetup, Node, NodeOptions, NodeSetup};
 
 use crate::session;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory for `genesis.json` and the voters' data dirs `node1`, `node2`, …
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// The mesh's name
+    #[arg(long, default_value = "cmesh")]
+    pub name: String,
+    /// How many voters (each gets a data dir with its node key)
+    #[arg(long, default_value_t = 3)]
+    pub voters: usize,
+    /// A mesh admin (repeat for several). Without any: this client's key, or else a new
+    /// key written to `<dir>/admin.key`
+    #[arg(long = "admin", env = "CMESH_ADMIN", value_delimiter = ',')]
+    pub admins: Vec<Address>,
+    /// If `<dir>/genesis.json` exists, leave it as it is and succeed (for scripts and
+    /// containers that run this on every start)
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Writes `<dir>/genesis.json` with voters `<dir>/node1..N` (keys made where missing).
+fn write_mesh(dir: &std::path::Path, name: &str, voters: usize, admins: Vec<Address>) -> anyhow::Result<Genesis> {
+    let mut admins = admins;
+    if admins.is_empty() {
+        // A genesis needs an admin; without a client key, one is made here.
+        let path = dir.join("admin.key");
+        let (key, _) = SigningKey::load_or_create(&path)
+            .with_context(|| format!("creating a mesh admin key {}", path.display()))?;
+        eprintln!("mesh admin: {} (key in {})", key.address().to_eip55(), path.display());
+        admins.push(key.address());
+    }
+    let data: Vec<PathBuf> = (1..=voters).map(|n| dir.join(format!("node{n}"))).collect();
+    let data: Vec<&std::path::Path> = data.iter().map(PathBuf::as_path).collect();
+    Ok(write_genesis(&dir.join("genesis.json"), name, admins, &data)?)
+}
+
+pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    if args.voters == 0 {
+        bail!("a mesh needs at least one voter");
+    }
+    let path = args.dir.join("genesis.json");
+    if path.exists() {
+        if args.keep {
+            let genesis = Genesis::load(&path)?;
+            eprintln!(
+                "{} exists (mesh {}, {}): kept",
+                path.display(),
+                genesis.mesh,
+                genesis.mesh_id()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!(
+            "{} exists: a mesh is made once; remove it to start another mesh, or pass --keep",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let admins = if args.admins.is_empty() {
+        admins(Vec::new())?
+    } else {
+        args.admins
+    };
+    let genesis = write_mesh(&args.dir, &args.name, args.voters, admins)?;
+    eprintln!("mesh {} ({}): {}", genesis.mesh, genesis.mesh_id(), path.display());
+    for (n, voter) in genesis.voters.iter().enumerate() {
+        let data = args.dir.join(format!("node{}", n + 1));
+        eprintln!(
+            "voter {}: {voter}: cmesh node run --data {} --genesis {}",
+            n + 1,
+            data.display(),
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -59,6 +141,19 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         let mut stop = StopSignals::new()?;
         let bin = std::env::current_exe().context("finding the cmesh binary")?;
         let mut env = format!("CMESH_NATS_URL={url}\n");
+        let genesis = dir.join("genesis.json");
+        let data = |n: usize| dir.join(format!("node{n}"));
+        if !genesis.exists() {
+            write_mesh(&dir, "dev", args.nodes, admins.clone())?;
+        }
+        let genesis_text = Genesis::load(&genesis)?;
+        eprintln!(
+            "mesh {} ({}): genesis {}",
+            genesis_text.mesh,
+            genesis_text.mesh_id(),
+            genesis.display()
+        );
+        env.push_str(&format!("CMESH_GENESIS={}\n", genesis.display()));
         let mut nodes = Vec::with_capacity(args.nodes);
         for n in 1..=args.nodes {
             let setup = NodeSetup {
@@ -66,11 +161,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 bin: bin.clone(),
                 nats_url: url.clone(),
                 options: NodeOptions {
-                    registrar: n == 1,
+                    genesis: Some(genesis.clone()),
                     admins: admins.clone(),
                     ..NodeOptions::default()
                 },
-                data: dir.join(format!("node{n}")),
+                data: data(n),
                 log: dir.join(format!("node{n}.log")),
             };
             let node = Node::launch(setup)
@@ -78,7 +173,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("node {n} of the mesh"))?;
             let address = node.address();
             nodes.push(node);
-            let role = if n == 1 { " (registrar)" } else { "" };
+            let role = if genesis_text.voters.contains(&address) {
+                " (voter)"
+            } else {
+                ""
+            };
             eprintln!("node {n}: {address}{role}");
             env.push_str(&format!("NODE{n}={address}\n"));
         }

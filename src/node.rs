@@ -1,5 +1,6 @@
-//! Wiring one node: key, NATS connection, the actors each on its own arbiter, the front
-//! door, announcements, and a clean stop on SIGINT/SIGTERM.
+//! Wiring one node: key, NATS connection, the actors each on its own arbiter, the mesh
+//! registry's Raft on a runtime of its own, the front door, announcements, and a clean
+//! stop on SIGINT/SIGTERM.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,13 +9,13 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use bytes::Bytes;
 use cmesh_common::{Address, SigningKey};
+use cmesh_consensus::ConsensusNode;
 use cmesh_events::{EventsActor, Ready, Shutdown};
 use cmesh_iam::{IamActor, IamConfig, Verifier};
-use cmesh_registrar::RegistrarActor;
 use cmesh_replication::{Link, NatsBus, Replicator, Settings, Subscriptions, TxVerifier};
-use cmesh_router::forward::{ForwardedCalls, RegistrarHandle};
 use cmesh_router::gateway::{endpoint_specs, Gateway};
 use cmesh_router::micro::{Micro, ServiceIdentity};
+use cmesh_router::registry::RegistryHandle;
 use cmesh_router::router::RouterActor;
 use cmesh_router::services::Services;
 use cmesh_runtime::RuntimeConfig;
@@ -33,7 +34,12 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     if created {
         tracing::info!(address = %key.address(), path = %key_path.display(), "created the node key");
     }
-    tracing::info!(address = %key.address(), registrar = config.registrar, mesh = %config.mesh, "starting node");
+    tracing::info!(
+        address = %key.address(),
+        mesh = %config.genesis.mesh,
+        mesh_id = %config.genesis.mesh_id(),
+        "starting node"
+    );
     let system = actix::System::new();
     system.block_on(serve(config, key))
 }
@@ -99,8 +105,18 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let verifier = SyncArbiter::start(threads, || Verifier);
 
+    let mesh_id = config.genesis.mesh_id();
+    let consensus = Consensus::start(&config, &key).await?;
+    if let Some((path, records)) = crate::migrate::pending(&config.data, &config.genesis)? {
+        consensus
+            .runtime
+            .spawn(crate::migrate::run(consensus.node.clone(), path, records));
+    }
     let iam_config = IamConfig {
-        mesh: config.mesh.clone(),
+        // Login messages, tokens and announcements name the mesh id: two meshes on one
+        // NATS, even of the same name, cannot mix.
+        mesh: mesh_id.to_string(),
+        mesh_name: config.genesis.mesh.clone(),
         challenge_ttl: Duration::from_secs(config.challenge_ttl),
         token_ttl: Duration::from_secs(config.token_ttl),
         admins: config.admins.clone(),
@@ -113,6 +129,11 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     // message; its signature checks run on the verifier pool, not here.
     let iam = iam_actor.start();
 
+    consensus.runtime.spawn(tell_iam_the_admitted(
+        consensus.node.clone(),
+        iam.clone(),
+        client.clone(),
+    ));
     let events = start_events(&config, address).await?;
 
     let state_config = StateConfig {
@@ -152,35 +173,15 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     };
     let replicator = replication.run(Replicator::new(link, subscriptions));
 
-    let (registrar, forwarded) = if config.registrar {
-        let actor =
-            RegistrarActor::open(&config.data.join("registrar.redb"), config.tlds()).context("registrar store")?;
-        let registrar = RegistrarActor::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
-        let forwarded = ForwardedCalls::new(registrar.clone(), events.clone(), iam.clone());
-        (
-            RegistrarHandle::Local {
-                registrar,
-                events: events.clone(),
-            },
-            Some(forwarded),
-        )
-    } else {
-        (
-            RegistrarHandle::Remote {
-                client: client.clone(),
-                key: key.clone(),
-            },
-            None,
-        )
-    };
-
     let services = Services {
         node: address,
-        mesh: config.mesh.clone(),
-        is_registrar: config.registrar,
+        mesh: mesh_id.to_string(),
         iam: iam.clone(),
         events: events.clone(),
-        registrar,
+        registry: RegistryHandle {
+            consensus: consensus.node.clone(),
+            events: events.clone(),
+        },
         state: state.clone(),
         replicator,
         client: client.clone(),
@@ -196,7 +197,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         description: "cmesh node: FQMN and JSON-RPC front door".into(),
         metadata: HashMap::from([
             ("address".to_string(), address.to_string()),
-            ("registrar".to_string(), config.registrar.to_string()),
+            ("mesh".to_string(), mesh_id.to_string()),
         ]),
     };
     let specs = endpoints.iter().map(|(spec, _)| spec.clone()).collect();
@@ -205,14 +206,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         .context("micro service")?;
     actix::spawn(micro_task);
 
-    let mut forwarded_sub = match forwarded {
-        Some(forwarded) => {
-            let listening = forwarded.listen(client.clone()).await.context("registrar subject")?;
-            Some(actix::spawn(listening))
-        }
-        None => None,
-    };
-    let discovery = cmesh_iam::discovery(client.clone(), iam.clone(), config.registrar).await?;
+    let discovery = cmesh_iam::discovery(client.clone(), iam.clone()).await?;
     let announcer = actix::spawn(discovery);
 
     let mut gateway = Gateway::start(
@@ -236,10 +230,8 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         tracing::warn!("requests still in flight after the drain limit");
     }
     announcer.abort();
-    if let Some(handle) = forwarded_sub.take() {
-        handle.abort();
-    }
     micro.stop().await;
+    consensus.stop().await;
     // Batches of broadcast transactions alone were committed without fsync.
     match persist.send(Persist).await {
         Ok(Ok(())) => tracing::info!("state made durable"),
@@ -257,6 +249,74 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
     tracing::info!("stopped");
     System::current().stop();
     Ok(())
+}
+
+/// Keeps IAM's peers to the nodes the registry admits, and says in this node's log when
+/// it is not admitted itself (the others then ignore what it sends).
+async fn tell_iam_the_admitted(consensus: ConsensusNode, iam: Addr<IamActor>, client: async_nats::Client) {
+    let own = consensus.address();
+    let mut nodes = consensus.watch_nodes();
+    let mut warned = false;
+    loop {
+        let admitted: std::collections::BTreeSet<Address> = nodes.borrow_and_update().keys().copied().collect();
+        if !admitted.contains(&own) && !warned {
+            tracing::warn!(
+                node = %own,
+                mesh = %consensus.mesh(),
+                "this node is not admitted to the mesh (as its registry stands here): the other nodes ignore its \
+                 announcements, tokens and proposals until a mesh admin admits it (mesh.admit or CW:admit)"
+            );
+            warned = true;
+        }
+        // Newly admitted nodes learnt from their earlier announcements must learn this one.
+        if let Ok(true) = iam.send(cmesh_iam::AdmittedNodes(admitted)).await {
+            cmesh_iam::publish_own(&client, &iam).await;
+        }
+        if nodes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The mesh registry's Raft, on a multi-threaded runtime of its own with its own NATS
+/// connection: actix's arbiters are single-threaded, and Raft's heartbeats must not wait
+/// behind requests (nor requests behind a snapshot).
+struct Consensus {
+    node: ConsensusNode,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Consensus {
+    async fn start(config: &NodeConfig, key: &SigningKey) -> anyhow::Result<Consensus> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cmesh-raft")
+            .enable_all()
+            .build()
+            .context("starting the consensus runtime")?;
+        let (genesis, key, url) = (config.genesis.clone(), key.clone(), config.nats_url.clone());
+        let config_settings = config.consensus.clone();
+        let path = config.data.join("consensus.redb");
+        let started = runtime.spawn(async move {
+            let client = connect(&url, &format!("cmesh-node-{}-raft", key.address())).await?;
+            ConsensusNode::start(&genesis, key, &path, client, config_settings)
+                .await
+                .context("the mesh registry")
+        });
+        let node = match started.await {
+            Ok(started) => started?,
+            Err(e) => anyhow::bail!("the consensus runtime stopped while starting: {e}"),
+        };
+        Ok(Consensus { node, runtime })
+    }
+
+    async fn stop(self) {
+        let node = self.node.clone();
+        if let Err(e) = self.runtime.spawn(async move { node.shutdown().await }).await {
+            tracing::warn!(error = %e, "stopping Raft");
+        }
+        self.runtime.shutdown_background();
+    }
 }
 
 struct Signals {

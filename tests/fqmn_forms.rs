@@ -116,26 +116,41 @@ async fn unknown_methods_consensus_bodies_and_the_audit_method() {
         .await
         .assert_rpc_error(-32601, 404);
 
-    // C: and CW: reach the consensus service with their body and write flag (501 yet).
-    let read = client.fqmn(node, "C:status", u).await;
-    read.assert_fqmn_error(501);
-    assert!(
-        read.error_message()
-            .is_some_and(|m| m.contains("consensus.read") && m.contains("C:status")),
+    // C: reads the registry's Raft; an unknown body is 404 naming the reads there are.
+    let status = client.fqmn(node, "C:status", u).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(status.body["leader"], json!(node), "a one-voter mesh leads itself");
+    assert_eq!(status.body["role"], json!("voter"));
+    let nodes = client.fqmn(node, "C:nodes", u).await;
+    assert_eq!(
+        nodes.body["nodes"],
+        json!([{"node": node, "role": "voter"}]),
         "{}",
-        read.body
+        nodes.body
     );
-    let command = client
-        .fqmn(node, r#"CW:admit:{"node":"0x00","role":"learner"}"#, u)
-        .await;
-    command.assert_fqmn_error(501);
+    let unknown = client.fqmn(node, "C:frobnicate", u).await;
+    unknown.assert_fqmn_error(404);
     assert!(
-        command
+        unknown
             .error_message()
-            .is_some_and(|m| m.contains("consensus.write") && m.contains(r#"CW:admit:{"node""#)),
+            .is_some_and(|m| m.contains("C:status") && m.contains("C:nodes")),
         "{}",
-        command.body
+        unknown.body
     );
+    // CW: takes registry commands: admission is for mesh admins (403 for anyone else),
+    // a malformed command is 400 naming the commands there are.
+    let stranger = new_key().address();
+    let command = format!(r#"CW:admit:{{"node":"{stranger}","role":"learner"}}"#);
+    client.fqmn(node, &command, u).await.assert_fqmn_error(403);
+    let malformed = client.fqmn(node, r#"CW:admit:{"node":"0x00"}"#, u).await;
+    malformed.assert_fqmn_error(400);
+    assert!(
+        malformed.error_message().is_some_and(|m| m.contains("admit, remove")),
+        "{}",
+        malformed.body
+    );
+    let unknown = client.fqmn(node, r#"CW:frobnicate:{}"#, u).await;
+    unknown.assert_fqmn_error(400);
 
     // events.audit: node admins only; the chain it verifies holds the requests so far.
     client

@@ -59,7 +59,11 @@ fn endpoint_counts(stats: &Stats, name: &str) -> (usize, usize, Option<String>) 
 async fn micro_discovery_names_every_node() {
     let mesh = Mesh::start(2).await;
     let client = &mesh.client;
-    let (registrar, other) = (mesh.node(0).address(), mesh.node(1).address());
+    let (first, other) = (mesh.node(0).address(), mesh.node(1).address());
+    let mesh_id = cmesh_common::genesis::Genesis::load(&mesh.genesis_path())
+        .expect("the test mesh's genesis")
+        .mesh_id()
+        .to_string();
 
     for subject in ["$SRV.PING", "$SRV.PING.cmesh"] {
         let pings: Vec<PingResponse> = client
@@ -77,19 +81,15 @@ async fn micro_discovery_names_every_node() {
                 ping.id
             );
         }
-        assert_eq!(
-            instance_of(&pings, registrar)
-                .metadata
-                .get("registrar")
-                .map(String::as_str),
-            Some("true")
-        );
-        assert_eq!(
-            instance_of(&pings, other).metadata.get("registrar").map(String::as_str),
-            Some("false")
-        );
+        for address in [first, other] {
+            assert_eq!(
+                instance_of(&pings, address).metadata.get("mesh"),
+                Some(&mesh_id),
+                "every instance names the mesh id"
+            );
+        }
         assert_ne!(
-            instance_of(&pings, registrar).id,
+            instance_of(&pings, first).id,
             instance_of(&pings, other).id,
             "instance ids are unique"
         );
@@ -101,7 +101,7 @@ async fn micro_discovery_names_every_node() {
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("ping"))
         .collect();
-    for (address, is_registrar) in [(registrar, "true"), (other, "false")] {
+    for address in [first, other] {
         let id = instance_of(&pings, address).id.clone();
         // PING and INFO addressed to the one instance.
         let ping = client
@@ -116,7 +116,7 @@ async fn micro_discovery_names_every_node() {
         let info: Info = serde_json::from_slice(&info.raw).expect("INFO parses as a micro info response");
         assert_eq!(info.name, "cmesh");
         assert_eq!(info.metadata.get("address"), Some(&address.to_string()));
-        assert_eq!(info.metadata.get("registrar").map(String::as_str), Some(is_registrar));
+        assert_eq!(info.metadata.get("mesh"), Some(&mesh_id));
         let endpoints: BTreeSet<(String, String, String)> = info
             .endpoints
             .iter()
@@ -162,7 +162,7 @@ async fn endpoints_answer_with_cmtp_headers_in_json_or_msgpack() {
         "answered by an unknown node {answered_by}"
     );
 
-    // Per-node subjects: that node answers, and says whether it is the registrar.
+    // Per-node subjects: that node answers.
     for (i, node) in mesh.nodes.iter().enumerate() {
         let reply = client.fqmn(node, "P:ping", None).await;
         assert_eq!(reply.status, 200, "P:ping on node {i}: {}", reply.body);
@@ -172,14 +172,10 @@ async fn endpoints_answer_with_cmtp_headers_in_json_or_msgpack() {
             json!(node.address()),
             "node subject answered by that node"
         );
-        assert_eq!(reply.body["registrar"], json!(i == 0), "registrar flag of node {i}");
 
         let reply = client.rpc(node, "router.ping", json!({}), None).await;
         let result = reply.ok();
-        assert_eq!(
-            result,
-            json!({"pong": true, "node": node.address(), "registrar": i == 0})
-        );
+        assert_eq!(result, json!({"pong": true, "node": node.address()}));
         assert_eq!(reply.header("Content-Type").as_deref(), Some(JSON));
     }
 
@@ -259,7 +255,12 @@ async fn endpoints_answer_with_cmtp_headers_in_json_or_msgpack() {
     // router.info lists every node of the mesh, itself included.
     let info = client.fqmn_ok(node, "P:info", Some(&token)).await;
     assert_eq!(info["node"], json!(node.address()));
-    assert_eq!(info["registrar"], json!(false));
+    assert_eq!(info["consensus"]["role"], json!("voter"), "consensus: {info}");
+    assert_eq!(
+        info["consensus"]["voters"].as_array().map(Vec::len),
+        Some(2),
+        "consensus: {info}"
+    );
     assert!(
         info["version"].as_str().is_some_and(|v| !v.is_empty()),
         "version: {info}"
@@ -273,21 +274,13 @@ async fn endpoints_answer_with_cmtp_headers_in_json_or_msgpack() {
         .collect();
     let all: BTreeSet<String> = addresses.iter().map(ToString::to_string).collect();
     assert_eq!(peers, all, "router.info peers (every node, itself included)");
-    let registrar_peer = info["peers"]
+    let first_peer = info["peers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["address"] == json!(addresses[0]))
         .unwrap();
-    assert_eq!(
-        registrar_peer["registrar"],
-        json!(true),
-        "peer entry of the registrar: {registrar_peer}"
-    );
-    assert!(
-        registrar_peer["last_seen"].as_u64().is_some(),
-        "last_seen: {registrar_peer}"
-    );
+    assert!(first_peer["last_seen"].as_u64().is_some(), "last_seen: {first_peer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,15 +334,15 @@ async fn errors_carry_service_error_headers_and_are_counted() {
     );
 
     // Every service needs credentials: 401 without; then the service's own answer (a
-    // context reference that names no context held here, however short: 404; consensus
-    // is not served yet: 501).
+    // context reference that names no context held here, however short, or a consensus
+    // read that names nothing: 404).
     let token = client.login(&new_key(), node).await;
     for (fqmn, status) in [
         ("S:0x01:get", 404),
         ("SW:0x01:set:{\"k\":1}", 404),
         ("A:~1.0.0:0x01:hello", 404),
         ("S:0x0123456789:get", 404),
-        ("C:anything", 501),
+        ("C:anything", 404),
     ] {
         client.fqmn(node, fqmn, None).await.assert_fqmn_error(401);
         client.fqmn(node, fqmn, Some(&token)).await.assert_fqmn_error(status);

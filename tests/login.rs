@@ -72,6 +72,14 @@ async fn login_whoami_and_tokens_across_nodes() {
         "message names the mesh: {}",
         challenge.message
     );
+    let mesh_id = cmesh_common::genesis::Genesis::load(&mesh.genesis_path())
+        .expect("the genesis")
+        .mesh_id();
+    assert!(
+        challenge.message.contains(&mesh_id.to_string()),
+        "message names the mesh id: {}",
+        challenge.message
+    );
     assert!(
         message.contains(&alice.address().to_string()),
         "message names the address {}: {}",
@@ -113,9 +121,14 @@ async fn login_whoami_and_tokens_across_nodes() {
     assert!(expires_at > unix_secs(), "token expiry in the future: {login}");
     let token = login["token"].as_str().expect("token").to_string();
     let claims = claims_of(&token);
+    let mesh_id = cmesh_common::genesis::Genesis::load(&mesh.genesis_path())
+        .expect("the genesis")
+        .mesh_id()
+        .to_string();
     assert_eq!(
         (claims.iss, claims.sub, claims.aud.as_str()),
-        (a.address(), alice.address(), "testmesh")
+        (a.address(), alice.address(), mesh_id.as_str()),
+        "a token's audience is the mesh id"
     );
 
     // A login that reaches another node than the challenge is handed over.
@@ -158,7 +171,7 @@ async fn login_whoami_and_tokens_across_nodes() {
     let claims = |iss: Address| Claims {
         iss,
         sub: alice.address(),
-        aud: "testmesh".into(),
+        aud: mesh_id.clone(),
         iat: now,
         exp: now + 3600,
         jti: "0x00".into(),

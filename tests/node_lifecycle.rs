@@ -12,15 +12,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_file_is_private_and_the_address_survives_restarts() {
     let nats = NatsServer::start();
-    let mut node = Node::start(
-        0,
-        &nats.url(),
-        NodeOptions {
-            registrar: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut node = Node::start(0, &nats.url(), NodeOptions { ..Default::default() }).await;
     let address = node.address();
 
     // The key file exists, is readable by the owner only, and is the key of the address.
@@ -79,14 +71,7 @@ async fn a_node_started_while_nats_is_down_retries_then_serves() {
     let url = nats.url();
     nats.stop();
 
-    let mut node = Node::spawn(
-        0,
-        &url,
-        NodeOptions {
-            registrar: true,
-            ..Default::default()
-        },
-    );
+    let mut node = Node::spawn(0, &url, NodeOptions { ..Default::default() });
     let line = node
         .wait_log(
             "that it cannot reach NATS and will retry",
@@ -153,15 +138,7 @@ async fn the_ready_line_means_serving_and_stoppable() {
     // rounds, as both are races when the node gets them wrong.
     let nats = NatsServer::start();
     let client = Client::connect(&nats.url()).await;
-    let mut node = Node::start(
-        0,
-        &nats.url(),
-        NodeOptions {
-            registrar: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut node = Node::start(0, &nats.url(), NodeOptions { ..Default::default() }).await;
     let status = node.stop_sigterm().await;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
     for round in 0..5 {
@@ -198,4 +175,70 @@ async fn the_ready_line_means_serving_and_stoppable() {
             "round {round}: SIGTERM right after ready gives {status}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_registrar_store_is_migrated_into_the_mesh_registry_once() {
+    let nats = NatsServer::start();
+    let mut node = Node::prepare(0, &nats.url(), NodeOptions::default());
+    // The store a `--registrar` node of an earlier release left in its data dir.
+    let owners = [new_key(), new_key()];
+    {
+        let policy = cmesh_registrar::NamePolicy::new(["mcom"]).expect("a policy");
+        let store = cmesh_registrar::RegistrarStore::open(&node.data_dir().join("registrar.redb"), policy)
+            .expect("an old store");
+        for i in 0..30 {
+            let owner = owners[i % 2].address();
+            store
+                .register(owner, &format!("old{i}.mcom"), "I:whoami", 1_000 + i as u64)
+                .expect("registered in the old store");
+        }
+    }
+    node.respawn();
+    node.wait_ready(READY_TIMEOUT).await;
+
+    // Every name answers through the node, for its old owner, once the migration is done.
+    let client = Client::connect(&nats.url()).await;
+    let token = client.login(&owners[1], &node).await;
+    node.wait_log("the migration to finish", EVENTUALLY, |l| {
+        l.contains("the single registrar's names are in the mesh registry")
+    })
+    .await;
+    for i in [0usize, 1, 29] {
+        let record = client
+            .call(
+                &node,
+                "registrar.resolve",
+                json!({ "name": format!("old{i}.mcom") }),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(record["owner"], json!(owners[i % 2].address()), "{record}");
+        assert_eq!(record["target"], json!("I:whoami"));
+    }
+    assert!(!node.data_dir().join("registrar.redb").exists());
+    assert!(node.data_dir().join("registrar.redb.migrated").exists());
+
+    // Once only: after a restart nothing is migrated again, and the names stay.
+    let status = node.stop_sigterm().await;
+    assert_eq!(status.code(), Some(0));
+    node.respawn();
+    node.wait_ready(READY_TIMEOUT).await;
+    let token = client.login(&owners[0], &node).await;
+    let listed = client
+        .call(
+            &node,
+            "registrar.list",
+            json!({ "owner": owners[0].address() }),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(15), "{listed}");
+    let migrations = node
+        .logs()
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("migrating the single registrar"))
+        .count();
+    assert_eq!(migrations, 1, "the names are migrated on the first start only");
 }

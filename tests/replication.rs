@@ -421,6 +421,7 @@ async fn a_member_cut_off_from_nats_catches_up_when_back() {
     let proxy = Proxy::start(m.mesh.nats.port()).await;
     let options = m.mesh.node(1).options.clone();
     let node = Node::start(2, &proxy.url(), options).await;
+    m.mesh.admit(node.address(), "learner").await;
     m.mesh.nodes.push(node);
     m.mesh.wait_peers().await;
     m.tokens.push(m.mesh.client.login(&m.admin, m.node(2)).await);

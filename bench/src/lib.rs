@@ -2,10 +2,12 @@
 //! taken in the same run on the same machine (a raw NATS echo, native Rust, a context on
 //! one node), because on a shared, noisy machine a bare figure says little.
 //!
-//! The `cmesh` binary runs these as `cmesh bench fqmn|tx|wasm|replicate`; the benches
-//! start their own nodes (`cmesh node run` children of that binary, through the testkit's
-//! node harness) on the NATS server of `cmesh --nats`. docs/BENCHMARKS.md has the figures.
+//! The `cmesh` binary runs these as `cmesh bench fqmn|tx|wasm|replicate|consensus`; the
+//! benches start their own nodes (`cmesh node run` children of that binary, through the
+//! testkit's node harness; `consensus` its voters in process) on the NATS server of
+//! `cmesh --nats`. docs/BENCHMARKS.md has the figures.
 
+mod consensus;
 mod load;
 mod machine;
 mod replicate;
@@ -20,6 +22,7 @@ use anyhow::{anyhow, Context};
 use clap::Subcommand;
 use cmesh_testkit::{Node, NodeOptions, NodeSetup};
 
+pub use consensus::ConsensusArgs;
 pub use load::{LoadArgs, Workload};
 pub use replicate::ReplicateArgs;
 pub use wasm::WasmArgs;
@@ -38,6 +41,10 @@ pub enum BenchCommand {
     /// Replication between member nodes: tx/s applied on all (goal ≥ 3,000), convergence
     /// p50/p99 at half load (goal p99 ≤ 50 ms), a joiner's catch-up rate (goal ≥ 20,000/s)
     Replicate(ReplicateArgs),
+    /// The mesh registry's Raft (in-process voters): names/s (goal ≥ 5,000 with 3 voters,
+    /// ≥ 0.8 of a 3-replica JetStream KV's creates/s), linearizable resolves/s, and leader
+    /// failover (goal ≤ 3 s)
+    Consensus(ConsensusArgs),
 }
 
 /// Runs one bench against the NATS server at `nats_url` (all but `wasm`, which runs in
@@ -54,6 +61,7 @@ pub fn run(command: BenchCommand, nats_url: &str) -> anyhow::Result<ExitCode> {
         BenchCommand::Tx(args) => runtime()?.block_on(load::load(args, nats_url, Workload::KvSet)),
         BenchCommand::Wasm(args) => wasm::run(args),
         BenchCommand::Replicate(args) => runtime()?.block_on(replicate::run(args, nats_url)),
+        BenchCommand::Consensus(args) => runtime()?.block_on(consensus::run(args, nats_url)),
     }
 }
 

@@ -8,8 +8,8 @@ filled in, and the same subject, headers and payload are sent with nats-py. A co
 scripts and this test cannot drift apart: change a payload in a script and this test sends
 the new one.
 
-The mesh: by default the test starts its own nats-server on a free port and two nodes
-(`cmesh node run`, node 1 being the registrar) in temp dirs. Set CMESH_TEST_NATS_URL (and
+The mesh: by default the test starts its own nats-server on a free port, writes a genesis
+with `cmesh mesh init` and starts its voters (`cmesh node run`, two by default) in temp dirs. Set CMESH_TEST_NATS_URL (and
 optionally CMESH_TEST_NODE, a node address) to use a running mesh instead, e.g. the one
 scripts/up starts. CMESH_BIN names the binary (default target/release/cmesh), NATS_SERVER
 the nats-server (default: on the PATH), CMESH_TEST_NODES how many nodes to start.
@@ -39,7 +39,7 @@ from eth_account.messages import encode_defunct
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "scripts" / "examples"
-SCRIPTS = ["login.sh", "fqmn.sh", "register-name.sh", "events.sh", "micro.sh", "apps.sh"]
+SCRIPTS = ["login.sh", "fqmn.sh", "register-name.sh", "events.sh", "micro.sh", "apps.sh", "consensus.sh"]
 READY = re.compile(r"cmesh node (0x[0-9a-fA-F]+) ready")
 VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 # `$SRV` in '$SRV.PING.cmesh' is part of the subject, not a shell variable (single quotes).
@@ -228,13 +228,17 @@ def mesh():
             srv.wait_for(re.compile(r"Server is ready"), 20)
 
             env = dict(os.environ, CMESH_HOME=f"{tmp}/home", RUST_LOG=os.environ.get("RUST_LOG", "info"))
-            for k in ("CMESH_NATS_URL", "CMESH_DATA", "CMESH_REGISTRAR", "CMESH_CONFIG", "CMESH_ADMIN"):
+            for k in ("CMESH_NATS_URL", "CMESH_DATA", "CMESH_GENESIS", "CMESH_CONFIG", "CMESH_ADMIN"):
                 env.pop(k, None)
+            count = int(os.environ.get("CMESH_TEST_NODES", "2"))
+            subprocess.run(
+                [cmesh, "mesh", "init", "--dir", tmp, "--voters", str(count), "--name", "examples"],
+                env=env, check=True, capture_output=True,
+            )
             nodes = []
-            for i in range(1, int(os.environ.get("CMESH_TEST_NODES", "2")) + 1):
-                argv = [cmesh, "node", "run", "--nats", url, "--data", f"{tmp}/node{i}"]
-                if i == 1:
-                    argv.append("--registrar")
+            for i in range(1, count + 1):
+                argv = [cmesh, "node", "run", "--nats", url, "--data", f"{tmp}/node{i}",
+                        "--genesis", f"{tmp}/genesis.json"]
                 node = Proc(f"node{i}", argv, env)
                 procs.append(node)
                 nodes.append(node.wait_for(READY, 60).group(1))
@@ -387,6 +391,25 @@ def test_fqmn(loop, nc, mesh, login):
         if "I:whoami" in req.payload and req.expect in (None, 200):
             assert contains_address(msg, login["ADDRESS"]), f"whoami does not name the caller: {msg.data!r}"
     assert sent >= 3
+
+
+def test_consensus(loop, nc, mesh, login):
+    """consensus.sh: C:status names a leader among the voters; C:nodes lists them; an
+    admission by a caller who is no mesh admin is refused (403)."""
+    reqs, _ = parse_script("consensus.sh")
+    assert len(reqs) == 3
+    env = dict(login, NEW_NODE="0x" + secrets.token_hex(20))
+    for req in reqs:
+        msg = send(loop, nc, req, env, retry_unavailable=10)
+        check(msg, req)
+        if req.payload == "C:status":
+            body = json.loads(msg.data)
+            assert body["leader"] in body["voters"], body
+            if mesh.own:
+                assert len(body["voters"]) == len(mesh.nodes), body
+        if req.payload == "C:nodes":
+            body = json.loads(msg.data)
+            assert all(n["role"] == "voter" for n in body["nodes"]), body
 
 
 def test_register_name(loop, nc, login):

@@ -202,6 +202,11 @@ impl ConsensusNode {
         &self.inner.raft
     }
 
+    /// The admitted nodes of this node's replica, updated as entries apply.
+    pub fn watch_nodes(&self) -> tokio::sync::watch::Receiver<std::collections::BTreeMap<Address, Role>> {
+        self.inner.machine.watch_nodes()
+    }
+
     /// This node's replica, as applied so far (no consistency guarantee).
     pub fn replica(&self) -> std::sync::RwLockReadGuard<'_, MachineState> {
         self.inner.machine.read()

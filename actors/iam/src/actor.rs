@@ -38,10 +38,18 @@ pub struct IamActor {
     tokens: HashMap<String, Claims>,
     attributes: AttributeStore,
     peers: PeerTable,
+    /// The nodes the mesh registry admits (`None` until it first says).
+    admitted: Option<std::collections::BTreeSet<Address>>,
+    /// The latest ignored announcement of each non-admitted node, replayed if it is
+    /// admitted later (its next announcement may be half a minute away).
+    ignored: HashMap<Address, Announcement>,
     verifier: Addr<Verifier>,
     /// Random per process start, sent in announcements.
     boot: String,
 }
+
+/// Non-admitted nodes whose ignored announcements are kept.
+const MAX_IGNORED: usize = 1024;
 
 impl IamActor {
     /// Opens `<data>/iam.redb` and prepares the actor; `verifier` is the signature pool.
@@ -67,6 +75,8 @@ impl IamActor {
             tokens: HashMap::new(),
             attributes,
             peers,
+            admitted: None,
+            ignored: HashMap::new(),
             verifier,
         })
     }
@@ -128,7 +138,8 @@ impl IamActor {
     }
 
     fn peer_allowed(&self, address: &Address) -> bool {
-        self.config.allowed_peers.is_empty() || self.config.allowed_peers.contains(address)
+        (self.config.allowed_peers.is_empty() || self.config.allowed_peers.contains(address))
+            && self.admitted.as_ref().is_none_or(|admitted| admitted.contains(address))
     }
 }
 
@@ -298,7 +309,8 @@ impl Handler<Challenge> for IamActor {
         let expiry = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(expires_at));
         let session_hex = to_hex0x(&session);
         let message = format!(
-            "Log in to the cmesh mesh `{mesh}`\n\nAddress: {address}\nSession: {session_hex}\nNode: {node}\nExpires: {expiry}\n\nSigning this proves you hold the key of this address. It costs nothing and grants nothing else.",
+            "Log in to the cmesh mesh `{name}` ({mesh})\n\nAddress: {address}\nSession: {session_hex}\nNode: {node}\nExpires: {expiry}\n\nSigning this proves you hold the key of this address. It costs nothing and grants nothing else.",
+            name = self.config.mesh_name,
             mesh = self.config.mesh,
             address = msg.address.to_eip55(),
             node = self.key.address(),
@@ -398,35 +410,76 @@ impl Handler<PeerAnnounced> for IamActor {
     fn handle(&mut self, msg: PeerAnnounced, _: &mut Context<Self>) -> Self::Result {
         let announcement = msg.0;
         let stale = unix_millis().saturating_sub(announcement.ts) > ANNOUNCEMENT_MAX_AGE_MS;
-        if announcement.mesh != self.config.mesh || stale || !self.peer_allowed(&announcement.address) {
+        if announcement.mesh != self.config.mesh || stale {
+            return Box::pin(fut::ready(Ok(None)));
+        }
+        if !self.peer_allowed(&announcement.address) {
+            // Kept (the latest per address, for a bounded number of addresses) so that it
+            // counts at once if the node is admitted later; logged once per address, so a
+            // flood of made-up keys floods neither memory nor the log.
+            let address = announcement.address;
+            if (self.ignored.contains_key(&address) || self.ignored.len() < MAX_IGNORED)
+                && self.ignored.insert(address, announcement).is_none()
+            {
+                tracing::warn!(node = %address, "ignored the announcement of a node that is not admitted to this mesh");
+            }
             return Box::pin(fut::ready(Ok(None)));
         }
         let request = RecoverSigner {
             message: announcement.signing_bytes(),
             signature: announcement.signature.clone(),
         };
-        Box::pin(self.verifier.send(request).into_actor(self).map(move |result, actor, _| {
-            let (public, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
-            if signer != announcement.address {
-                return Err(signature_error("announcement not signed by the node it names"));
+        Box::pin(
+            self.verifier
+                .send(request)
+                .into_actor(self)
+                .map(move |result, actor, _| {
+                    let (public, signer) = result.map_err(verifier_gone)?.map_err(signature_error)?;
+                    if signer != announcement.address {
+                        return Err(signature_error("announcement not signed by the node it names"));
+                    }
+                    let is_new = actor.peers.learn(&announcement, public);
+                    if is_new {
+                        tracing::info!(peer = %announcement.address, "learnt a node (new or restarted)");
+                    }
+                    Ok(is_new.then_some(announcement.address))
+                }),
+        )
+    }
+}
+
+impl Handler<AdmittedNodes> for IamActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: AdmittedNodes, ctx: &mut Context<Self>) -> Self::Result {
+        let admitted = msg.0;
+        let own = self.key.address();
+        for peer in self.peers.list() {
+            if peer.address != own && !admitted.contains(&peer.address) {
+                tracing::warn!(peer = %peer.address, "not (or no longer) an admitted node: its announcements and tokens no longer count here");
             }
-            let is_new = actor.peers.learn(&announcement, public);
-            if is_new {
-                tracing::info!(peer = %announcement.address, registrar = announcement.registrar, "learnt a node (new or restarted)");
+        }
+        self.peers.retain(&own, |address| admitted.contains(address));
+        self.tokens
+            .retain(|_, claims| claims.iss == own || admitted.contains(&claims.iss));
+        let now_admitted: Vec<Address> = self.ignored.keys().filter(|a| admitted.contains(a)).copied().collect();
+        self.admitted = Some(admitted);
+        for address in &now_admitted {
+            if let Some(announcement) = self.ignored.remove(address) {
+                ctx.address().do_send(PeerAnnounced(announcement));
             }
-            Ok(is_new.then_some(announcement.address))
-        }))
+        }
+        !now_admitted.is_empty()
     }
 }
 
 impl Handler<OwnAnnouncement> for IamActor {
     type Result = MessageResult<OwnAnnouncement>;
 
-    fn handle(&mut self, msg: OwnAnnouncement, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: OwnAnnouncement, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Announcement::signed(
             &self.key,
             &self.config.mesh,
-            msg.registrar,
             unix_millis(),
             &self.boot,
         ))

@@ -7,8 +7,10 @@ use cmesh_common::Address;
 
 #[derive(Debug, Clone)]
 pub struct IamConfig {
-    /// The mesh name: in challenge messages, token audience and announcements.
+    /// The mesh id (0x-hex): in challenge messages, token audience and announcements.
     pub mesh: String,
+    /// The mesh's name, for people: in challenge messages next to the id.
+    pub mesh_name: String,
     /// How long a challenge may wait for its answer (Kami: 25 seconds).
     pub challenge_ttl: Duration,
     /// How long a token, or a session bound by a signed request, lives.
@@ -29,6 +31,7 @@ impl Default for IamConfig {
     fn default() -> Self {
         IamConfig {
             mesh: "cmesh".into(),
+            mesh_name: "cmesh".into(),
             challenge_ttl: Duration::from_secs(25),
             token_ttl: Duration::from_secs(3600),
             admins: Vec::new(),

@@ -19,8 +19,9 @@ pub const ANNOUNCE_SUBJECT: &str = "cmesh.announce";
 /// How often a node says again that it is there.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 
-async fn publish_own(client: &async_nats::Client, iam: &Addr<IamActor>, registrar: bool) {
-    match iam.send(OwnAnnouncement { registrar }).await {
+/// Publishes this node's announcement (freshly signed by IAM) on `cmesh.announce`.
+pub async fn publish_own(client: &async_nats::Client, iam: &Addr<IamActor>) {
+    match iam.send(OwnAnnouncement).await {
         Ok(announcement) => match serde_json::to_vec(&announcement) {
             Ok(bytes) => {
                 if let Err(e) = client.publish(ANNOUNCE_SUBJECT, Bytes::from(bytes)).await {
@@ -39,11 +40,10 @@ async fn publish_own(client: &async_nats::Client, iam: &Addr<IamActor>, registra
 pub async fn discovery(
     client: async_nats::Client,
     iam: Addr<IamActor>,
-    registrar: bool,
 ) -> Result<impl Future<Output = ()>, DiscoveryError> {
     let mut subscriber = client.subscribe(ANNOUNCE_SUBJECT).await?;
     client.flush().await?;
-    publish_own(&client, &iam, registrar).await;
+    publish_own(&client, &iam).await;
     Ok(async move {
         let mut ticker = tokio::time::interval(ANNOUNCE_EVERY);
         ticker.tick().await;
@@ -56,13 +56,13 @@ pub async fn discovery(
                         continue;
                     };
                     match iam.send(PeerAnnounced(announcement)).await {
-                        Ok(Ok(Some(_))) => publish_own(&client, &iam, registrar).await,
+                        Ok(Ok(Some(_))) => publish_own(&client, &iam).await,
                         Ok(Ok(None)) => {}
                         Ok(Err(e)) => tracing::debug!(error = %e.message, "ignored an announcement"),
                         Err(_) => break,
                     }
                 }
-                _ = ticker.tick() => publish_own(&client, &iam, registrar).await,
+                _ = ticker.tick() => publish_own(&client, &iam).await,
             }
         }
     })

@@ -21,7 +21,7 @@ mod verifier;
 pub use actor::IamActor;
 pub use cmesh_common::method::Permission;
 pub use config::IamConfig;
-pub use discovery::{discovery, DiscoveryError, ANNOUNCE_SUBJECT};
+pub use discovery::{discovery, publish_own, DiscoveryError, ANNOUNCE_SUBJECT};
 pub use error::IamError;
 pub use messages::*;
 pub use peers::{Announcement, PeerInfo};

@@ -145,9 +145,15 @@ pub struct PeerAnnounced(pub Announcement);
 /// This node's own announcement, freshly signed.
 #[derive(Message)]
 #[rtype(result = "Announcement")]
-pub struct OwnAnnouncement {
-    pub registrar: bool,
-}
+pub struct OwnAnnouncement;
+
+/// The nodes the mesh registry admits, whenever they change: only they are peers. Nodes
+/// no longer admitted are forgotten at once, with the tokens they issued; nodes newly
+/// admitted whose announcements were ignored are learnt from those. True when some were:
+/// this node should then announce itself, so that they learn it too.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct AdmittedNodes(pub std::collections::BTreeSet<Address>);
 
 /// The nodes this node knows, itself included.
 #[derive(Message)]

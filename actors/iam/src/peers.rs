@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 pub struct Announcement {
     pub mesh: String,
     pub address: Address,
-    pub registrar: bool,
     /// Unix milliseconds; announcements older than an hour are ignored.
     pub ts: u64,
     /// Random per process start: a changed boot tells the others the node restarted and
@@ -25,11 +24,10 @@ pub struct Announcement {
 }
 
 impl Announcement {
-    pub fn signed(key: &SigningKey, mesh: &str, registrar: bool, ts: u64, boot: &str) -> Self {
+    pub fn signed(key: &SigningKey, mesh: &str, ts: u64, boot: &str) -> Self {
         let mut announcement = Announcement {
             mesh: mesh.to_string(),
             address: key.address(),
-            registrar,
             ts,
             boot: boot.to_string(),
             signature: String::new(),
@@ -41,7 +39,7 @@ impl Announcement {
     /// The bytes that are signed: JCS of the announcement without `signature`.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let value = serde_json::json!({
-            "mesh": self.mesh, "address": self.address, "registrar": self.registrar, "ts": self.ts, "boot": self.boot,
+            "mesh": self.mesh, "address": self.address, "ts": self.ts, "boot": self.boot,
         });
         cmesh_common::jcs::signing_bytes(&value)
     }
@@ -58,7 +56,6 @@ impl Announcement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerInfo {
     pub address: Address,
-    pub registrar: bool,
     /// Unix milliseconds of the last announcement.
     pub last_seen: u64,
 }
@@ -107,11 +104,28 @@ impl PeerTable {
             announcement.address,
             PeerInfo {
                 address: announcement.address,
-                registrar: announcement.registrar,
                 last_seen: announcement.ts,
             },
         );
         is_new || restarted
+    }
+
+    /// Forgets every node but this one and those `keep` names: their keys no longer
+    /// verify anything here.
+    pub fn retain(&mut self, own: &Address, keep: impl Fn(&Address) -> bool) {
+        let kept = |address: &Address| address == own || keep(address);
+        if self.keys.keys().all(kept) {
+            return;
+        }
+        self.keys = Arc::new(
+            self.keys
+                .iter()
+                .filter(|(a, _)| kept(a))
+                .map(|(a, k)| (*a, *k))
+                .collect(),
+        );
+        self.info.retain(|address, _| kept(address));
+        self.boots.retain(|address, _| kept(address));
     }
 
     pub fn list(&self) -> Vec<PeerInfo> {
@@ -130,25 +144,19 @@ mod tests {
         let own = SigningKey::generate().expect("key");
         let other = SigningKey::generate().expect("key");
         let mut table = PeerTable::new(&own);
-        let first = Announcement::signed(&other, "m", false, 1, "boot-a");
+        let first = Announcement::signed(&other, "m", 1, "boot-a");
         assert!(table.learn(&first, other.public_key()));
-        assert!(!table.learn(
-            &Announcement::signed(&other, "m", false, 2, "boot-a"),
-            other.public_key()
-        ));
-        assert!(table.learn(
-            &Announcement::signed(&other, "m", false, 3, "boot-b"),
-            other.public_key()
-        ));
+        assert!(!table.learn(&Announcement::signed(&other, "m", 2, "boot-a"), other.public_key()));
+        assert!(table.learn(&Announcement::signed(&other, "m", 3, "boot-b"), other.public_key()));
     }
 
     #[test]
     fn announcements_verify_only_for_their_signer() {
         let key = SigningKey::generate().expect("key");
-        let announcement = Announcement::signed(&key, "m", true, 5, "b1");
+        let announcement = Announcement::signed(&key, "m", 5, "b1");
         assert_eq!(announcement.verify(), Some(key.public_key()));
         let mut tampered = announcement.clone();
-        tampered.registrar = false;
+        tampered.ts = 6;
         assert_eq!(tampered.verify(), None);
         let mut impostor = announcement;
         impostor.address = SigningKey::generate().expect("key").address();

@@ -199,6 +199,15 @@ impl RegistrarStore {
     /// Records sorted by name, all or only `owner`'s, at most [`LIST_CAP`]. Filtering by
     /// owner scans the table (there is no owner index).
     pub fn list(&self, owner: Option<Address>) -> Result<Vec<NameRecord>, RegistrarError> {
+        self.scan(owner, Some(LIST_CAP))
+    }
+
+    /// Every record, sorted by name: what a migration to the mesh registry moves.
+    pub fn all(&self) -> Result<Vec<NameRecord>, RegistrarError> {
+        self.scan(None, None)
+    }
+
+    fn scan(&self, owner: Option<Address>, cap: Option<usize>) -> Result<Vec<NameRecord>, RegistrarError> {
         let txn = self.db.begin_read().during("starting a read")?;
         let table = txn.open_table(NAMES).during("opening the names table")?;
         let mut out = Vec::new();
@@ -208,8 +217,8 @@ impl RegistrarStore {
             if owner.is_some_and(|owner| owner != record.owner) {
                 continue;
             }
-            if out.len() == LIST_CAP {
-                debug!(cap = LIST_CAP, owner = ?owner, "list truncated");
+            if cap == Some(out.len()) {
+                debug!(cap = ?cap, owner = ?owner, "list truncated");
                 break;
             }
             out.push(record);

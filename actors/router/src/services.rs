@@ -8,6 +8,7 @@
 use actix::Addr;
 use cmesh_common::rpc::INVALID_PARAMS;
 use cmesh_common::{Address, CmtpError, Method, Status};
+use cmesh_consensus::{Command, Consistency};
 use cmesh_events::{EmitApp, EmitContext, EventsActor, EventsError, Flush, Recent, Stats, VerifyAudit};
 use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
 use cmesh_replication::Replicator;
@@ -16,17 +17,17 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::forward::{RegistrarHandle, RegistrarOp};
+use crate::registry::{consistency, RegistryHandle};
 
 /// Addresses of the actors a request may reach, and what the node says about itself.
 #[derive(Clone)]
 pub struct Services {
     pub node: Address,
     pub mesh: String,
-    pub is_registrar: bool,
     pub iam: Addr<IamActor>,
     pub events: Addr<EventsActor>,
-    pub registrar: RegistrarHandle,
+    /// Names, admitted nodes and Raft's status, replicated with Raft.
+    pub registry: RegistryHandle,
     pub state: Addr<StateActor>,
     pub replicator: Addr<Replicator>,
     /// For handing requests to other nodes.
@@ -70,6 +71,15 @@ struct NameParams {
     name: String,
 }
 
+/// A read of the registry: linearizable unless `consistency` is `local`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveParams {
+    name: String,
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterParams {
@@ -89,6 +99,8 @@ struct TransferParams {
 struct ListParams {
     #[serde(default)]
     owner: Option<Address>,
+    #[serde(default)]
+    consistency: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,31 +161,33 @@ impl Services {
             Method::RegistrarRegister => {
                 let p: RegisterParams = params(method, value)?;
                 check_target(&p.target)?;
-                let op = RegistrarOp::Register {
+                let command = Command::Register {
                     name: p.name,
                     target: p.target,
                 };
-                self.registrar.call(caller_address(caller)?, op).await
+                self.registry.write(caller_address(caller)?, command).await
             }
             Method::RegistrarResolve => {
-                let p: NameParams = params(method, value)?;
-                let op = RegistrarOp::Resolve { name: p.name };
-                self.registrar.call(caller_address(caller)?, op).await
+                let p: ResolveParams = params(method, value)?;
+                caller_address(caller)?;
+                let consistency = consistency(p.consistency.as_deref())?;
+                self.registry.resolve(&p.name, consistency).await
             }
             Method::RegistrarTransfer => {
                 let p: TransferParams = params(method, value)?;
-                let op = RegistrarOp::Transfer { name: p.name, to: p.to };
-                self.registrar.call(caller_address(caller)?, op).await
+                let command = Command::Transfer { name: p.name, to: p.to };
+                self.registry.write(caller_address(caller)?, command).await
             }
             Method::RegistrarRelease => {
                 let p: NameParams = params(method, value)?;
-                let op = RegistrarOp::Release { name: p.name };
-                self.registrar.call(caller_address(caller)?, op).await
+                let command = Command::Release { name: p.name };
+                self.registry.write(caller_address(caller)?, command).await
             }
             Method::RegistrarList => {
                 let p: ListParams = params(method, value)?;
-                let op = RegistrarOp::List { owner: p.owner };
-                self.registrar.call(caller_address(caller)?, op).await
+                caller_address(caller)?;
+                let consistency = consistency(p.consistency.as_deref())?;
+                self.registry.list(p.owner, consistency).await
             }
             Method::EventsPublish => self.publish(caller, params(method, value)?).await,
             Method::EventsRecent => {
@@ -193,14 +207,14 @@ impl Services {
                     "events": stats,
                 }))
             }
-            Method::RouterPing => Ok(json!({ "pong": true, "node": self.node, "registrar": self.is_registrar })),
+            Method::RouterPing => Ok(json!({ "pong": true, "node": self.node })),
             Method::RouterInfo => {
                 let peers = self.iam.send(Peers).await.map_err(mailbox("IAM"))?;
                 let writes = self.state.send(cmesh_state::Stats).await.map_err(mailbox("state"))?;
                 Ok(json!({
                     "node": self.node,
                     "mesh": self.mesh,
-                    "registrar": self.is_registrar,
+                    "consensus": self.registry.status().await,
                     "version": env!("CARGO_PKG_VERSION"),
                     "peers": peers,
                     "writes": writes,
@@ -220,13 +234,20 @@ impl Services {
             Method::CtxJoin => self.ctx_join(params(method, value)?).await,
             Method::CtxLeave => self.ctx_leave(params(method, value)?).await,
             Method::CtxStatus => self.ctx_status(params(method, value)?).await,
-            Method::ConsensusRead | Method::ConsensusWrite => {
+            Method::ConsensusRead => {
                 let p: ConsensusParams = params(method, value)?;
-                Err(CmtpError::not_implemented(format!(
-                    "`{method}` (`{}:{}`) is not served yet: consensus arrives in a later release",
-                    if method == Method::ConsensusWrite { "CW" } else { "C" },
-                    p.body
-                )))
+                match p.body.as_str() {
+                    "status" => Ok(self.registry.status().await),
+                    "nodes" => self.registry.nodes(Consistency::Linearizable).await,
+                    other => Err(CmtpError::not_found(format!(
+                        "`C:{other}` names nothing: the consensus reads are `C:status` and `C:nodes`"
+                    ))),
+                }
+            }
+            Method::ConsensusWrite => {
+                let p: ConsensusParams = params(method, value)?;
+                let command = registry_command(&p.body)?;
+                self.registry.write(caller_address(caller)?, command).await
             }
         }
     }
@@ -267,6 +288,21 @@ impl Services {
             .map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
         Ok(json!(envelope))
     }
+}
+
+/// `CW:<op>:<json>`, e.g. `admit:{"node":"0x…","role":"learner"}`: a registry command.
+fn registry_command(body: &str) -> Result<Command, CmtpError> {
+    const OPS: &str = "admit, remove, register, transfer, release, grant, revoke";
+    let (op, json) = body.split_once(':').unwrap_or((body, "{}"));
+    let mut fields: serde_json::Map<String, Value> = serde_json::from_str(json)
+        .map_err(|e| CmtpError::bad_request(format!("`CW:{op}:` takes a JSON object of the command's fields: {e}")))?;
+    fields.insert("op".to_string(), json!(op));
+    let command: Command = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| CmtpError::bad_request(format!("`CW:{op}:…` is not a registry command ({OPS}): {e}")))?;
+    if let Command::Register { target, .. } = &command {
+        check_target(target)?;
+    }
+    Ok(command)
 }
 
 /// A name's target must be an FQMN the router can dispatch.

@@ -101,15 +101,19 @@ struct Member {
     pid: u32,
 }
 
-/// Member `n` (node 0 the registrar), with the bench's key as its node admin.
+fn node_dir(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    dir.join(format!("node{n}"))
+}
+
+/// Member `n` of the bench's mesh, with the bench's key as its node admin.
 async fn start_node(dir: &std::path::Path, url: &str, n: usize, admin: Address) -> anyhow::Result<Node> {
     let options = NodeOptions {
-        registrar: n == 0,
+        genesis: Some(dir.join("genesis.json")),
         admins: vec![admin],
         ..NodeOptions::default()
     };
-    let (data, log) = (dir.join(format!("node{n}")), dir.join(format!("node{n}.log")));
-    crate::start_node(url, n, options, data, log).await
+    let log = dir.join(format!("node{n}.log"));
+    crate::start_node(url, n, options, node_dir(dir, n), log).await
 }
 
 async fn member(url: &str, node: &Node, key: &SigningKey) -> anyhow::Result<Member> {
@@ -257,6 +261,10 @@ async fn bench(args: &ReplicateArgs, url: &str, dir: &std::path::Path, nodes: &m
     let load_avg_1m = load_average();
     let key = SigningKey::generate()?;
     let size = args.members as usize;
+    // The first members are the mesh's voters; the joiner comes later.
+    let voters: Vec<std::path::PathBuf> = (0..size).map(|n| node_dir(dir, n)).collect();
+    let voters: Vec<&std::path::Path> = voters.iter().map(|p| p.as_path()).collect();
+    cmesh_testkit::write_genesis(&dir.join("genesis.json"), "bench", vec![key.address()], &voters)?;
     for n in 0..size {
         nodes.push(start_node(dir, url, n, key.address()).await?);
     }

@@ -39,7 +39,9 @@ pub use client::{
 };
 pub use mesh::{Mesh, MeshOptions};
 pub use nats::{NatsServer, NatsSetup};
-pub use node::{cmesh_bin, parse_ready_line, ready_line, Node, NodeOptions, NodeSetup, READY_TIMEOUT};
+pub use node::{
+    cmesh_bin, node_key, parse_ready_line, ready_line, write_genesis, Node, NodeOptions, NodeSetup, READY_TIMEOUT,
+};
 pub use proxy::Proxy;
 pub use reply::Reply;
 

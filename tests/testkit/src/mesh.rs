@@ -1,5 +1,5 @@
-//! A test mesh: a nats-server, the nodes on it (node 0 the registrar) and a client,
-//! started once the nodes know each other.
+//! A test mesh: a nats-server, the nodes on it (all genesis voters of one mesh) and a
+//! client, started once the nodes know each other.
 //!
 //! The only polled condition is peer discovery (each node's `router.info` must list the
 //! other nodes): announcements propagate asynchronously, so there is no event to wait on
@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use cmesh_common::{Address, SigningKey};
 use serde_json::{json, Value};
 
+use crate::node::write_genesis;
 use crate::{error_chain, new_key, Client, NatsServer, Node, NodeOptions, READY_TIMEOUT};
 
 /// Longest wait for the nodes of a mesh to know each other.
 pub const PEERS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Options of a whole mesh: `nodes` nodes, node 0 the registrar, all sharing `node`.
+/// Options of a whole mesh: `nodes` nodes, all voters of its genesis, all sharing `node`.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
     pub nodes: usize,
@@ -71,12 +72,15 @@ impl MeshOptions {
     }
 }
 
-/// A nats-server and the nodes on it, with a client. Node 0 is the registrar.
+/// A nats-server and the nodes on it, with a client. Every node is a genesis voter; the
+/// genesis admins are the options' admins and the harness's own probe key.
 pub struct Mesh {
     pub nodes: Vec<Node>,
     pub client: Client,
-    /// Identity the harness logs in with to read `router.info`.
+    /// Identity the harness logs in with to read `router.info`; a mesh admin.
     probe_key: SigningKey,
+    /// Holds the genesis file the nodes were started with.
+    genesis: tempfile::TempDir,
     // Dropped last: nodes first, then the server.
     pub nats: NatsServer,
 }
@@ -89,13 +93,22 @@ impl Mesh {
     pub async fn with(options: MeshOptions) -> Mesh {
         let nats = NatsServer::start();
         let url = nats.url();
+        let probe_key = new_key();
+        let genesis_dir = tempfile::tempdir().expect("a temp dir for the genesis");
+        let genesis_path = genesis_dir.path().join("genesis.json");
+        let mut node_options = options.node.clone();
+        node_options.genesis = Some(genesis_path.clone());
         let mut nodes: Vec<Node> = (0..options.nodes)
-            .map(|i| {
-                let mut node_options = options.node.clone();
-                node_options.registrar = i == 0;
-                Node::spawn(i, &url, node_options)
-            })
+            .map(|i| Node::prepare(i, &url, node_options.clone()))
             .collect();
+        let mut admins = options.node.admins.clone();
+        admins.push(probe_key.address());
+        let name = options.node.mesh.as_deref().unwrap_or("cmesh");
+        let voters: Vec<&std::path::Path> = nodes.iter().map(Node::data_dir).collect();
+        write_genesis(&genesis_path, name, admins, &voters).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        for node in &mut nodes {
+            node.respawn();
+        }
         for node in &mut nodes {
             node.wait_ready(READY_TIMEOUT).await;
         }
@@ -103,11 +116,28 @@ impl Mesh {
         let mesh = Mesh {
             nodes,
             client,
-            probe_key: new_key(),
+            probe_key,
+            genesis: genesis_dir,
             nats,
         };
         mesh.wait_peers().await;
         mesh
+    }
+
+    /// Has the harness's probe key, a genesis admin, admit `node` to the mesh as `role`
+    /// (`voter`, `learner` or `member`), through node 0: a node that joins the mesh after
+    /// its start is no peer until then.
+    pub async fn admit(&self, node: Address, role: &str) {
+        let through = self.nodes[0].address();
+        let token = self.client.login(&self.probe_key, through).await;
+        let command = format!(r#"CW:admit:{{"node":"{node}","role":"{role}"}}"#);
+        let reply = self.client.fqmn(through, &command, Some(&token)).await;
+        assert_eq!(reply.status, 200, "admitting {node} as {role}: {}", reply.body);
+    }
+
+    /// The genesis file the nodes run with, for a node that joins this mesh later.
+    pub fn genesis_path(&self) -> std::path::PathBuf {
+        self.genesis.path().join("genesis.json")
     }
 
     pub fn node(&self, i: usize) -> &Node {

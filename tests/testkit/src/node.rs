@@ -16,7 +16,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cmesh_common::Address;
+use cmesh_common::genesis::Genesis;
+use cmesh_common::{Address, SigningKey};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -135,8 +136,9 @@ impl Logs {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Stderr lines, when the harness keeps them (nodes of [`Node::spawn`]).
-    fn stderr(&self) -> Vec<String> {
+    /// Stderr lines of every process of this node so far, when the harness keeps them
+    /// (nodes of [`Node::spawn`]).
+    pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -156,7 +158,11 @@ impl Logs {
 /// Command-line options of `cmesh node run` beyond `--nats` and `--data`.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
-    pub registrar: bool,
+    /// The mesh's genesis file. Without one, the node gets a genesis of its own, written
+    /// into its data dir: a mesh named [`NodeOptions::mesh`] (default `cmesh`) with this
+    /// node as its one voter and [`NodeOptions::admins`] (or a stranger) as admins.
+    pub genesis: Option<PathBuf>,
+    /// The name of the mesh in a genesis the harness writes.
     pub mesh: Option<String>,
     pub admins: Vec<Address>,
     pub max_payload: Option<usize>,
@@ -171,8 +177,8 @@ impl NodeOptions {
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         let mut flag = |name: &str, value: String| args.extend([name.to_string(), value]);
-        if let Some(mesh) = &self.mesh {
-            flag("--mesh", mesh.clone());
+        if let Some(genesis) = &self.genesis {
+            flag("--genesis", genesis.display().to_string());
         }
         for admin in &self.admins {
             flag("--admin", admin.to_string());
@@ -195,11 +201,42 @@ impl NodeOptions {
         if let Some(bytes) = self.max_module_bytes {
             flag("--max-module-bytes", bytes.to_string());
         }
-        if self.registrar {
-            args.push("--registrar".to_string());
-        }
         args
     }
+}
+
+/// The key in a node's data dir, created there if it has none yet: a genesis names its
+/// voters before they first start.
+pub fn node_key(data: &Path) -> Result<SigningKey, NodeError> {
+    std::fs::create_dir_all(data).map_err(|source| NodeError::Io {
+        path: data.to_path_buf(),
+        source,
+    })?;
+    let path = data.join("node.key");
+    SigningKey::load_or_create(&path)
+        .map(|(key, _)| key)
+        .map_err(|e| NodeError::Io {
+            path,
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
+/// Writes to `path` the genesis of a mesh `name` whose voters are the nodes with these
+/// data dirs (their keys made now if need be), with `admins` as its admins.
+pub fn write_genesis(path: &Path, name: &str, admins: Vec<Address>, voters: &[&Path]) -> Result<Genesis, NodeError> {
+    let voters = voters
+        .iter()
+        .map(|data| node_key(data).map(|key| key.address()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let genesis = Genesis::new(name, admins, voters).map_err(|e| NodeError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    std::fs::write(path, genesis.to_file_text()).map_err(|source| NodeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(genesis)
 }
 
 /// A node for `cmesh mesh up` or a bench: where its data and log go.
@@ -245,10 +282,16 @@ impl Node {
     /// Starts a test node (the binary under test, a temp data dir) without waiting for it
     /// to be ready.
     pub fn spawn(index: usize, nats_url: &str, options: NodeOptions) -> Node {
-        let dir = tempfile::tempdir().expect("temp dir for a node");
-        let mut node = Node::new(index, cmesh_bin(), nats_url, options, Home::Test(dir));
+        let mut node = Node::prepare(index, nats_url, options);
         node.respawn();
         node
+    }
+
+    /// A test node with its temp data dir, not started: its [`Node::key`] can go into a
+    /// genesis first.
+    pub fn prepare(index: usize, nats_url: &str, options: NodeOptions) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir for a node");
+        Node::new(index, cmesh_bin(), nats_url, options, Home::Test(dir))
     }
 
     /// Starts a test node and waits for its ready line.
@@ -291,8 +334,26 @@ impl Node {
         }
     }
 
+    /// The genesis a node started without one gets: its own mesh, with it as voter.
+    fn solo_genesis(&self) -> Result<PathBuf, NodeError> {
+        let path = self.data_dir().join("genesis.json");
+        if !path.exists() {
+            let admins = if self.options.admins.is_empty() {
+                vec![crate::new_key().address()]
+            } else {
+                self.options.admins.clone()
+            };
+            let name = self.options.mesh.as_deref().unwrap_or("cmesh");
+            write_genesis(&path, name, admins, &[self.data_dir()])?;
+        }
+        Ok(path)
+    }
+
     fn try_spawn(&mut self) -> Result<(), NodeError> {
         assert!(self.child.is_none(), "node {} is already running", self.index);
+        if self.options.genesis.is_none() {
+            self.options.genesis = Some(self.solo_genesis()?);
+        }
         let mut command = Command::new(&self.bin);
         command
             .args(["node", "run", "--nats", &self.nats_url, "--data"])

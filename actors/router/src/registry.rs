@@ -1,0 +1,122 @@
+//! The mesh registry as the router's services see it: names, admitted nodes and Raft's
+//! status, all through this node's consensus node, whichever role it has.
+//!
+//! Why here and not in the consensus crate: this is where registry results become the
+//! answers and events clients have always had from the registrar (`registrar.*`, `R:`,
+//! `RW:`), so that moving the names onto Raft changed none of them.
+
+use actix::Addr;
+use cmesh_common::{Address, CmtpError};
+use cmesh_consensus::{Applied, Command, ConsensusError, ConsensusNode, Consistency, Outcome, ReadInfo};
+use cmesh_events::{Emit, EventsActor};
+use cmesh_registrar::{NameChange, NameRecord};
+use serde_json::{json, Value};
+
+/// Most records one `registrar.list` returns, sorted by name (no paging yet).
+pub const LIST_CAP: usize = cmesh_registrar::LIST_CAP;
+
+#[derive(Clone)]
+pub struct RegistryHandle {
+    pub consensus: ConsensusNode,
+    pub events: Addr<EventsActor>,
+}
+
+/// `consistency` of a read: `linearizable` (the default) or `local`.
+pub fn consistency(value: Option<&str>) -> Result<Consistency, CmtpError> {
+    match value {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("local") => Ok(Consistency::Local),
+        Some(other) => Err(CmtpError::bad_request(format!(
+            "consistency `{other}` is not `linearizable` (the default) or `local`"
+        ))),
+    }
+}
+
+fn failed(error: ConsensusError) -> CmtpError {
+    error.into()
+}
+
+/// What a local read adds to its answer: how far this replica had applied.
+fn replica(info: ReadInfo) -> Value {
+    json!({ "applied": info.applied, "stale": info.stale })
+}
+
+impl RegistryHandle {
+    /// Has `command` committed as run by `caller`; the answer is what it did.
+    pub async fn write(&self, caller: Address, command: Command) -> Result<Value, CmtpError> {
+        match self.consensus.propose(command, caller).await.map_err(failed)? {
+            Applied::Done(Outcome::Name { record, change }) => {
+                self.emit_change(&change);
+                Ok(json!(record))
+            }
+            Applied::Done(outcome) => Ok(json!(outcome)),
+            Applied::Refused(error) => Err(error),
+            Applied::Ignored(fault) => Err(CmtpError::new(fault.status(), fault.to_string())),
+        }
+    }
+
+    pub async fn resolve(&self, name: &str, consistency: Consistency) -> Result<Value, CmtpError> {
+        let (record, info) = self
+            .consensus
+            .read(consistency, |registry| registry.resolve(name).cloned())
+            .await
+            .map_err(failed)?;
+        let mut answer = json!(record?);
+        if consistency == Consistency::Local {
+            answer["replica"] = replica(info);
+        }
+        Ok(answer)
+    }
+
+    /// Records sorted by name, of `owner` if given, at most [`LIST_CAP`].
+    pub async fn list(&self, owner: Option<Address>, consistency: Consistency) -> Result<Value, CmtpError> {
+        let (records, info) = self
+            .consensus
+            .read(consistency, |registry| {
+                registry
+                    .names()
+                    .filter(|record| owner.is_none_or(|owner| record.owner == owner))
+                    .take(LIST_CAP)
+                    .cloned()
+                    .collect::<Vec<NameRecord>>()
+            })
+            .await
+            .map_err(failed)?;
+        Ok(match consistency {
+            Consistency::Linearizable => json!(records),
+            Consistency::Local => json!({ "records": records, "replica": replica(info) }),
+        })
+    }
+
+    /// The admitted nodes and their roles.
+    pub async fn nodes(&self, consistency: Consistency) -> Result<Value, CmtpError> {
+        let (nodes, info) = self
+            .consensus
+            .read(consistency, |registry| {
+                registry
+                    .nodes()
+                    .iter()
+                    .map(|(node, role)| json!({ "node": node, "role": role }))
+                    .collect::<Vec<Value>>()
+            })
+            .await
+            .map_err(failed)?;
+        Ok(json!({ "nodes": nodes, "replica": replica(info) }))
+    }
+
+    /// Raft as this node sees it.
+    pub async fn status(&self) -> Value {
+        json!(self.consensus.status().await)
+    }
+
+    fn emit_change(&self, change: &NameChange) {
+        if change.is_noop() {
+            return;
+        }
+        let kind = serde_json::to_value(change.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.events.do_send(Emit::registrar(kind, &change.name, json!(change)));
+    }
+}
