@@ -83,7 +83,7 @@ enum Command {
     /// Check a node's audit trail
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Run a local development mesh
+    /// Make a mesh (genesis), run a local one, and admit or remove its nodes
     #[command(subcommand)]
     Mesh(MeshCommand),
     /// Measure the node against a raw NATS baseline
@@ -158,6 +158,8 @@ enum MeshCommand {
     Init(mesh::InitArgs),
     /// Start a local nats-server and N nodes (the voters of one genesis) until Ctrl-C
     Up(mesh::UpArgs),
+    #[command(flatten)]
+    Admission(mesh::AdmissionCommand),
 }
 
 fn main() -> ExitCode {
@@ -271,6 +273,11 @@ fn run(command: Command, target: &Target) -> anyhow::Result<ExitCode> {
         }
         Command::Mesh(MeshCommand::Init(args)) => mesh::init(args),
         Command::Mesh(MeshCommand::Up(args)) => mesh::up(args),
+        Command::Mesh(MeshCommand::Admission(command)) => runtime()?.block_on(async {
+            let (method, params) = command.request();
+            print(&Session::open(target).await?.rpc(method, params).await?);
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Bench(command) => cmesh_bench::run(command, target.nats_url()),
     }
 }

@@ -97,6 +97,33 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cmesh mesh nodes|admit|remove`: the mesh registry's admitted nodes, through a node.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdmissionCommand {
+    /// List the admitted nodes and their roles
+    Nodes,
+    /// Admit a node, or change its role (mesh admins only)
+    Admit {
+        node: Address,
+        /// voter (a Raft voter), learner (a replica), member (a peer without a replica)
+        #[arg(long, default_value = "learner")]
+        role: String,
+    },
+    /// Remove a node: it stops being a peer as soon as the removal commits (mesh admins only)
+    Remove { node: Address },
+}
+
+impl AdmissionCommand {
+    /// The JSON-RPC method and params.
+    pub fn request(self) -> (&'static str, serde_json::Value) {
+        match self {
+            AdmissionCommand::Nodes => ("mesh.nodes", serde_json::json!({})),
+            AdmissionCommand::Admit { node, role } => ("mesh.admit", serde_json::json!({ "node": node, "role": role })),
+            AdmissionCommand::Remove { node } => ("mesh.remove", serde_json::json!({ "node": node })),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// How many nodes

@@ -73,6 +73,38 @@ async fn a_key_that_announces_itself_is_no_node_and_its_tokens_are_refused() {
     assert!(!info.to_string().contains(&wanted), "the stranger is listed: {info}");
     let who = mesh.client.fqmn_ok(node, "I:whoami", Some(&real)).await;
     assert_eq!(who["address"], json!(admin.address()));
+
+    // Admission is the mesh admins' call: `mesh.admit` by anyone else is 403.
+    let user = new_key();
+    let user_token = mesh.client.login(&user, node).await;
+    let admit = json!({"node": stranger.address(), "role": "member"});
+    mesh.client
+        .rpc(node, "mesh.admit", admit.clone(), Some(&user_token))
+        .await
+        .assert_rpc_error(-32000, 403);
+    let admitted = mesh.client.call(node, "mesh.admit", admit, Some(&real)).await;
+    assert_eq!(admitted["role"], json!("member"), "{admitted}");
+    let nodes = mesh.client.call(node, "mesh.nodes", json!({}), Some(&real)).await;
+    let roles: Vec<(String, String)> = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or_default().to_string(),
+                n["role"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(roles.contains(&(wanted.clone(), "member".to_string())), "{nodes}");
+    assert_eq!(roles.iter().filter(|(_, role)| role == "voter").count(), 2, "{nodes}");
+
+    // Once admitted, the announcement it made before counts, and so do its tokens.
+    eventually("the admitted node's token to count", EVENTUALLY, || async {
+        let reply = mesh.client.fqmn(node, "I:whoami", Some(&forged)).await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -627,3 +627,47 @@ fn print_readable(r: &Value) {
         r["cpus"], r["load_avg_1m"]
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_print_as_integers() {
+        assert_eq!(number(2552.0).to_string(), "2552");
+        assert_eq!(number(0.243).to_string(), "0.243");
+    }
+
+    #[test]
+    fn goals_say_their_bound_and_whether_met() {
+        assert_eq!(
+            goal(Some(0.9), 0.8, true),
+            json!({ "min": 0.8, "value": 0.9, "met": true })
+        );
+        assert_eq!(
+            goal(Some(3_500.0), 3_000.0, false),
+            json!({ "max": 3000, "value": 3500, "met": false })
+        );
+        assert_eq!(goal(None, 3_000.0, false)["met"], Value::Null);
+        assert_eq!(verdict(&goal(None, 1.0, true)), "not measured");
+    }
+
+    #[test]
+    fn durations_must_be_positive_seconds() {
+        assert_eq!(positive_seconds("2.5"), Ok(2.5));
+        assert!(positive_seconds("0").is_err());
+        assert!(positive_seconds("NaN").is_err());
+        assert!(positive_seconds("x").is_err());
+    }
+
+    #[test]
+    fn only_leaderless_errors_are_expected_in_a_failover() {
+        assert!(expected_in_failover(&ConsensusError::NoLeader {
+            reason: String::new()
+        }));
+        assert!(expected_in_failover(&ConsensusError::FateUnknown {
+            reason: String::new()
+        }));
+        assert!(!expected_in_failover(&ConsensusError::Internal(String::new())));
+    }
+}

@@ -369,6 +369,7 @@ def test_script_is_readable(script):
     assert os.access(EXAMPLES / script, os.X_OK), f"{script} is not executable"
     known = {
         "RPC", "ADDRESS", "SESSION", "SIGNATURE", "TOKEN", "NODE", "NAME", "NAME2", "TARGET", "TOPIC", "WASM", "CONTEXT",
+        "NEW_NODE",
     }
     for r in reqs:
         assert r.variables() <= known, f"{script}:{r.line}: unknown variables {r.variables() - known}"

@@ -127,10 +127,14 @@ methods! {
     IamRevoke => "iam.revoke", Attribute("role=admin"), "{address, attribute}";
     IamPeers => "iam.peers", Authenticated, "no params";
     RegistrarRegister => "registrar.register", Authenticated, "{name, target}";
-    RegistrarResolve => "registrar.resolve", Authenticated, "{name}";
+    RegistrarResolve => "registrar.resolve", Authenticated, "{name, consistency?: linearizable|local}";
     RegistrarTransfer => "registrar.transfer", Authenticated, "{name, to}";
     RegistrarRelease => "registrar.release", Authenticated, "{name}";
-    RegistrarList => "registrar.list", Authenticated, "{owner?}";
+    RegistrarList => "registrar.list", Authenticated, "{owner?, consistency?}";
+    /// Admission is decided by the registry: mesh admins only (403 for anyone else).
+    MeshAdmit => "mesh.admit", Authenticated, "{node, role: voter|learner|member}";
+    MeshRemove => "mesh.remove", Authenticated, "{node}";
+    MeshNodes => "mesh.nodes", Authenticated, "{consistency?}";
     EventsPublish => "events.publish", Authenticated, "{topic, data}";
     EventsRecent => "events.recent", Authenticated, "{topic, limit?}";
     /// This node's audit chain made durable and verified (reads every entry), and the
@@ -153,9 +157,9 @@ methods! {
     CtxJoin => "ctx.join", Attribute("role=admin"), "{context: full id, wait?}";
     CtxLeave => "ctx.leave", Attribute("role=admin"), "{context: full id}";
     CtxStatus => "ctx.status", Authenticated, "{context: full id}";
-    /// `C:<body>`: a consensus read (not served yet).
+    /// `C:<body>`: `C:status` or `C:nodes`.
     ConsensusRead => "consensus.read", Authenticated, "{body}";
-    /// `CW:<body>`: a consensus command (not served yet).
+    /// `CW:<op>:<json>`: a registry command.
     ConsensusWrite => "consensus.write", Authenticated, "{body}";
 }
 

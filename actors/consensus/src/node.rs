@@ -247,6 +247,12 @@ impl ConsensusNode {
         loop {
             let leader = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            // Out of time before sending: nothing was written, say so (not "fate unknown").
+            if remaining.is_zero() {
+                return Err(ConsensusError::NoLeader {
+                    reason: "no leader took the write in time".to_string(),
+                });
+            }
             let outcome = if leader == self.inner.address {
                 self.submit_here(entry.clone()).await
             } else {
@@ -396,6 +402,11 @@ impl ConsensusNode {
         loop {
             let leader = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ConsensusError::NoLeader {
+                    reason: "no leader gave a read index in time".to_string(),
+                });
+            }
             let index = if leader == self.inner.address {
                 self.read_index_here().await
             } else {

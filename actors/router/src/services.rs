@@ -94,6 +94,26 @@ struct TransferParams {
     to: Address,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdmitParams {
+    node: Address,
+    role: cmesh_consensus::Role,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeParams {
+    node: Address,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyParams {
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
@@ -188,6 +208,24 @@ impl Services {
                 caller_address(caller)?;
                 let consistency = consistency(p.consistency.as_deref())?;
                 self.registry.list(p.owner, consistency).await
+            }
+            Method::MeshAdmit => {
+                let p: AdmitParams = params(method, value)?;
+                let command = Command::Admit {
+                    node: p.node,
+                    role: p.role,
+                };
+                self.registry.write(caller_address(caller)?, command).await
+            }
+            Method::MeshRemove => {
+                let p: NodeParams = params(method, value)?;
+                self.registry
+                    .write(caller_address(caller)?, Command::Remove { node: p.node })
+                    .await
+            }
+            Method::MeshNodes => {
+                let p: ConsistencyParams = params(method, value)?;
+                self.registry.nodes(consistency(p.consistency.as_deref())?).await
             }
             Method::EventsPublish => self.publish(caller, params(method, value)?).await,
             Method::EventsRecent => {
