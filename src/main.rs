@@ -165,7 +165,7 @@ enum MeshCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Node(_) | Command::Mesh(_) => "info",
+        Command::Node(_) | Command::Mesh(MeshCommand::Init(_) | MeshCommand::Up(_)) => "info",
         _ => "warn",
     };
     logging::init(cli.log_format, default_level);

@@ -405,6 +405,14 @@ def test_consensus(loop, nc, mesh, login):
         check(msg, req)
         if req.payload == "C:status":
             body = json.loads(msg.data)
+            # Just started, the voters may still be electing (a split vote costs an
+            # election timeout, 1.5-3 s): ask again until a leader is named (bounded).
+            deadline = time.monotonic() + 20
+            while body["leader"] is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                msg = send(loop, nc, req, env, retry_unavailable=10)
+                check(msg, req)
+                body = json.loads(msg.data)
             assert body["leader"] in body["voters"], body
             if mesh.own:
                 assert len(body["voters"]) == len(mesh.nodes), body
