@@ -49,10 +49,10 @@ pub struct NodeArgs {
     /// Time allowed to answer a login challenge, in seconds [default: 25]
     #[arg(long, env = "CMESH_CHALLENGE_TTL")]
     pub challenge_ttl: Option<u64>,
-    /// Raft heartbeat, in milliseconds [default: 250]
+    /// Raft heartbeat, in milliseconds [default: 150]
     #[arg(long, env = "CMESH_RAFT_HEARTBEAT_MS")]
     pub raft_heartbeat_ms: Option<u64>,
-    /// Raft election timeout, in milliseconds, as MIN-MAX [default: 1500-3000]
+    /// Raft election timeout, in milliseconds, as MIN-MAX [default: 600-1200]
     #[arg(long, env = "CMESH_RAFT_ELECTION_MS")]
     pub raft_election_ms: Option<String>,
     /// Gas each app call may use (1 per WASM operator, more for host calls) [default: 100000000]
@@ -135,9 +135,8 @@ impl NodeConfig {
             consensus.heartbeat = Duration::from_millis(ms);
         }
         if let Some(range) = args.raft_election_ms.or(file.raft_election_ms) {
-            let (min, max) = parse_range(&range).with_context(|| {
-                format!("raft_election_ms `{range}` is not MIN-MAX in milliseconds, e.g. 1500-3000")
-            })?;
+            let (min, max) = parse_range(&range)
+                .with_context(|| format!("raft_election_ms `{range}` is not MIN-MAX in milliseconds, e.g. 600-1200"))?;
             consensus.election_min = Duration::from_millis(min);
             consensus.election_max = Duration::from_millis(max);
         }
