@@ -34,7 +34,8 @@ use cmesh_common::{Address, SigningKey};
 use cmesh_consensus::{Applied, Command, ConsensusError, ConsensusNode, Consistency};
 use serde_json::{json, Value};
 
-use crate::machine::{cpu_seconds, load_average};
+use crate::load::{self, Plan, Run};
+use crate::machine::load_average;
 use crate::{interrupted, percentile, random_hex, round};
 use jetstream::NatsCluster;
 use voters::Voters;
@@ -127,100 +128,33 @@ pub async fn run(args: ConsensusArgs, nats_url: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// One measured closed-loop run.
-#[derive(Debug, Default)]
-struct Run {
-    /// µs, sorted, of the calls answered inside the window.
-    latencies_us: Vec<u32>,
-    seconds: f64,
-    /// Failed calls, warm-up included.
-    errors: u64,
-    first_error: Option<String>,
-    /// CPU seconds this process used in the window.
-    own_cpu_s: Option<f64>,
-    /// CPU seconds the processes watched (the nats-servers of the baseline) used in it.
-    watched_cpu_s: Option<f64>,
-}
-
-impl Run {
-    fn per_s(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.latencies_us.len() as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-
-    fn ms(&self, p: f64) -> f64 {
-        round(f64::from(percentile(&self.latencies_us, p)) / 1000.0, 2)
-    }
-}
-
-/// `concurrency` loops, each calling `call(loop, n)` (`n` unique in the run) and awaiting
-/// it, for the warm-up plus `duration`; only answers inside the window count, errors
-/// count throughout. The CPU of this process and of `watched` is taken over the window.
+/// The closed loop of every run here: `concurrency` loops over `duration` after
+/// [`WARMUP`], each call bounded by [`CALL_TIMEOUT`].
 async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, watched: &[u32], call: F) -> anyhow::Result<Run>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
-    let call = Arc::new(call);
-    let counter = Arc::new(AtomicU64::new(0));
-    let measure_from = Instant::now() + WARMUP;
-    let until = measure_from + duration;
-    let mut loops = Vec::with_capacity(concurrency);
-    for i in 0..concurrency {
-        let (call, counter) = (call.clone(), counter.clone());
-        loops.push(tokio::spawn(async move {
-            let mut run = Run::default();
-            loop {
-                let sent = Instant::now();
-                if sent >= until {
-                    break;
-                }
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let outcome = match tokio::time::timeout(CALL_TIMEOUT, call(i, n)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
-                };
-                let done = Instant::now();
-                match outcome {
-                    Ok(()) if done >= measure_from && done <= until => {
-                        let micros = done.duration_since(sent).as_micros();
-                        run.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        run.errors += 1;
-                        run.first_error.get_or_insert(e);
-                    }
-                }
-            }
-            run
-        }));
-    }
-    let watched_cpu = || watched.iter().map(|p| cpu_seconds(&p.to_string())).sum::<Option<f64>>();
-    tokio::time::sleep_until(measure_from.into()).await;
-    let (own_from, watched_from) = (cpu_seconds("self"), watched_cpu());
-    tokio::time::sleep_until(until.into()).await;
-    let (own_to, watched_to) = (cpu_seconds("self"), watched_cpu());
-    let delta = |from: Option<f64>, to: Option<f64>| from.zip(to).map(|(a, b)| b - a);
-    let mut total = Run {
-        seconds: duration.as_secs_f64(),
-        own_cpu_s: delta(own_from, own_to),
-        watched_cpu_s: delta(watched_from, watched_to).filter(|_| !watched.is_empty()),
-        ..Run::default()
+    let plan = Plan {
+        concurrency,
+        warmup: WARMUP,
+        duration,
     };
-    for handle in loops {
-        let run = handle.await.context("a load loop panicked")?;
-        total.latencies_us.extend(run.latencies_us);
-        total.errors += run.errors;
-        if total.first_error.is_none() {
-            total.first_error = run.first_error;
+    load::closed_loop(plan, watched, move |i, n| {
+        let call = call(i, n);
+        async move {
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+            }
         }
-    }
-    total.latencies_us.sort_unstable();
-    Ok(total)
+    })
+    .await
+}
+
+/// A run's latency percentile in milliseconds, rounded to 0.01.
+fn ms(run: &Run, p: f64) -> f64 {
+    round(f64::from(run.percentile(p)) / 1000.0, 2)
 }
 
 fn register(name: String) -> Command {
@@ -454,7 +388,7 @@ async fn bench(args: &ConsensusArgs, nats_url: &str, dir: &std::path::Path) -> a
     // 1. Names.
     let registered = Arc::new(Mutex::new(Vec::new()));
     let names = names_run(nodes.clone(), caller, registered.clone(), concurrency, duration).await?;
-    tracing::info!(names_per_s = names.per_s(), errors = names.errors, "names");
+    tracing::info!(names_per_s = names.rps(), errors = names.errors, "names");
 
     // 2. The baseline, right after, then its servers go.
     let js = {
@@ -462,14 +396,14 @@ async fn bench(args: &ConsensusArgs, nats_url: &str, dir: &std::path::Path) -> a
         let stores = Arc::new(cluster.buckets().await?);
         jetstream_run(stores, &cluster.pids(), concurrency, duration).await?
     };
-    tracing::info!(creates_per_s = js.per_s(), errors = js.errors, "JetStream");
+    tracing::info!(creates_per_s = js.rps(), errors = js.errors, "JetStream");
 
     // 3. Resolves of the names registered in 1.
     let registered = Arc::new(std::mem::take(
         &mut *registered.lock().unwrap_or_else(PoisonError::into_inner),
     ));
     let resolves = resolves_run(nodes.clone(), registered.clone(), concurrency, duration).await?;
-    tracing::info!(resolves_per_s = resolves.per_s(), errors = resolves.errors, "resolves");
+    tracing::info!(resolves_per_s = resolves.rps(), errors = resolves.errors, "resolves");
 
     // 4. Failover. The load's clones of the nodes must be gone, or a killed node's file
     // stays open.
@@ -477,8 +411,8 @@ async fn bench(args: &ConsensusArgs, nats_url: &str, dir: &std::path::Path) -> a
     let failover = failovers(&mut voters, args.kills, caller).await?;
     voters.shutdown().await;
 
-    let names_per_s = names.per_s();
-    let js_per_s = js.per_s();
+    let names_per_s = names.rps();
+    let js_per_s = js.rps();
     let ratio = (js_per_s > 0.0).then(|| round(names_per_s / js_per_s, 3));
     let mut failover_sorted = failover.failover_ms.clone();
     failover_sorted.sort_by(f64::total_cmp);
@@ -507,21 +441,21 @@ async fn bench(args: &ConsensusArgs, nats_url: &str, dir: &std::path::Path) -> a
         "names": names.latencies_us.len(),
         "register_errors": names.errors,
         "first_register_error": names.first_error,
-        "p50_ms": names.ms(50.0),
-        "p99_ms": names.ms(99.0),
+        "p50_ms": ms(&names, 50.0),
+        "p99_ms": ms(&names, 99.0),
         "names_bench_cpu_cores": cores(names.own_cpu_s, names.seconds),
-        "resolves_per_s": number(round(resolves.per_s(), 0)),
+        "resolves_per_s": number(round(resolves.rps(), 0)),
         "resolves": resolves.latencies_us.len(),
         "resolve_errors": resolves.errors,
         "first_resolve_error": resolves.first_error,
-        "resolve_p50_ms": resolves.ms(50.0),
-        "resolve_p99_ms": resolves.ms(99.0),
+        "resolve_p50_ms": ms(&resolves, 50.0),
+        "resolve_p99_ms": ms(&resolves, 99.0),
         "jetstream_creates_per_s": number(round(js_per_s, 0)),
         "jetstream_creates": js.latencies_us.len(),
         "jetstream_errors": js.errors,
         "first_jetstream_error": js.first_error,
-        "jetstream_p50_ms": js.ms(50.0),
-        "jetstream_p99_ms": js.ms(99.0),
+        "jetstream_p50_ms": ms(&js, 50.0),
+        "jetstream_p99_ms": ms(&js, 99.0),
         "jetstream_servers_cpu_cores": cores(js.watched_cpu_s, js.seconds),
         "jetstream_bench_cpu_cores": cores(js.own_cpu_s, js.seconds),
         "ratio": ratio,

@@ -5,8 +5,10 @@
 //! that moment is what tells the node's cost. The raw baseline runs before and after the
 //! node, and their mean is the reference.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -366,14 +368,16 @@ pub(crate) struct Plan {
 }
 
 /// One measured run: latencies (µs, sorted) of the requests answered inside the window,
-/// and the CPU time the node and this process used in that window.
+/// and the CPU time the watched processes (the node, or servers) and this process used in
+/// that window.
 #[derive(Debug, Default)]
 pub(crate) struct Run {
     pub(crate) latencies_us: Vec<u32>,
     pub(crate) seconds: f64,
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
-    pub(crate) node_cpu_s: Option<f64>,
+    /// `None` when nothing was watched (or /proc could not be read).
+    pub(crate) watched_cpu_s: Option<f64>,
     pub(crate) own_cpu_s: Option<f64>,
 }
 
@@ -399,14 +403,19 @@ impl Run {
 
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
-    node: Option<f64>,
+    watched: Option<f64>,
     own: Option<f64>,
 }
 
 impl CpuSample {
-    fn take(node_pid: u32) -> Self {
+    fn take(watched: &[u32]) -> Self {
+        let watched = if watched.is_empty() {
+            None
+        } else {
+            watched.iter().map(|pid| cpu_seconds(&pid.to_string())).sum()
+        };
         CpuSample {
-            node: cpu_seconds(&node_pid.to_string()),
+            watched,
             own: cpu_seconds("self"),
         }
     }
@@ -416,15 +425,40 @@ fn cpu_delta(from: Option<f64>, to: Option<f64>) -> Option<f64> {
     Some(to? - from?).filter(|d| *d >= 0.0)
 }
 
-/// `concurrency` loops, each sending a request and awaiting the reply, for warm-up plus
-/// duration; only replies that arrive after the warm-up count. Errors count throughout.
+/// `concurrency` loops of requests to `target`, each awaiting its reply (see
+/// [`closed_loop`]), with the node's CPU.
 async fn run_load(target: Arc<Target>, plan: Plan, node_pid: u32) -> anyhow::Result<Run> {
+    closed_loop(plan, &[node_pid], move |_, _| {
+        let target = target.clone();
+        async move {
+            target
+                .client
+                .request_with_headers(target.subject.clone(), target.headers.clone(), target.payloads.next())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|reply| target.check(&reply))
+        }
+    })
+    .await
+}
+
+/// `plan.concurrency` loops, each calling `call(loop, n)` (`n` unique in the run) and
+/// awaiting it, for warm-up plus duration; only calls that end after the warm-up count.
+/// Errors count throughout. The CPU of this process and of the `watched` processes is
+/// taken over the measured window.
+pub(crate) async fn closed_loop<F, Fut>(plan: Plan, watched: &[u32], call: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let measure_from = start + plan.warmup;
     let until = measure_from + plan.duration;
     let mut loops = Vec::with_capacity(plan.concurrency);
-    for _ in 0..plan.concurrency {
-        let target = target.clone();
+    for i in 0..plan.concurrency {
+        let (call, counter) = (call.clone(), counter.clone());
         loops.push(tokio::spawn(async move {
             let mut run = Run::default();
             loop {
@@ -432,12 +466,7 @@ async fn run_load(target: Arc<Target>, plan: Plan, node_pid: u32) -> anyhow::Res
                 if sent >= until {
                     break;
                 }
-                let outcome = target
-                    .client
-                    .request_with_headers(target.subject.clone(), target.headers.clone(), target.payloads.next())
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|reply| target.check(&reply));
+                let outcome = call(i, counter.fetch_add(1, Ordering::Relaxed)).await;
                 let done = Instant::now();
                 match outcome {
                     Ok(()) if done >= measure_from && done <= until => {
@@ -455,12 +484,12 @@ async fn run_load(target: Arc<Target>, plan: Plan, node_pid: u32) -> anyhow::Res
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_from = CpuSample::take(node_pid);
+    let cpu_from = CpuSample::take(watched);
     tokio::time::sleep_until(until.into()).await;
-    let cpu_to = CpuSample::take(node_pid);
+    let cpu_to = CpuSample::take(watched);
     let mut total = Run {
         seconds: plan.duration.as_secs_f64(),
-        node_cpu_s: cpu_delta(cpu_from.node, cpu_to.node),
+        watched_cpu_s: cpu_delta(cpu_from.watched, cpu_to.watched),
         own_cpu_s: cpu_delta(cpu_from.own, cpu_to.own),
         ..Run::default()
     };

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, EmptyNode, ServerState};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -78,12 +78,16 @@ pub struct ConsensusStatus {
 /// entry that carried it.
 struct Proposal {
     entry: SignedEntry,
+    /// Its encoded size, measured once.
+    bytes: usize,
     done: oneshot::Sender<Result<Committed, LeaderError>>,
 }
 
 /// A command waiting at its proposer to be signed with the others that wait with it.
 struct Outgoing {
     body: EntryBody,
+    /// Its encoded size, measured once.
+    bytes: usize,
     done: oneshot::Sender<Result<Applied, ConsensusError>>,
 }
 
@@ -232,7 +236,12 @@ impl ConsensusNode {
             });
         }
         let (done, result) = oneshot::channel();
-        if self.inner.outbox.send(Outgoing { body, done }).await.is_err() {
+        let outgoing = Outgoing {
+            body,
+            bytes: size,
+            done,
+        };
+        if self.inner.outbox.send(outgoing).await.is_err() {
             return Err(ConsensusError::Unavailable("the node is stopping".to_string()));
         }
         result
@@ -244,6 +253,7 @@ impl ConsensusNode {
     /// leader. Retries only where nothing can have been appended. One result per command.
     pub async fn submit(&self, entry: SignedEntry) -> Result<Vec<Applied>, ConsensusError> {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let bytes = encoded_len(&entry);
         loop {
             let leader = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -254,7 +264,7 @@ impl ConsensusNode {
                 });
             }
             let outcome = if leader == self.inner.address {
-                self.submit_here(entry.clone()).await
+                self.submit_here(entry.clone(), bytes).await
             } else {
                 match self
                     .inner
@@ -333,9 +343,15 @@ impl ConsensusNode {
         }
     }
 
-    async fn submit_here(&self, entry: SignedEntry) -> Result<Committed, LeaderError> {
+    async fn submit_here(&self, entry: SignedEntry, bytes: usize) -> Result<Committed, LeaderError> {
         let (done, result) = oneshot::channel();
-        if self.inner.proposals.send(Proposal { entry, done }).await.is_err() {
+        if self
+            .inner
+            .proposals
+            .send(Proposal { entry, bytes, done })
+            .await
+            .is_err()
+        {
             return Err(LeaderError::Unavailable("the batcher stopped".to_string()));
         }
         // A leader cut off from its quorum does not know it yet, and its entries wait for
@@ -591,7 +607,8 @@ impl ConsensusNode {
                         RpcReply::Refused(format!("an entry proposed by {} was sent by {from}", entry.proposer)),
                     ));
                 }
-                RpcReply::Propose(self.submit_here(entry).await)
+                let bytes = encoded_len(&entry);
+                RpcReply::Propose(self.submit_here(entry, bytes).await)
             }
         };
         Some((digest, reply))
@@ -624,25 +641,8 @@ impl ConsensusNode {
 async fn run_outbox(node: ConsensusNode, mut outbox: mpsc::Receiver<Outgoing>) {
     let settings = node.inner.settings.clone();
     let in_flight = Arc::new(Semaphore::new(settings.batches_in_flight.max(1)));
-    loop {
-        // The permit first: while earlier entries are in flight, commands gather.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = outbox.recv().await else {
-            return;
-        };
-        let mut bytes = encoded_len(&first.body);
-        let mut waiting = vec![first];
-        while waiting.len() < settings.batch_entries && bytes < settings.batch_bytes {
-            match outbox.try_recv() {
-                Ok(next) => {
-                    bytes += encoded_len(&next.body);
-                    waiting.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+    let limits = (settings.batch_entries, settings.batch_bytes);
+    while let Some((permit, waiting)) = next_batch(&mut outbox, &in_flight, limits, |o| o.bytes).await {
         let node = node.clone();
         tokio::spawn(async move {
             let (bodies, done): (Vec<_>, Vec<_>) = waiting.into_iter().map(|o| (o.body, o.done)).unzip();
@@ -668,24 +668,8 @@ async fn run_outbox(node: ConsensusNode, mut outbox: mpsc::Receiver<Outgoing>) {
 async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
     let settings = node.inner.settings.clone();
     let in_flight = Arc::new(Semaphore::new(settings.batches_in_flight.max(1)));
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let mut bytes = encoded_len(&first.entry);
-        let mut batch = vec![first];
-        while bytes < settings.batch_bytes {
-            match queue.try_recv() {
-                Ok(next) => {
-                    bytes += encoded_len(&next.entry);
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+    let limits = (usize::MAX, settings.batch_bytes);
+    while let Some((permit, batch)) = next_batch(&mut queue, &in_flight, limits, |p| p.bytes).await {
         let raft = node.inner.raft.clone();
         tokio::spawn(async move {
             let counts: Vec<usize> = batch.iter().map(|p| p.entry.bodies.len()).collect();
@@ -714,6 +698,32 @@ async fn run_batcher(node: ConsensusNode, mut queue: mpsc::Receiver<Proposal>) {
             drop(permit);
         });
     }
+}
+
+/// Waits for a permit, then for the first item, then takes whatever else already waits,
+/// up to `max_items` items and until `max_bytes` are reached. The permit first: while
+/// earlier batches are in flight, items gather into a larger one. `None` once the queue
+/// or the permits are gone.
+async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<T>,
+    in_flight: &Arc<Semaphore>,
+    (max_items, max_bytes): (usize, usize),
+    bytes_of: impl Fn(&T) -> usize,
+) -> Option<(OwnedSemaphorePermit, Vec<T>)> {
+    let permit = in_flight.clone().acquire_owned().await.ok()?;
+    let first = queue.recv().await?;
+    let mut bytes = bytes_of(&first);
+    let mut batch = vec![first];
+    while batch.len() < max_items && bytes < max_bytes {
+        match queue.try_recv() {
+            Ok(next) => {
+                bytes += bytes_of(&next);
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((permit, batch))
 }
 
 fn encoded_len<T: Serialize>(value: &T) -> usize {

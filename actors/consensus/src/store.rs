@@ -269,16 +269,7 @@ pub struct RegistryMachine {
 
 impl RegistryMachine {
     fn load(db: Arc<Database>, genesis_registry: Registry) -> Result<Self, StoreError> {
-        let txn = db.begin_read().reading("reading the snapshot")?;
-        let table = txn.open_table(SNAPSHOTS).reading("reading the snapshot")?;
-        let stored = table
-            .get(SNAPSHOT_KEY)
-            .reading("reading the snapshot")?
-            .map(|bytes| decode::<StoredSnapshot>(bytes.value()))
-            .transpose()?;
-        drop(table);
-        drop(txn);
-        let state = match stored {
+        let state = match read_snapshot(&db)? {
             Some(stored) => MachineState {
                 registry: restore(&stored.data)?,
                 last_applied: stored.meta.last_log_id,
@@ -329,6 +320,14 @@ impl RegistryMachine {
         }
         txn.commit().writing("saving the snapshot")
     }
+}
+
+/// The last snapshot saved, if any.
+fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, StorageError> {
+    let txn = db.begin_read().reading("reading the snapshot")?;
+    let table = txn.open_table(SNAPSHOTS).reading("reading the snapshot")?;
+    let stored = table.get(SNAPSHOT_KEY).reading("reading the snapshot")?;
+    stored.map(|bytes| decode::<StoredSnapshot>(bytes.value())).transpose()
 }
 
 fn restore(data: &[u8]) -> Result<Registry, StorageError> {
@@ -433,14 +432,7 @@ impl RaftStateMachine<MeshRaft> for RegistryMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let txn = self.db.begin_read().reading("reading the snapshot")?;
-        let table = txn.open_table(SNAPSHOTS).reading("reading the snapshot")?;
-        let stored = table
-            .get(SNAPSHOT_KEY)
-            .reading("reading the snapshot")?
-            .map(|bytes| decode::<StoredSnapshot>(bytes.value()))
-            .transpose()?;
-        Ok(stored.map(|stored| Snapshot {
+        Ok(read_snapshot(&self.db)?.map(|stored| Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))

@@ -12,14 +12,7 @@ use cmesh_common::{Address, Status};
 use cmesh_consensus::{Applied, Command, ConsensusError, ConsensusNode, Consistency, Role};
 use cmesh_testkit::{eventually, EVENTUALLY};
 use common::linearizability::{is_linearizable, Answer, Call, Operation};
-use common::{fast_settings, key, names, Cluster, View};
-
-fn register(name: &str) -> Command {
-    Command::Register {
-        name: name.to_string(),
-        target: "I:whoami".to_string(),
-    }
-}
+use common::{fast_settings, key, names, register, Cluster, View};
 
 /// An error a write may end with while leaders change: 503, with advice.
 fn assert_retryable(error: &ConsensusError) {

@@ -3,96 +3,24 @@
 
 use std::time::Duration;
 
-use cmesh_common::genesis::Genesis;
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey, Status};
 use cmesh_consensus::requester::Requester;
 use cmesh_consensus::wire::{node_subject, ReplyBody, RequestBody, Rpc, RpcReply};
-use cmesh_consensus::{
-    Applied, Command, ConsensusNode, ConsensusSettings, Consistency, EntryBody, EntryId, Outcome, Role,
-};
-use cmesh_testkit::{eventually, within, NatsServer, EVENTUALLY};
+use cmesh_consensus::{Applied, Command, Consistency, EntryBody, EntryId, Outcome, Role};
+use cmesh_testkit::{eventually, within, EVENTUALLY};
+use common::{fast_settings, key, names, register, Cluster};
 use futures::StreamExt;
 
-/// A mesh of consensus nodes on one nats-server, with its admin's key.
-struct Cluster {
-    nats: NatsServer,
-    genesis: Genesis,
-    admin: SigningKey,
-    dir: tempfile::TempDir,
-    nodes: Vec<ConsensusNode>,
-}
-
-fn fast_settings() -> ConsensusSettings {
-    ConsensusSettings {
-        heartbeat: Duration::from_millis(100),
-        election_min: Duration::from_millis(500),
-        election_max: Duration::from_millis(1000),
-        ..ConsensusSettings::default()
-    }
-}
-
-impl Cluster {
-    async fn start(voters: usize) -> Cluster {
-        let nats = NatsServer::start();
-        let admin = SigningKey::generate().expect("a key");
-        let keys: Vec<SigningKey> = (0..voters).map(|_| SigningKey::generate().expect("a key")).collect();
-        let genesis = Genesis::new(
-            "test",
-            vec![admin.address()],
-            keys.iter().map(|k| k.address()).collect(),
-        )
-        .expect("a genesis");
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let mut cluster = Cluster {
-            nats,
-            genesis,
-            admin,
-            dir,
-            nodes: Vec::new(),
-        };
-        for key in keys {
-            let node = cluster.start_node(key).await;
-            cluster.nodes.push(node);
-        }
-        cluster
-    }
-
-    async fn start_node(&self, key: SigningKey) -> ConsensusNode {
-        let client = async_nats::connect(self.nats.url()).await.expect("connect to nats");
-        let path = self.dir.path().join(format!("{}.redb", key.address()));
-        ConsensusNode::start(&self.genesis, key, &path, client, fast_settings())
-            .await
-            .expect("the node starts")
-    }
-
-    async fn leader(&self) -> ConsensusNode {
-        eventually("a leader", EVENTUALLY, || async {
-            let leader = self.nodes[0].raft().metrics().borrow().current_leader?;
-            self.nodes.iter().find(|n| n.address() == leader).cloned()
-        })
-        .await
-    }
-}
-
-fn register(name: &str) -> Command {
-    Command::Register {
-        name: name.to_string(),
-        target: "I:whoami".to_string(),
-    }
-}
-
-fn names(node: &ConsensusNode) -> Vec<String> {
-    node.replica().registry.names().map(|r| r.name.clone()).collect()
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_elect_a_leader_and_replicate_names_written_through_any_node() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(3, fast_settings()).await;
     let caller = SigningKey::generate().expect("a key").address();
-    let leader = cluster.leader().await;
-    let follower = cluster
-        .nodes
+    let leader = cluster.node(cluster.leader().await);
+    let nodes = cluster.running();
+    let follower = nodes
         .iter()
         .find(|n| n.address() != leader.address())
         .expect("a follower");
@@ -113,7 +41,7 @@ async fn three_voters_elect_a_leader_and_replicate_names_written_through_any_nod
     }
 
     // A linearizable read on any node sees both writes at once.
-    for node in &cluster.nodes {
+    for node in &cluster.running() {
         let (found, info) = node
             .read(Consistency::Linearizable, |registry| {
                 registry.resolve("n1.mcom").map(|r| r.owner)
@@ -124,7 +52,7 @@ async fn three_voters_elect_a_leader_and_replicate_names_written_through_any_nod
         assert!(info.applied.is_some());
     }
     let expected = vec!["n0.mcom".to_string(), "n1.mcom".to_string()];
-    for node in &cluster.nodes {
+    for node in &cluster.running() {
         assert_eq!(names(node), expected, "replica of {}", node.address());
     }
 
@@ -138,9 +66,9 @@ async fn three_voters_elect_a_leader_and_replicate_names_written_through_any_nod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_learner_gets_the_registry_and_a_removed_one_is_refused() {
-    let cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(3, fast_settings()).await;
     let caller = SigningKey::generate().expect("a key").address();
-    let leader = cluster.leader().await;
+    let leader = cluster.node(cluster.leader().await);
     for i in 0..20 {
         leader
             .propose(register(&format!("early{i}.mcom")), caller)
@@ -149,7 +77,8 @@ async fn an_admitted_learner_gets_the_registry_and_a_removed_one_is_refused() {
     }
 
     // A node that nobody admitted: its proposals are refused, and it learns why.
-    let newcomer = cluster.start_node(SigningKey::generate().expect("a key")).await;
+    let index = cluster.add(key()).await;
+    let newcomer = cluster.node(index);
     let refused = newcomer.propose(register("intruder.mcom"), caller).await;
     assert!(
         refused.is_err(),
@@ -228,8 +157,8 @@ async fn an_admitted_learner_gets_the_registry_and_a_removed_one_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_cannot_propose_vote_or_answer_for_a_node() {
-    let cluster = Cluster::start(3).await;
-    let leader = cluster.leader().await;
+    let cluster = Cluster::start(3, fast_settings()).await;
+    let leader = cluster.node(cluster.leader().await);
     let term = leader.status().await.term;
     let mesh = cluster.genesis.mesh_id();
     let stranger = SigningKey::generate().expect("a key");
@@ -270,7 +199,7 @@ async fn strangers_cannot_propose_vote_or_answer_for_a_node() {
 
     // 2. An admitted node's request replayed by a stranger from a minute ago is refused;
     //    unsigned bytes get no answer at all.
-    let voter = &cluster.nodes[0];
+    let voter = &cluster.node(0);
     let old = RequestBody {
         mesh,
         from: stranger.address(),
@@ -294,8 +223,8 @@ async fn strangers_cannot_propose_vote_or_answer_for_a_node() {
 
     // 3. A stranger answers first on a node's subject: the caller ignores the spoof and
     //    takes the real, signed answer.
-    let target = cluster
-        .nodes
+    let running = cluster.running();
+    let target = running
         .iter()
         .find(|n| n.address() != leader.address())
         .expect("a follower");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cmesh_common::genesis::Genesis;
 use cmesh_common::{Address, SigningKey};
-use cmesh_consensus::{ConsensusNode, ConsensusSettings};
+use cmesh_consensus::{Command, ConsensusNode, ConsensusSettings};
 use cmesh_testkit::{eventually, NatsServer, Proxy, EVENTUALLY};
 
 pub struct Cluster {
@@ -184,6 +184,13 @@ impl Cluster {
             applied.windows(2).all(|w| w[0] == w[1]).then_some(())
         })
         .await
+    }
+}
+
+pub fn register(name: &str) -> Command {
+    Command::Register {
+        name: name.to_string(),
+        target: "I:whoami".to_string(),
     }
 }
 
