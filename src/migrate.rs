@@ -9,6 +9,10 @@
 //! target (its times become the migration's); a name the registry already holds for the
 //! same owner counts as migrated, so a migration cut short resumes. When every name is
 //! in, the file is renamed `registrar.redb.migrated`.
+//!
+//! Per-node grants (`iam.redb` of earlier releases) are not moved: a mesh-wide grant
+//! needs a mesh admin's say, which a node cannot give for one. The node lists them in
+//! its log with the call that makes each mesh-wide, and leaves the file as it is.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +43,25 @@ pub fn pending(data: &Path, genesis: &Genesis) -> anyhow::Result<Option<(PathBuf
     })?;
     let records = store.all().context("reading the single-registrar store")?;
     Ok(Some((path, records)))
+}
+
+/// Logs the per-node grants an earlier release left in `data`, which no longer count.
+pub fn warn_of_per_node_grants(data: &Path) -> anyhow::Result<()> {
+    let grants = cmesh_iam::per_node_grants(data).context("reading the per-node grants of an earlier release")?;
+    for (address, attributes) in &grants {
+        for attribute in attributes {
+            tracing::warn!(
+                %address,
+                %attribute,
+                "a per-node grant of an earlier release no longer counts: grants are mesh-wide now; a mesh admin \
+                 makes it so with iam.grant {{\"address\": \"{address}\", \"attribute\": \"{attribute}\"}}"
+            );
+        }
+    }
+    if !grants.is_empty() {
+        tracing::warn!(file = %data.join("iam.redb").display(), "remove this file once its grants are made mesh-wide, and these warnings stop");
+    }
+    Ok(())
 }
 
 /// Registers `records` in the registry, retrying until all are in, then renames `path`.

@@ -124,7 +124,9 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         permissions: config.permissions.clone(),
         ..IamConfig::default()
     };
-    let iam_actor = IamActor::new(key.clone(), iam_config, &config.data, verifier).context("IAM store")?;
+    crate::migrate::warn_of_per_node_grants(&config.data)?;
+    let attributes = std::sync::Arc::new(RegistryAttributes(consensus.node.clone()));
+    let iam_actor = IamActor::new(key.clone(), iam_config, attributes, verifier).context("IAM")?;
     // IAM shares the router's arbiter: admitting a cached token is then a same-thread
     // message; its signature checks run on the verifier pool, not here.
     let iam = iam_actor.start();
@@ -162,6 +164,7 @@ async fn serve(config: NodeConfig, key: SigningKey) -> anyhow::Result<()> {
         .await
         .context("replication subjects")?;
     let link = Link {
+        mesh: mesh_id,
         bus,
         key: key.clone(),
         state: state.clone(),
@@ -275,6 +278,16 @@ async fn tell_iam_the_admitted(consensus: ConsensusNode, iam: Addr<IamActor>, cl
         if nodes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// IAM reads mesh-wide attributes from this node's replica of the registry: a grant
+/// counts here as soon as it applied here.
+struct RegistryAttributes(ConsensusNode);
+
+impl cmesh_iam::MeshAttributes for RegistryAttributes {
+    fn attributes(&self, address: &Address) -> Vec<String> {
+        self.0.replica().registry.attributes(address)
     }
 }
 

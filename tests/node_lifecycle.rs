@@ -242,3 +242,39 @@ async fn a_single_registrar_store_is_migrated_into_the_mesh_registry_once() {
         .count();
     assert_eq!(migrations, 1, "the names are migrated on the first start only");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_grants_of_an_earlier_release_are_listed_and_no_longer_count() {
+    let nats = NatsServer::start();
+    let mut node = Node::prepare(0, &nats.url(), NodeOptions::default());
+    let alice = new_key();
+    // The attribute table an earlier release's iam.grant wrote into `iam.redb`.
+    {
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("attributes");
+        let db = redb::Database::create(node.data_dir().join("iam.redb")).expect("an old IAM store");
+        let txn = db.begin_write().expect("a write");
+        {
+            let mut attributes = txn.open_table(table).expect("the table");
+            let granted = rmp_serde::to_vec(&vec!["team=blue"]).expect("encoded");
+            attributes
+                .insert(alice.address().to_string().as_str(), granted.as_slice())
+                .expect("inserted");
+        }
+        txn.commit().expect("committed");
+    }
+    node.respawn();
+    node.wait_ready(READY_TIMEOUT).await;
+    let wanted = alice.address().to_string();
+    node.wait_log("the per-node grant to be listed", EVENTUALLY, |l| {
+        l.contains("no longer counts") && l.contains(&wanted) && l.contains("team=blue") && l.contains("iam.grant")
+    })
+    .await;
+    let client = Client::connect(&nats.url()).await;
+    let token = client.login(&alice, &node).await;
+    let who = client.call(&node, "iam.whoami", json!({}), Some(&token)).await;
+    assert_eq!(who["attributes"], json!([]), "{who}");
+    assert!(
+        node.data_dir().join("iam.redb").exists(),
+        "the old file is left as it was"
+    );
+}

@@ -43,6 +43,10 @@ impl fmt::Display for Permission {
     }
 }
 
+/// The attribute of admins: of the mesh when the registry holds it, of one node when
+/// its `--admin` names the identity.
+pub const ADMIN_ATTRIBUTE: &str = "role=admin";
+
 /// An attribute is `key=value`: key of [a-z0-9_.-], value non-empty without whitespace,
 /// 128 bytes at most in all.
 pub fn is_attribute(text: &str) -> bool {

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cmtp::{CmtpError, Status};
+use crate::hash::keccak256_parts;
+use crate::keys::{Signature65, SignatureError};
+use crate::Address;
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
@@ -34,6 +37,39 @@ pub struct RpcRequest {
     pub nonce: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+}
+
+/// A Kami-signed request as its caller signed it: the request's canonical JSON without
+/// its `signature` member, and the caller's personal_sign of those bytes. Whatever the
+/// request causes can carry it, so that anyone can check the caller asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestProof {
+    #[serde(with = "serde_bytes")]
+    pub request: Vec<u8>,
+    pub signature: Signature65,
+}
+
+impl RequestProof {
+    /// Who signed the request.
+    pub fn signer(&self) -> Result<Address, SignatureError> {
+        self.signature.recover_personal(&self.request)
+    }
+
+    /// keccak256 of the signature and the signed bytes: one per signed request.
+    pub fn digest(&self) -> [u8; 32] {
+        keccak256_parts(&[&self.signature.0, &self.request])
+    }
+
+    /// The signed request's `method` and `params` (`null` if it has none), if the signed
+    /// bytes are a JSON object with a string `method`.
+    pub fn call(&self) -> Option<(String, Value)> {
+        let mut request: serde_json::Map<String, Value> = serde_json::from_slice(&self.request).ok()?;
+        let method = match request.remove("method")? {
+            Value::String(method) => method,
+            _ => return None,
+        };
+        Some((method, request.remove("params").unwrap_or(Value::Null)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

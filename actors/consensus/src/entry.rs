@@ -6,6 +6,12 @@
 //! the log, it names this mesh, and its id has not been applied before. The signed bytes
 //! start with a domain tag that no login message or request signature can start with.
 //!
+//! Why a client's own proof as well: the proposer vouches for the caller it names, but a
+//! liar among the nodes could name anyone. When the client Kami-signed its request, the
+//! body carries that signed request, and a replica applies the body only if the request
+//! is the caller's and asks for this very command; its id is then derived from the
+//! request, so the same request cannot be applied twice.
+//!
 //! Why one signature over several bodies: a node signs the proposals that wait together
 //! in one go, and every replica checks that one signature, instead of one signing and
 //! three recoveries per name (which were most of the CPU of a write). Each body keeps
@@ -15,6 +21,7 @@ use std::fmt;
 
 use cmesh_common::genesis::MeshId;
 use cmesh_common::hash::{keccak256_parts, to_hex0x};
+use cmesh_common::rpc::RequestProof;
 use cmesh_common::{Address, Signature65, SigningKey};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +39,13 @@ impl EntryId {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)?;
         Ok(EntryId(bytes))
+    }
+
+    /// The id of the body that carries a client's signed request: one request, one id.
+    pub fn of_proof(proof: &RequestProof) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&proof.digest()[..16]);
+        EntryId(bytes)
     }
 }
 
@@ -52,6 +66,9 @@ pub struct EntryBody {
     /// from here, so every replica writes the same.
     pub time_ms: u64,
     pub id: EntryId,
+    /// The caller's Kami-signed request that asked for `command`, if it signed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<RequestProof>,
 }
 
 /// Registry commands signed together by the node that proposed them.

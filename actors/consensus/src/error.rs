@@ -20,6 +20,8 @@ pub enum EntryFault {
     NotAdmitted { proposer: Address },
     #[error("the entry's id was applied before: a replay")]
     Replayed,
+    #[error("the client proof of the command does not hold: {reason}")]
+    ClientProof { reason: String },
     #[error("the entry is older than the replay window of the registry ({age_ms} ms behind its clock)")]
     Stale { age_ms: u64 },
 }
@@ -36,6 +38,9 @@ pub enum Refusal {
     /// 409.
     #[error("node {node} is the last voter; admit another voter first")]
     LastVoter { node: Address },
+    /// 409.
+    #[error("{address} is a mesh admin by the genesis, which no revoke changes")]
+    GenesisAdmin { address: Address },
 }
 
 impl Refusal {
@@ -43,7 +48,7 @@ impl Refusal {
         match self {
             Refusal::NotAdmin { .. } => Status::FORBIDDEN,
             Refusal::UnknownNode { .. } => Status::NOT_FOUND,
-            Refusal::LastVoter { .. } => Status::CONFLICT,
+            Refusal::LastVoter { .. } | Refusal::GenesisAdmin { .. } => Status::CONFLICT,
         }
     }
 }
@@ -58,9 +63,10 @@ impl EntryFault {
     /// What a client whose request became this entry is told.
     pub fn status(&self) -> Status {
         match self {
-            EntryFault::OtherMesh { .. } | EntryFault::BadSignature { .. } | EntryFault::NotAdmitted { .. } => {
-                Status::UNAUTHORIZED
-            }
+            EntryFault::OtherMesh { .. }
+            | EntryFault::BadSignature { .. }
+            | EntryFault::NotAdmitted { .. }
+            | EntryFault::ClientProof { .. } => Status::UNAUTHORIZED,
             EntryFault::Replayed | EntryFault::Stale { .. } => Status::CONFLICT,
         }
     }

@@ -32,5 +32,5 @@ pub use command::{Command, Role};
 pub use entry::{EntryBody, EntryId, SignedEntry, ENTRY_DOMAIN};
 pub use error::{ConsensusError, EntryFault, Refusal};
 pub use node::{ConsensusNode, ConsensusStatus, Consistency, ReadInfo};
-pub use registry::{Applied, Outcome, Registry, RestoreError, ADMIN_ATTRIBUTE, REPLAY_WINDOW_MS};
+pub use registry::{Applied, Outcome, Registry, RestoreError, REPLAY_WINDOW_MS};
 pub use settings::ConsensusSettings;

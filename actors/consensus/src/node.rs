@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cmesh_common::genesis::{Genesis, MeshId};
+use cmesh_common::rpc::RequestProof;
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey};
 use futures::StreamExt;
@@ -219,14 +220,29 @@ impl ConsensusNode {
     /// Has `command` committed as run by `caller`, signed by this node together with the
     /// other commands proposed meanwhile, and gives what it did.
     pub async fn propose(&self, command: Command, caller: Address) -> Result<Applied, ConsensusError> {
-        let id =
-            EntryId::random().map_err(|e| ConsensusError::Internal(format!("no randomness for an entry id: {e}")))?;
+        self.propose_with_proof(command, caller, None).await
+    }
+
+    /// [`ConsensusNode::propose`], carrying the caller's signed request for the command
+    /// when there is one: every replica then checks that the caller asked for it.
+    pub async fn propose_with_proof(
+        &self,
+        command: Command,
+        caller: Address,
+        proof: Option<RequestProof>,
+    ) -> Result<Applied, ConsensusError> {
+        let id = match &proof {
+            Some(proof) => EntryId::of_proof(proof),
+            None => EntryId::random()
+                .map_err(|e| ConsensusError::Internal(format!("no randomness for an entry id: {e}")))?,
+        };
         let body = EntryBody {
             mesh: self.inner.mesh,
             command,
             caller,
             time_ms: unix_millis(),
             id,
+            proof,
         };
         let size = encoded_len(&body);
         if size > MAX_ENTRY_BYTES {

@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cmesh_common::genesis::{Genesis, MeshId};
-use cmesh_common::method::check_attribute;
-use cmesh_common::{Address, CmtpError};
+use cmesh_common::method::{check_attribute, ADMIN_ATTRIBUTE};
+use cmesh_common::rpc::RequestProof;
+use cmesh_common::{Address, CmtpError, Method};
 use cmesh_registrar::{check_target, NameChange, NamePolicy, NameRecord, RegistrarError, TldConfigError};
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +21,6 @@ use crate::error::{EntryFault, Refusal};
 /// How long an applied entry id is remembered, in the registry's clock (entry times). An
 /// entry older than this behind the clock is stale, so a replay cannot outlive the memory.
 pub const REPLAY_WINDOW_MS: u64 = 10 * 60 * 1000;
-
-/// The attribute that makes an identity a mesh admin besides the genesis admins.
-pub const ADMIN_ATTRIBUTE: &str = "role=admin";
 
 /// What an accepted command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,13 +129,20 @@ impl Registry {
         self.state.names.values()
     }
 
-    /// An identity's mesh-wide attributes, sorted.
+    /// An identity's mesh-wide attributes, sorted: those granted, and [`ADMIN_ATTRIBUTE`]
+    /// for a genesis admin.
     pub fn attributes(&self, address: &Address) -> Vec<String> {
-        self.state
+        let mut attributes: Vec<String> = self
+            .state
             .grants
             .get(address)
             .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.state.admins.contains(address) && !attributes.iter().any(|a| a == ADMIN_ATTRIBUTE) {
+            attributes.push(ADMIN_ATTRIBUTE.to_string());
+            attributes.sort();
+        }
+        attributes
     }
 
     /// A genesis admin, or granted [`ADMIN_ATTRIBUTE`] mesh-wide.
@@ -214,13 +219,16 @@ impl Registry {
         Ok(())
     }
 
-    /// The command is for this mesh, new and recent.
+    /// The command is for this mesh, new and recent, and its client proof (if any) holds.
     fn check_body(&self, body: &EntryBody) -> Result<(), EntryFault> {
         if body.mesh != self.state.mesh {
             return Err(EntryFault::OtherMesh {
                 found: body.mesh,
                 expected: self.state.mesh,
             });
+        }
+        if let Some(proof) = &body.proof {
+            check_client_proof(body, proof).map_err(|reason| EntryFault::ClientProof { reason })?;
         }
         if self.state.recent.contains_key(&body.id) {
             return Err(EntryFault::Replayed);
@@ -271,6 +279,9 @@ impl Registry {
             Command::Revoke { address, attribute } => {
                 self.require_admin(caller, "revoke mesh-wide attributes")?;
                 check_attribute(attribute)?;
+                if attribute == ADMIN_ATTRIBUTE && self.state.admins.contains(address) {
+                    return Err(Refusal::GenesisAdmin { address: *address }.into());
+                }
                 if let Some(set) = self.state.grants.get_mut(address) {
                     set.remove(attribute);
                     if set.is_empty() {
@@ -356,4 +367,33 @@ impl Registry {
             attributes: self.attributes(&address),
         }
     }
+}
+
+/// The caller signed a request for exactly this command, and the body's id is the
+/// request's.
+fn check_client_proof(body: &EntryBody, proof: &RequestProof) -> Result<(), String> {
+    let signer = proof
+        .signer()
+        .map_err(|e| format!("the signature of the request does not recover: {e}"))?;
+    if signer != body.caller {
+        return Err(format!(
+            "the request is signed by {signer}, not by the caller {}",
+            body.caller
+        ));
+    }
+    if body.id != EntryId::of_proof(proof) {
+        return Err("the entry's id is not the signed request's".to_string());
+    }
+    let (method, params) = proof
+        .call()
+        .ok_or_else(|| "the signed bytes are no JSON-RPC request".to_string())?;
+    let asked = method
+        .parse::<Method>()
+        .ok()
+        .and_then(|method| Command::of_call(method, &params))
+        .and_then(Result::ok);
+    if asked.as_ref() != Some(&body.command) {
+        return Err(format!("the signed request (`{method}`) does not ask for this command"));
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey, Status};
 use cmesh_consensus::requester::Requester;
 use cmesh_consensus::wire::{node_subject, ReplyBody, RequestBody, Rpc, RpcReply};
-use cmesh_consensus::{Applied, Command, Consistency, EntryBody, EntryId, Outcome, Role};
+use cmesh_consensus::{Applied, Command, Consistency, EntryBody, EntryFault, EntryId, Outcome, Role};
 use cmesh_testkit::{eventually, within, EVENTUALLY};
 use common::{fast_settings, key, names, register, Cluster};
 use futures::StreamExt;
@@ -175,6 +175,7 @@ async fn strangers_cannot_propose_vote_or_answer_for_a_node() {
         caller: cluster.admin.address(),
         time_ms: unix_millis(),
         id: EntryId::random().expect("random"),
+        proof: None,
     }
     .sign(&stranger);
     let reply = requester
@@ -274,4 +275,60 @@ async fn strangers_cannot_propose_vote_or_answer_for_a_node() {
         .await
         .expect("committed");
     assert!(matches!(applied, Applied::Done(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_client_signature_fails_is_a_no_op_on_every_replica() {
+    let cluster = Cluster::start(3, fast_settings()).await;
+    let leader = cluster.leader().await;
+    let proposer = (leader + 1) % 3;
+    let victim = SigningKey::generate().expect("a key");
+    let liar = SigningKey::generate().expect("a key");
+    // An admitted node claims the victim asked for a name, with a request the liar signed.
+    let request = cmesh_common::jcs::signing_bytes(&serde_json::json!({
+        "jsonrpc": "2.0", "method": "registrar.register", "id": "0x01", "nonce": 1,
+        "params": {"name": "forged.mcom", "target": "I:whoami"},
+    }));
+    let proof = cmesh_common::rpc::RequestProof {
+        signature: liar.sign_personal(&request),
+        request,
+    };
+    let body = |command: Command, proof: Option<cmesh_common::rpc::RequestProof>| EntryBody {
+        mesh: cluster.genesis.mesh_id(),
+        command,
+        caller: victim.address(),
+        time_ms: unix_millis(),
+        id: proof
+            .as_ref()
+            .map_or_else(|| EntryId::random().expect("random"), EntryId::of_proof),
+        proof,
+    };
+    let entry = cmesh_consensus::SignedEntry::sign(
+        vec![
+            body(register("forged.mcom"), Some(proof)),
+            body(register("honest.mcom"), None),
+        ],
+        &cluster.slots[proposer].key,
+    );
+    let results = cluster.node(proposer).submit(entry).await.expect("committed");
+    assert!(
+        matches!(
+            &results[..],
+            [
+                Applied::Ignored(EntryFault::ClientProof { .. }),
+                Applied::Done(Outcome::Name { .. })
+            ]
+        ),
+        "{results:?}"
+    );
+    cluster.converged().await;
+    let snapshots: Vec<Vec<u8>> = cluster
+        .running()
+        .iter()
+        .map(|node| {
+            assert_eq!(names(node), ["honest.mcom"], "replica of {}", node.address());
+            node.replica().registry.snapshot()
+        })
+        .collect();
+    assert!(snapshots.windows(2).all(|w| w[0] == w[1]), "the replicas agree");
 }

@@ -2,6 +2,7 @@
 //! (property) that a snapshot restored anywhere goes on exactly as the original.
 
 use cmesh_common::genesis::Genesis;
+use cmesh_common::rpc::RequestProof;
 use cmesh_common::{Address, SigningKey, Status};
 use cmesh_consensus::{
     Applied, Command, EntryBody, EntryFault, EntryId, Outcome, Registry, Role, SignedEntry, REPLAY_WINDOW_MS,
@@ -48,6 +49,7 @@ fn entry(registry: &Registry, proposal: &Proposal, command: Command) -> cmesh_co
         caller: proposal.caller,
         time_ms: proposal.time_ms,
         id: EntryId([proposal.id; 16]),
+        proof: None,
     }
     .sign(&key(proposal.proposer))
 }
@@ -81,6 +83,7 @@ fn commands_signed_together_each_get_their_own_result() {
         caller: key(4).address(),
         time_ms: 1_000,
         id: EntryId([id; 16]),
+        proof: None,
     };
     let first = SignedEntry::sign(vec![body(1, "a.mcom"), body(2, "b.mcom")], &key(2));
     // The same name twice and an id used before, next to a good command.
@@ -339,6 +342,129 @@ fn mesh_grants_need_an_admin_and_a_granted_admin_is_one() {
         refused_status(&registry.apply_one(&entry(&registry, &by(4, 6), grant(6, "team=red")))),
         Status::FORBIDDEN
     );
+}
+
+/// `client`'s Kami-signed JSON-RPC request (its signing bytes and signature).
+fn signed_request(client: u8, method: &str, params: serde_json::Value) -> RequestProof {
+    let request = serde_json::json!({
+        "jsonrpc": "2.0", "method": method, "params": params, "id": "0x01", "nonce": 1,
+    });
+    let request = cmesh_common::jcs::signing_bytes(&request);
+    RequestProof {
+        signature: key(client).sign_personal(&request),
+        request,
+    }
+}
+
+#[test]
+fn a_client_proof_must_be_the_callers_and_ask_for_the_command() {
+    let mut registry = registry();
+    let mesh = registry.mesh();
+    let register = |name: &str| Command::Register {
+        name: name.into(),
+        target: "I:whoami".into(),
+    };
+    let proof = signed_request(
+        4,
+        "registrar.register",
+        serde_json::json!({"name": "mine.mcom", "target": "I:whoami"}),
+    );
+    let body = |caller: u8, command: Command, id: EntryId, proof: RequestProof| EntryBody {
+        mesh,
+        command,
+        caller: key(caller).address(),
+        time_ms: 1_000,
+        id,
+        proof: Some(proof),
+    };
+    let before = registry.clone();
+    let mut forged_signature = proof.clone();
+    forged_signature.signature.0[10] ^= 1;
+    let consensus_write = signed_request(
+        4,
+        "consensus.write",
+        serde_json::json!({"body": "release:{\"name\":\"mine.mcom\"}"}),
+    );
+    let not_json = RequestProof {
+        signature: key(4).sign_personal(b"register mine.mcom"),
+        request: b"register mine.mcom".to_vec(),
+    };
+    let faults = [
+        // The proposer names another caller than the one who signed.
+        body(5, register("mine.mcom"), EntryId::of_proof(&proof), proof.clone()),
+        // Another command than the one asked for.
+        body(4, register("other.mcom"), EntryId::of_proof(&proof), proof.clone()),
+        // The request's signature does not hold.
+        body(
+            4,
+            register("mine.mcom"),
+            EntryId::of_proof(&forged_signature),
+            forged_signature,
+        ),
+        // An id of the proposer's choosing: the request could then be applied twice.
+        body(4, register("mine.mcom"), EntryId([9; 16]), proof.clone()),
+        // A signed request for another command (a release, through consensus.write).
+        body(
+            4,
+            register("mine.mcom"),
+            EntryId::of_proof(&consensus_write),
+            consensus_write.clone(),
+        ),
+        // Signed bytes that are no request.
+        body(4, register("mine.mcom"), EntryId::of_proof(&not_json), not_json),
+    ];
+    for fault in faults {
+        let results = registry.apply(&SignedEntry::sign(vec![fault.clone()], &key(2)));
+        assert!(
+            matches!(&results[..], [Applied::Ignored(EntryFault::ClientProof { .. })]),
+            "{fault:?}: {results:?}"
+        );
+    }
+    assert_eq!(registry, before, "an entry whose client proof fails is a no-op");
+
+    let good = SignedEntry::sign(
+        vec![body(4, register("mine.mcom"), EntryId::of_proof(&proof), proof.clone())],
+        &key(2),
+    );
+    assert!(matches!(
+        &registry.apply(&good)[..],
+        [Applied::Done(Outcome::Name { .. })]
+    ));
+    assert_eq!(registry.resolve("mine.mcom").unwrap().owner, key(4).address());
+    // The same signed request again, in an entry of its own: the id gives it away.
+    let again = SignedEntry::sign(
+        vec![body(4, register("mine.mcom"), EntryId::of_proof(&proof), proof)],
+        &key(3),
+    );
+    assert_eq!(registry.apply(&again), vec![Applied::Ignored(EntryFault::Replayed)]);
+    // consensus.write bodies are checked as their command.
+    let release = Command::Release {
+        name: "mine.mcom".into(),
+    };
+    let by_body = SignedEntry::sign(
+        vec![body(4, release, EntryId::of_proof(&consensus_write), consensus_write)],
+        &key(2),
+    );
+    assert!(matches!(
+        &registry.apply(&by_body)[..],
+        [Applied::Done(Outcome::Name { .. })]
+    ));
+    assert!(registry.resolve("mine.mcom").is_err());
+}
+
+#[test]
+fn genesis_admins_hold_role_admin_which_no_revoke_takes() {
+    let mut registry = registry();
+    assert_eq!(registry.attributes(&key(1).address()), vec!["role=admin".to_string()]);
+    let revoke = Command::Revoke {
+        address: key(1).address(),
+        attribute: "role=admin".into(),
+    };
+    assert_eq!(
+        refused_status(&registry.apply_one(&entry(&registry, &by(1, 1), revoke))),
+        Status::CONFLICT
+    );
+    assert!(registry.is_admin(&key(1).address()));
 }
 
 /// A command from a small universe, so that sequences hit the same names and nodes.

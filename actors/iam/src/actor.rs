@@ -1,8 +1,9 @@
-//! The IAM actor: owns challenges, sessions, the token cache, attributes and the peer
-//! table. Signature maths goes to the `Verifier` pool; the actor only keeps the books.
+//! The IAM actor: owns challenges, sessions, the token cache and the peer table, and
+//! reads callers' mesh-wide attributes from the registry. Signature maths goes to the
+//! `Verifier` pool; the actor only keeps the books.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -12,12 +13,12 @@ use cmesh_common::rpc::SIGNATURE_ERROR;
 use cmesh_common::time::{unix_millis, unix_seconds};
 use cmesh_common::{Address, CmtpError, SigningKey, Status};
 
-use crate::attributes::AttributeStore;
+use crate::attributes::MeshAttributes;
 use crate::config::IamConfig;
 use crate::error::IamError;
 use crate::messages::*;
 use crate::peers::{Announcement, PeerTable};
-use cmesh_common::method::{check_attribute, Method, Permission};
+use cmesh_common::method::{Method, Permission, ADMIN_ATTRIBUTE};
 
 use crate::permissions::Permissions;
 use crate::sessions::{SessionId, Sessions};
@@ -36,7 +37,8 @@ pub struct IamActor {
     permissions: Permissions,
     sessions: Sessions,
     tokens: HashMap<String, Claims>,
-    attributes: AttributeStore,
+    /// Mesh-wide attributes, as the registry holds them.
+    attributes: Arc<dyn MeshAttributes>,
     peers: PeerTable,
     /// The nodes the mesh registry admits (`None` until it first says).
     admitted: Option<std::collections::BTreeSet<Address>>,
@@ -52,15 +54,14 @@ pub struct IamActor {
 const MAX_IGNORED: usize = 1024;
 
 impl IamActor {
-    /// Opens `<data>/iam.redb` and prepares the actor; `verifier` is the signature pool.
+    /// `attributes`: where mesh-wide attributes are read; `verifier`: the signature pool.
     pub fn new(
         key: SigningKey,
         config: IamConfig,
-        data_dir: &Path,
+        attributes: Arc<dyn MeshAttributes>,
         verifier: Addr<Verifier>,
     ) -> Result<Self, IamError> {
         let permissions = Permissions::new(&config.permissions)?;
-        let attributes = AttributeStore::open(&data_dir.join("iam.redb"))?;
         let sessions = Sessions::new(config.challenge_ttl, config.token_ttl, config.max_sessions);
         let peers = PeerTable::new(&key);
         let mut boot = [0u8; 8];
@@ -81,20 +82,18 @@ impl IamActor {
         })
     }
 
-    fn attributes_of(&self, address: &Address) -> Result<Vec<String>, CmtpError> {
-        let mut attributes = self
-            .attributes
-            .get(address)
-            .map_err(|e| CmtpError::internal(format!("reading attributes: {e}")))?;
-        if self.config.admins.contains(address) && !attributes.iter().any(|a| a == "role=admin") {
-            attributes.push("role=admin".into());
+    /// Mesh-wide attributes, and `role=admin` for this node's own admins.
+    fn attributes_of(&self, address: &Address) -> Vec<String> {
+        let mut attributes = self.attributes.attributes(address);
+        if self.config.admins.contains(address) && !attributes.iter().any(|a| a == ADMIN_ATTRIBUTE) {
+            attributes.push(ADMIN_ATTRIBUTE.into());
             attributes.sort();
         }
-        Ok(attributes)
+        attributes
     }
 
     fn caller(&self, address: Address, expires_at: u64, method: Option<Method>) -> Result<Caller, CmtpError> {
-        let attributes = self.attributes_of(&address)?;
+        let attributes = self.attributes_of(&address);
         let caller = Caller {
             address: Some(address),
             attributes,
@@ -371,36 +370,6 @@ impl Handler<Login> for IamActor {
                     })
                 }),
         )
-    }
-}
-
-impl Handler<Grant> for IamActor {
-    type Result = Result<Vec<String>, CmtpError>;
-
-    fn handle(&mut self, msg: Grant, _: &mut Context<Self>) -> Self::Result {
-        check_attribute(&msg.attribute)?;
-        self.attributes
-            .update(&msg.address, &msg.attribute, true)
-            .map_err(|e| CmtpError::internal(e.to_string()))?;
-        self.attributes_of(&msg.address)
-    }
-}
-
-impl Handler<Revoke> for IamActor {
-    type Result = Result<Vec<String>, CmtpError>;
-
-    fn handle(&mut self, msg: Revoke, _: &mut Context<Self>) -> Self::Result {
-        check_attribute(&msg.attribute)?;
-        if msg.attribute == "role=admin" && self.config.admins.contains(&msg.address) {
-            return Err(CmtpError::conflict(format!(
-                "{} is an admin by the node's configuration; change the configuration instead",
-                msg.address
-            )));
-        }
-        self.attributes
-            .update(&msg.address, &msg.attribute, false)
-            .map_err(|e| CmtpError::internal(e.to_string()))?;
-        self.attributes_of(&msg.address)
     }
 }
 

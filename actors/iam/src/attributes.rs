@@ -1,8 +1,16 @@
-//! IRMA-style attributes (`role=admin`) granted to identities, kept durably in redb and
-//! cached in memory: every admitted request needs its caller's attributes.
+//! IRMA-style attributes (`role=admin`) of identities. Mesh-wide ones are the mesh
+//! registry's (granted through any node, replicated with Raft); IAM reads them through
+//! [`MeshAttributes`] on every admitted request, so a grant counts on a node as soon as
+//! its replica applied it, and on the node that took it before the caller hears back.
+//!
+//! Why a trait: the registry lives in the consensus crate, which IAM does not know; the
+//! node wires the two, and IAM's own logic is testable with an in-memory map.
+//!
+//! Before the registry, `iam.grant` wrote a per-node table in `<data>/iam.redb`;
+//! [`per_node_grants`] reads what such a file holds so the node can say that those grants
+//! no longer count and how to make them mesh-wide.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use cmesh_common::Address;
@@ -10,108 +18,50 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::IamError;
 
-const ATTRIBUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("attributes");
-
-/// Identities whose attributes are kept in memory before the cache starts over.
-const CACHE_LIMIT: usize = 100_000;
-
-pub struct AttributeStore {
-    db: Database,
-    path: String,
-    cache: RefCell<HashMap<Address, Vec<String>>>,
+/// Where IAM reads an identity's mesh-wide attributes, sorted.
+pub trait MeshAttributes: Send + Sync {
+    fn attributes(&self, address: &Address) -> Vec<String>;
 }
 
-impl AttributeStore {
-    pub fn open(path: &Path) -> Result<Self, IamError> {
-        let shown = path.display().to_string();
-        let store_error = |e: redb::Error| IamError::Store {
-            path: shown.clone(),
-            source: e,
-        };
-        let db = Database::create(path).map_err(|e| store_error(e.into()))?;
-        let txn = db.begin_write().map_err(|e| store_error(e.into()))?;
-        txn.open_table(ATTRIBUTES).map_err(|e| store_error(e.into()))?;
-        txn.commit().map_err(|e| store_error(e.into()))?;
-        Ok(AttributeStore {
-            db,
-            path: shown,
-            cache: RefCell::new(HashMap::new()),
-        })
+/// Attributes held in memory: for tests, and for a node that reads no registry.
+impl MeshAttributes for BTreeMap<Address, Vec<String>> {
+    fn attributes(&self, address: &Address) -> Vec<String> {
+        self.get(address).cloned().unwrap_or_default()
     }
+}
 
-    fn error(&self, e: impl Into<redb::Error>) -> IamError {
-        IamError::Store {
-            path: self.path.clone(),
-            source: e.into(),
-        }
-    }
+const PER_NODE_ATTRIBUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("attributes");
 
-    fn corrupt(&self, source: rmp_serde::decode::Error) -> IamError {
-        IamError::Corrupt {
-            path: self.path.clone(),
-            source,
-        }
+/// The grants an earlier version kept in `<data>/iam.redb`, per identity (none if there
+/// is no such file).
+pub fn per_node_grants(data_dir: &Path) -> Result<Vec<(String, Vec<String>)>, IamError> {
+    let path = data_dir.join("iam.redb");
+    if !path.exists() {
+        return Ok(Vec::new());
     }
-
-    pub fn get(&self, address: &Address) -> Result<Vec<String>, IamError> {
-        if let Some(attributes) = self.cache.borrow().get(address) {
-            return Ok(attributes.clone());
-        }
-        let attributes = self.read(address)?;
-        self.remember(address, &attributes);
-        Ok(attributes)
+    let shown = path.display().to_string();
+    let error = |e: redb::Error| IamError::Store {
+        path: shown.clone(),
+        source: e,
+    };
+    let db = Database::open(&path).map_err(|e| error(e.into()))?;
+    let txn = db.begin_read().map_err(|e| error(e.into()))?;
+    let table = match txn.open_table(PER_NODE_ATTRIBUTES) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(error(e.into())),
+    };
+    let mut grants = Vec::new();
+    for row in table.iter().map_err(|e| error(e.into()))? {
+        let (address, attributes) = row.map_err(|e| error(e.into()))?;
+        let attributes: Vec<String> =
+            rmp_serde::from_slice(attributes.value()).map_err(|source| IamError::Corrupt {
+                path: shown.clone(),
+                source,
+            })?;
+        grants.push((address.value().to_string(), attributes));
     }
-
-    fn remember(&self, address: &Address, attributes: &[String]) {
-        let mut cache = self.cache.borrow_mut();
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(*address, attributes.to_vec());
-    }
-
-    fn read(&self, address: &Address) -> Result<Vec<String>, IamError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = txn.open_table(ATTRIBUTES).map_err(|e| self.error(e))?;
-        let key = address.to_string();
-        match table.get(key.as_str()).map_err(|e| self.error(e))? {
-            Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(|e| self.corrupt(e)),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// Adds or removes one attribute durably; returns the attributes afterwards.
-    pub fn update(&self, address: &Address, attribute: &str, grant: bool) -> Result<Vec<String>, IamError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        let attributes = {
-            let mut table = txn.open_table(ATTRIBUTES).map_err(|e| self.error(e))?;
-            let key = address.to_string();
-            let mut attributes: Vec<String> = match table.get(key.as_str()).map_err(|e| self.error(e))? {
-                Some(bytes) => rmp_serde::from_slice(bytes.value()).map_err(|e| self.corrupt(e))?,
-                None => Vec::new(),
-            };
-            attributes.retain(|a| a != attribute);
-            if grant {
-                attributes.push(attribute.to_string());
-                attributes.sort();
-            }
-            if attributes.is_empty() {
-                table.remove(key.as_str()).map_err(|e| self.error(e))?;
-            } else {
-                let bytes = rmp_serde::to_vec(&attributes).map_err(|source| IamError::Encode {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                table
-                    .insert(key.as_str(), bytes.as_slice())
-                    .map_err(|e| self.error(e))?;
-            }
-            attributes
-        };
-        txn.commit().map_err(|e| self.error(e))?;
-        self.remember(address, &attributes);
-        Ok(attributes)
-    }
+    Ok(grants)
 }
 
 #[cfg(test)]
@@ -119,24 +69,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grants_persist_and_revokes_remove() {
+    fn per_node_grants_of_an_earlier_version_are_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("iam.redb");
-        let who = Address([7; 20]);
+        assert!(per_node_grants(dir.path()).expect("no file").is_empty());
         {
-            let store = AttributeStore::open(&path).expect("open");
-            assert_eq!(
-                store.update(&who, "role=admin", true).expect("grant"),
-                vec!["role=admin"]
-            );
-            store.update(&who, "team=blue", true).expect("grant");
+            let db = Database::create(dir.path().join("iam.redb")).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut table = txn.open_table(PER_NODE_ATTRIBUTES).expect("table");
+                let attributes = rmp_serde::to_vec(&vec!["role=admin", "team=blue"]).expect("encode");
+                table.insert("0x0707", attributes.as_slice()).expect("insert");
+            }
+            txn.commit().expect("commit");
         }
-        let store = AttributeStore::open(&path).expect("reopen");
-        assert_eq!(store.get(&who).expect("get"), vec!["role=admin", "team=blue"]);
         assert_eq!(
-            store.update(&who, "role=admin", false).expect("revoke"),
-            vec!["team=blue"]
+            per_node_grants(dir.path()).expect("read"),
+            vec![(
+                "0x0707".to_string(),
+                vec!["role=admin".to_string(), "team=blue".to_string()]
+            )]
         );
-        assert_eq!(store.get(&Address([8; 20])).expect("get"), Vec::<String>::new());
     }
 }

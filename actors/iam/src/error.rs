@@ -1,4 +1,5 @@
-//! Errors of setting up IAM (storage, configuration). Request errors are `CmtpError`s.
+//! Errors of setting up IAM (configuration, an earlier version's store). Request errors
+//! are `CmtpError`s.
 
 #[derive(Debug, thiserror::Error)]
 pub enum IamError {
@@ -13,12 +14,6 @@ pub enum IamError {
         path: String,
         #[source]
         source: rmp_serde::decode::Error,
-    },
-    #[error("IAM store {path}: encoding an attribute record: {source}")]
-    Encode {
-        path: String,
-        #[source]
-        source: rmp_serde::encode::Error,
     },
     /// (getrandom's error is no `std::error::Error` without its `std` feature.)
     #[error("no randomness for the node's boot id: {0}")]

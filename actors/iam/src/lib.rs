@@ -19,6 +19,7 @@ mod sessions;
 mod verifier;
 
 pub use actor::IamActor;
+pub use attributes::{per_node_grants, MeshAttributes};
 pub use cmesh_common::method::Permission;
 pub use config::IamConfig;
 pub use discovery::{discovery, publish_own, DiscoveryError, ANNOUNCE_SUBJECT};

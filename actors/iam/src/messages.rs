@@ -2,7 +2,8 @@
 //! Kami JSON-RPC code) the caller should see.
 
 use actix::Message;
-use cmesh_common::{Address, CmtpError, Method, Signature65};
+use cmesh_common::rpc::RequestProof;
+use cmesh_common::{Address, CmtpError, Method};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -40,15 +41,7 @@ pub struct Caller {
     /// The caller's own signature of this request, when it was Kami-signed: what a
     /// transaction carries so that anyone can check the user asked for it.
     #[serde(skip)]
-    pub signed: Option<SignedProof>,
-}
-
-/// A request's signing bytes (its canonical JSON without `signature`) and the caller's
-/// personal_sign of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedProof {
-    pub request: Vec<u8>,
-    pub signature: Signature65,
+    pub signed: Option<RequestProof>,
 }
 
 impl Caller {
@@ -118,22 +111,6 @@ pub struct LoginReply {
     pub token: String,
     pub address: Address,
     pub expires_at: u64,
-}
-
-/// `iam.grant {address, attribute}`: returns the identity's attributes afterwards.
-#[derive(Message, Debug, Clone, Deserialize)]
-#[rtype(result = "Result<Vec<String>, CmtpError>")]
-pub struct Grant {
-    pub address: Address,
-    pub attribute: String,
-}
-
-/// `iam.revoke {address, attribute}`: returns the identity's attributes afterwards.
-#[derive(Message, Debug, Clone, Deserialize)]
-#[rtype(result = "Result<Vec<String>, CmtpError>")]
-pub struct Revoke {
-    pub address: Address,
-    pub attribute: String,
 }
 
 /// A signed announcement of a node received from the bus. Answers the node's address

@@ -9,7 +9,7 @@ use cmesh_common::jwt::{self, Claims, JwtError};
 use cmesh_common::keys::{personal_digest, Secp256k1PublicKey as PublicKey, SignatureError};
 use cmesh_common::{Address, Signature65};
 
-use crate::messages::SignedProof;
+use cmesh_common::rpc::RequestProof;
 
 pub struct Verifier;
 
@@ -66,7 +66,7 @@ pub struct RecoverRequestSigner {
 /// Who signed a request, and the proof (kept for transactions it causes).
 pub struct RecoveredRequest {
     pub signer: Address,
-    pub proof: SignedProof,
+    pub proof: RequestProof,
 }
 
 impl Handler<RecoverRequestSigner> for Verifier {
@@ -78,7 +78,7 @@ impl Handler<RecoverRequestSigner> for Verifier {
         let (_, signer) = signature.recover_digest(personal_digest(&request))?;
         Ok(RecoveredRequest {
             signer,
-            proof: SignedProof { request, signature },
+            proof: RequestProof { request, signature },
         })
     }
 }

@@ -40,7 +40,7 @@ async fn serve(link: &Link, subject: &str, payload: &[u8], addressed: bool) -> O
             "the request names another context than its subject",
         )));
     }
-    if let Err(e) = request.authenticate(unix_millis()) {
+    if let Err(e) = request.authenticate(&link.mesh, unix_millis()) {
         return Some(Err(e));
     }
     let context = request.context;

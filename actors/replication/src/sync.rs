@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use bytes::Bytes;
+use cmesh_common::genesis::MeshId;
 use cmesh_common::hash::keccak256;
 use cmesh_common::{Address, CmtpError, SigningKey, Status};
 use cmesh_events::{Emit, EventsActor};
@@ -40,6 +41,9 @@ const FETCH_ROUNDS: usize = 64;
 /// Everything a node needs to talk to members and hand their transactions to its state.
 #[derive(Clone)]
 pub struct Link {
+    /// The mesh this node is of: its sync requests name it, and it answers only those
+    /// that name it too.
+    pub mesh: MeshId,
     pub bus: Arc<dyn Bus>,
     pub key: Arc<SigningKey>,
     pub state: Addr<StateActor>,
@@ -126,7 +130,7 @@ impl Link {
 
     /// Asks `member` (or any member, the first that answers well) about `context`.
     pub async fn ask(&self, context: Id, member: Option<Address>, query: Query) -> Result<Reply, ReplicationError> {
-        let request = SyncRequest::new(&self.key, context, query)?;
+        let request = SyncRequest::new(&self.key, self.mesh, context, query)?;
         let payload = Bytes::from(wire::encode(&request)?);
         match member {
             Some(member) => {

@@ -9,6 +9,7 @@
 //!   (that member): requests for transactions, signed by the requesting node and answered
 //!   only to members of the context.
 
+use cmesh_common::genesis::MeshId;
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, CmtpError, Signature65, SigningKey, Status};
 use cmesh_state::{Id, Member, OrderKey};
@@ -22,7 +23,7 @@ pub const MESSAGE_OVERHEAD: usize = 16 * 1024;
 /// skips its own without decoding them.
 pub const NODE_HEADER: &str = "Cmesh-Node";
 
-const SIGNING_DOMAIN: &[u8] = b"cmesh-sync-request-v1";
+const SIGNING_DOMAIN: &[u8] = b"cmesh-sync-request-v2";
 
 pub fn txs_subject(context: &Id) -> String {
     format!("cmesh.ctx.{context}.txs")
@@ -91,6 +92,8 @@ pub enum Query {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncRequest {
+    /// The mesh the asking node is of: a node of another mesh on the same NATS is refused.
+    pub mesh: MeshId,
     pub context: Id,
     pub from: Address,
     pub ts: u64,
@@ -99,11 +102,12 @@ pub struct SyncRequest {
 }
 
 impl SyncRequest {
-    pub fn new(key: &SigningKey, context: Id, query: Query) -> Result<SyncRequest, WireError> {
+    pub fn new(key: &SigningKey, mesh: MeshId, context: Id, query: Query) -> Result<SyncRequest, WireError> {
         let ts = unix_millis();
         let from = key.address();
-        let signature = key.sign_personal(&signing_bytes(&context, &from, ts, &query)?);
+        let signature = key.sign_personal(&signing_bytes(&mesh, &context, &from, ts, &query)?);
         Ok(SyncRequest {
+            mesh,
             context,
             from,
             ts,
@@ -112,15 +116,21 @@ impl SyncRequest {
         })
     }
 
-    /// Checks the signature and the time window; answers why not.
-    pub fn authenticate(&self, now_ms: u64) -> Result<(), CmtpError> {
+    /// Checks the mesh, the signature and the time window; answers why not.
+    pub fn authenticate(&self, mesh: &MeshId, now_ms: u64) -> Result<(), CmtpError> {
+        if &self.mesh != mesh {
+            return Err(CmtpError::unauthorized(format!(
+                "the sync request is of mesh {}, not of this mesh {mesh}",
+                self.mesh
+            )));
+        }
         if self.ts.abs_diff(now_ms) > REQUEST_WINDOW_MS {
             return Err(CmtpError::new(
                 Status::UNAUTHORIZED,
                 "the sync request is outside the 60 s window (clock skew or replay)",
             ));
         }
-        let bytes = signing_bytes(&self.context, &self.from, self.ts, &self.query)
+        let bytes = signing_bytes(&self.mesh, &self.context, &self.from, self.ts, &self.query)
             .map_err(|e| CmtpError::bad_request(e.to_string()))?;
         let signer = self
             .signature
@@ -135,9 +145,9 @@ impl SyncRequest {
     }
 }
 
-fn signing_bytes(context: &Id, from: &Address, ts: u64, query: &Query) -> Result<Vec<u8>, WireError> {
+fn signing_bytes(mesh: &MeshId, context: &Id, from: &Address, ts: u64, query: &Query) -> Result<Vec<u8>, WireError> {
     let mut bytes = SIGNING_DOMAIN.to_vec();
-    bytes.extend(rmp_serde::to_vec(&(context, from, ts, query))?);
+    bytes.extend(rmp_serde::to_vec(&(mesh, context, from, ts, query))?);
     Ok(bytes)
 }
 
@@ -190,22 +200,32 @@ mod tests {
     fn requests_verify_only_as_signed() {
         let key = SigningKey::generate().expect("key");
         let context = Id([7; 32]);
-        let request = SyncRequest::new(&key, context, Query::State).expect("request");
-        assert!(request.authenticate(request.ts).is_ok());
+        let mesh = MeshId([5; 32]);
+        let request = SyncRequest::new(&key, mesh, context, Query::State).expect("request");
+        assert!(request.authenticate(&mesh, request.ts).is_ok());
         let decoded: SyncRequest = decode(&encode(&request).expect("encode")).expect("decode");
-        assert!(decoded.authenticate(decoded.ts + 1_000).is_ok());
+        assert!(decoded.authenticate(&mesh, decoded.ts + 1_000).is_ok());
+        let other_mesh = MeshId([6; 32]);
+        let refused = request.authenticate(&other_mesh, request.ts).expect_err("another mesh");
+        assert!(refused.message.contains("not of this mesh"), "{refused:?}");
+        let mut relabelled = request.clone();
+        relabelled.mesh = other_mesh;
+        assert!(
+            relabelled.authenticate(&other_mesh, request.ts).is_err(),
+            "the mesh is signed"
+        );
 
         let mut other_query = request.clone();
         other_query.query = Query::Fetch { ids: vec![context] };
         assert_eq!(
-            other_query.authenticate(request.ts).err().map(|e| e.status),
+            other_query.authenticate(&mesh, request.ts).err().map(|e| e.status),
             Some(Status::UNAUTHORIZED)
         );
         let mut other_context = request.clone();
         other_context.context = Id([8; 32]);
-        assert!(other_context.authenticate(request.ts).is_err());
+        assert!(other_context.authenticate(&mesh, request.ts).is_err());
         let late = request.ts + REQUEST_WINDOW_MS + 1;
-        assert!(request.authenticate(late).is_err(), "outside the window");
+        assert!(request.authenticate(&mesh, late).is_err(), "outside the window");
     }
 
     #[test]

@@ -9,8 +9,11 @@ use actix::Addr;
 use cmesh_common::{Address, CmtpError};
 use cmesh_consensus::{Applied, Command, ConsensusError, ConsensusNode, Consistency, Outcome, ReadInfo};
 use cmesh_events::{Emit, EventsActor};
+use cmesh_iam::Caller;
 use cmesh_registrar::{NameChange, NameRecord};
 use serde_json::{json, Value};
+
+use crate::services::caller_address;
 
 /// Most records one `registrar.list` returns, sorted by name (no paging yet).
 pub const LIST_CAP: usize = cmesh_registrar::LIST_CAP;
@@ -42,12 +45,22 @@ fn replica(info: ReadInfo) -> Value {
 }
 
 impl RegistryHandle {
-    /// Has `command` committed as run by `caller`; the answer is what it did.
-    pub async fn write(&self, caller: Address, command: Command) -> Result<Value, CmtpError> {
-        match self.consensus.propose(command, caller).await.map_err(failed)? {
+    /// Has `command` committed as run by `caller` (with its signed request, if it signed
+    /// one); the answer is what it did.
+    pub async fn write(&self, caller: &Caller, command: Command) -> Result<Value, CmtpError> {
+        let address = caller_address(caller)?;
+        let applied = self
+            .consensus
+            .propose_with_proof(command, address, caller.signed.clone())
+            .await
+            .map_err(failed)?;
+        match applied {
             Applied::Done(Outcome::Name { record, change }) => {
                 self.emit_change(&change);
                 Ok(json!(record))
+            }
+            Applied::Done(Outcome::Attributes { address, attributes }) => {
+                Ok(json!({ "address": address, "attributes": attributes }))
             }
             Applied::Done(outcome) => Ok(json!(outcome)),
             Applied::Refused(error) => Err(error),

@@ -10,7 +10,7 @@ use cmesh_common::rpc::INVALID_PARAMS;
 use cmesh_common::{Address, CmtpError, Method, Status};
 use cmesh_consensus::{Command, Consistency};
 use cmesh_events::{EmitApp, EmitContext, EventsActor, EventsError, Flush, Recent, Stats, VerifyAudit};
-use cmesh_iam::{Caller, Challenge, Grant, IamActor, Login, Peers, Revoke};
+use cmesh_iam::{Caller, Challenge, IamActor, Login, Peers};
 use cmesh_replication::Replicator;
 use cmesh_state::{Role, StateActor};
 use serde::de::DeserializeOwned;
@@ -40,13 +40,15 @@ const DEFAULT_RECENT: usize = 20;
 /// Decodes `method`'s params (none is `{}`); 400 with the expected shape otherwise.
 pub fn params<T: DeserializeOwned>(method: Method, params: Value) -> Result<T, CmtpError> {
     let params = if params.is_null() { json!({}) } else { params };
-    serde_json::from_value(params).map_err(|e| {
-        CmtpError::bad_request(format!(
-            "invalid params for {method}: {e}; expected {}",
-            method.params()
-        ))
-        .with_rpc_code(INVALID_PARAMS)
-    })
+    serde_json::from_value(params).map_err(|e| invalid_params(method, e))
+}
+
+fn invalid_params(method: Method, error: impl std::fmt::Display) -> CmtpError {
+    CmtpError::bad_request(format!(
+        "invalid params for {method}: {error}; expected {}",
+        method.params()
+    ))
+    .with_rpc_code(INVALID_PARAMS)
 }
 
 /// Turns a failed actor call into a 503 naming the service.
@@ -65,12 +67,6 @@ pub(crate) fn caller_address(caller: &Caller) -> Result<Address, CmtpError> {
         .ok_or_else(|| CmtpError::unauthorized("this method needs a logged-in caller"))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParams {
-    name: String,
-}
-
 /// A read of the registry: linearizable unless `consistency` is `local`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,33 +74,6 @@ struct ResolveParams {
     name: String,
     #[serde(default)]
     consistency: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterParams {
-    name: String,
-    target: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferParams {
-    name: String,
-    to: Address,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdmitParams {
-    node: Address,
-    role: cmesh_consensus::Role,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeParams {
-    node: Address,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,27 +134,24 @@ impl Services {
                 "expires_at": caller.expires_at,
                 "node": self.node,
             })),
-            Method::IamGrant => {
-                let request: Grant = params(method, value)?;
-                let address = request.address;
-                let attributes = self.iam.send(request).await.map_err(mailbox("IAM"))??;
-                Ok(json!({ "address": address, "attributes": attributes }))
-            }
-            Method::IamRevoke => {
-                let request: Revoke = params(method, value)?;
-                let address = request.address;
-                let attributes = self.iam.send(request).await.map_err(mailbox("IAM"))??;
-                Ok(json!({ "address": address, "attributes": attributes }))
-            }
             Method::IamPeers => Ok(json!(self.iam.send(Peers).await.map_err(mailbox("IAM"))?)),
-            Method::RegistrarRegister => {
-                let p: RegisterParams = params(method, value)?;
-                check_target(&p.target)?;
-                let command = Command::Register {
-                    name: p.name,
-                    target: p.target,
+            Method::RegistrarRegister
+            | Method::RegistrarTransfer
+            | Method::RegistrarRelease
+            | Method::MeshAdmit
+            | Method::MeshRemove
+            | Method::IamGrant
+            | Method::IamRevoke
+            | Method::ConsensusWrite => {
+                let command = match Command::of_call(method, &value) {
+                    Some(Ok(command)) => command,
+                    Some(Err(e)) => return Err(invalid_params(method, e)),
+                    None => return Err(CmtpError::internal(format!("{method} makes no registry command"))),
                 };
-                self.registry.write(caller_address(caller)?, command).await
+                if let Command::Register { target, .. } = &command {
+                    check_target(target)?;
+                }
+                self.registry.write(caller, command).await
             }
             Method::RegistrarResolve => {
                 let p: ResolveParams = params(method, value)?;
@@ -193,35 +159,11 @@ impl Services {
                 let consistency = consistency(p.consistency.as_deref())?;
                 self.registry.resolve(&p.name, consistency).await
             }
-            Method::RegistrarTransfer => {
-                let p: TransferParams = params(method, value)?;
-                let command = Command::Transfer { name: p.name, to: p.to };
-                self.registry.write(caller_address(caller)?, command).await
-            }
-            Method::RegistrarRelease => {
-                let p: NameParams = params(method, value)?;
-                let command = Command::Release { name: p.name };
-                self.registry.write(caller_address(caller)?, command).await
-            }
             Method::RegistrarList => {
                 let p: ListParams = params(method, value)?;
                 caller_address(caller)?;
                 let consistency = consistency(p.consistency.as_deref())?;
                 self.registry.list(p.owner, consistency).await
-            }
-            Method::MeshAdmit => {
-                let p: AdmitParams = params(method, value)?;
-                let command = Command::Admit {
-                    node: p.node,
-                    role: p.role,
-                };
-                self.registry.write(caller_address(caller)?, command).await
-            }
-            Method::MeshRemove => {
-                let p: NodeParams = params(method, value)?;
-                self.registry
-                    .write(caller_address(caller)?, Command::Remove { node: p.node })
-                    .await
             }
             Method::MeshNodes => {
                 let p: ConsistencyParams = params(method, value)?;
@@ -282,11 +224,6 @@ impl Services {
                     ))),
                 }
             }
-            Method::ConsensusWrite => {
-                let p: ConsensusParams = params(method, value)?;
-                let command = registry_command(&p.body)?;
-                self.registry.write(caller_address(caller)?, command).await
-            }
         }
     }
 
@@ -326,21 +263,6 @@ impl Services {
             .map_err(|e| CmtpError::new(Status::UNPROCESSABLE, e.to_string()))?;
         Ok(json!(envelope))
     }
-}
-
-/// `CW:<op>:<json>`, e.g. `admit:{"node":"0x…","role":"learner"}`: a registry command.
-fn registry_command(body: &str) -> Result<Command, CmtpError> {
-    const OPS: &str = "admit, remove, register, transfer, release, grant, revoke";
-    let (op, json) = body.split_once(':').unwrap_or((body, "{}"));
-    let mut fields: serde_json::Map<String, Value> = serde_json::from_str(json)
-        .map_err(|e| CmtpError::bad_request(format!("`CW:{op}:` takes a JSON object of the command's fields: {e}")))?;
-    fields.insert("op".to_string(), json!(op));
-    let command: Command = serde_json::from_value(Value::Object(fields))
-        .map_err(|e| CmtpError::bad_request(format!("`CW:{op}:…` is not a registry command ({OPS}): {e}")))?;
-    if let Command::Register { target, .. } = &command {
-        check_target(target)?;
-    }
-    Ok(command)
 }
 
 /// A name's target must be an FQMN the router can dispatch.

@@ -44,6 +44,9 @@ pub fn quick() -> Settings {
 }
 
 /// Several nodes of one test, and their admin (the user who creates and invites).
+/// The mesh every test node is of.
+pub const TEST_MESH: cmesh_common::genesis::MeshId = cmesh_common::genesis::MeshId([7; 32]);
+
 pub struct Mesh {
     dir: tempfile::TempDir,
     pub network: MemoryNetwork,
@@ -95,6 +98,7 @@ impl Mesh {
             .await
             .expect("subscriptions");
         let link = Link {
+            mesh: TEST_MESH,
             bus,
             key,
             state: state.clone(),
