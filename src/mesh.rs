@@ -1,8 +1,10 @@
 //! `cmesh mesh init`: the genesis of a new mesh and its first voters' keys.
 //!
-//! `cmesh mesh up`: a local development mesh — one nats-server and N nodes, the voters of
-//! one genesis (kept in the mesh's directory across runs), as child processes, until
-//! Ctrl-C.
+//! `cmesh mesh up`: a local development mesh — one nats-server and N nodes of one
+//! genesis (kept in the mesh's directory across runs), as child processes, until Ctrl-C.
+//! The first three are its voters; more nodes join as learners (replicas that do not
+//! vote), which `mesh up` admits itself with the mesh admin's key: a mesh does not get
+//! safer with more voters, only slower to commit.
 //!
 //! The developer's own client key (`$CMESH_HOME/key`) is made a node admin of every node,
 //! with any `--admin` addresses: node-level methods such as `ctx.join` need `role=admin`,
@@ -15,7 +17,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use cmesh_common::genesis::Genesis;
 use cmesh_common::{Address, SigningKey};
-use cmesh_testkit::{write_genesis, NatsServer, NatsSetup, Node, NodeOptions, NodeSetup};
+use cmesh_testkit::{
+    node_key, write_genesis, Client, ClientError, NatsServer, NatsSetup, Node, NodeOptions, NodeSetup,
+};
 
 use crate::session;
 
@@ -124,9 +128,12 @@ impl AdmissionCommand {
     }
 }
 
+/// Voters of a genesis `mesh up` writes; further nodes are learners.
+const UP_VOTERS: usize = 3;
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// How many nodes
+    /// How many nodes: the first 3 are the mesh's voters, any more join as learners
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
     /// Directory for the nodes' data, logs and `mesh.env`
@@ -171,7 +178,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         let genesis = dir.join("genesis.json");
         let data = |n: usize| dir.join(format!("node{n}"));
         if !genesis.exists() {
-            write_mesh(&dir, "dev", args.nodes, admins.clone())?;
+            write_mesh(&dir, "dev", args.nodes.min(UP_VOTERS), admins.clone())?;
         }
         let genesis_text = Genesis::load(&genesis)?;
         eprintln!(
@@ -195,17 +202,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 data: data(n),
                 log: dir.join(format!("node{n}.log")),
             };
+            let voter = genesis_text.voters.contains(&node_key(&data(n))?.address());
+            if !voter {
+                let first = nodes.first().map(Node::address);
+                admit_learner(&dir, &url, first, node_key(&data(n))?.address()).await?;
+            }
             let node = Node::launch(setup)
                 .await
                 .with_context(|| format!("node {n} of the mesh"))?;
             let address = node.address();
             nodes.push(node);
-            let role = if genesis_text.voters.contains(&address) {
-                " (voter)"
-            } else {
-                ""
-            };
-            eprintln!("node {n}: {address}{role}");
+            eprintln!("node {n}: {address} ({})", if voter { "voter" } else { "learner" });
             env.push_str(&format!("NODE{n}={address}\n"));
         }
         std::fs::write(dir.join("mesh.env"), env)?;
@@ -228,6 +235,50 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     drop(nats);
     Ok(ExitCode::SUCCESS)
 }
+
+/// Has `node` admitted as a learner through the node `through`, with the key of a mesh
+/// admin that `mesh up` has: the client key, else the `admin.key` a genesis got.
+async fn admit_learner(
+    dir: &std::path::Path,
+    url: &str,
+    through: Option<Address>,
+    node: Address,
+) -> anyhow::Result<()> {
+    let through = through.context("a learner needs a voter started before it")?;
+    let genesis = Genesis::load(&dir.join("genesis.json"))?;
+    let keys = [session::key_path(), dir.join("admin.key")];
+    let Some(admin) = keys
+        .iter()
+        .filter(|path| path.exists())
+        .filter_map(|path| SigningKey::load(path).ok())
+        .find(|key| genesis.admins.contains(&key.address()))
+    else {
+        eprintln!("no mesh admin key here to admit {node}: it starts as no peer until a mesh admin runs `cmesh mesh admit {node}`");
+        return Ok(());
+    };
+    let client = Client::try_connect(url, "cmesh-mesh-up").await?;
+    let params = serde_json::json!({ "node": node, "role": "learner" });
+    let deadline = std::time::Instant::now() + ADMIT_WITHIN;
+    loop {
+        let attempt = async {
+            let token = client.try_login(&admin, through).await?.token;
+            client
+                .try_call(through, "mesh.admit", params.clone(), Some(&token))
+                .await
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            // The voters are still electing their first leader.
+            Err(ClientError::Rpc { status: 503, .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("admitting {node} as a learner"))),
+        }
+    }
+}
+
+/// How long `mesh up` waits for the voters to elect, to admit its learners.
+const ADMIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// This client's key (if it has one) and the `--admin` addresses, once each.
 fn admins(extra: Vec<Address>) -> anyhow::Result<Vec<Address>> {

@@ -262,7 +262,9 @@ async fn tell_iam_the_admitted(consensus: ConsensusNode, iam: Addr<IamActor>, cl
     let mut warned = false;
     loop {
         let admitted: std::collections::BTreeSet<Address> = nodes.borrow_and_update().keys().copied().collect();
-        if !admitted.contains(&own) && !warned {
+        // A node without a replica says so from what the replicas tell it (its own
+        // registry is the genesis's until it holds a replica).
+        if !admitted.contains(&own) && !warned && consensus.is_replica() {
             tracing::warn!(
                 node = %own,
                 mesh = %consensus.mesh(),
@@ -281,13 +283,13 @@ async fn tell_iam_the_admitted(consensus: ConsensusNode, iam: Addr<IamActor>, cl
     }
 }
 
-/// IAM reads mesh-wide attributes from this node's replica of the registry: a grant
-/// counts here as soon as it applied here.
+/// IAM reads mesh-wide attributes from this node's replica of the registry (a grant
+/// counts here as soon as it applied here), or on a member from what a replica told it.
 struct RegistryAttributes(ConsensusNode);
 
 impl cmesh_iam::MeshAttributes for RegistryAttributes {
     fn attributes(&self, address: &Address) -> Vec<String> {
-        self.0.replica().registry.attributes(address)
+        self.0.attributes(address)
     }
 }
 

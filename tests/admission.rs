@@ -173,3 +173,85 @@ async fn a_removed_node_stops_counting_when_its_removal_commits() {
         .await;
     assert_eq!(resolved.status, 404, "{}", resolved.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holds_no_replica_and_serves_registry_calls_through_the_replicas() {
+    let admin = new_key();
+    let mesh = Mesh::with(MeshOptions::new(3).admin(admin.address())).await;
+    let options = NodeOptions {
+        genesis: Some(mesh.genesis_path()),
+        admins: vec![admin.address()],
+        ..NodeOptions::default()
+    };
+    let member = Node::start(3, &mesh.nats.url(), options).await;
+    mesh.admit(member.address(), "member").await;
+    let user = new_key();
+    let token = mesh.client.login(&user, &member).await;
+
+    // It learns its role from the replicas, and Raft never counts it.
+    let status = eventually("the member to learn its role", EVENTUALLY, || async {
+        let reply = mesh.client.fqmn(&member, "C:status", Some(&token)).await;
+        (reply.body["role"] == json!("member")).then_some(reply.body)
+    })
+    .await;
+    let wanted = json!(member.address());
+    assert!(
+        !status["voters"].as_array().is_some_and(|v| v.contains(&wanted))
+            && !status["learners"].as_array().is_some_and(|l| l.contains(&wanted)),
+        "{status}"
+    );
+
+    // Writes go to the leader, reads to a replica: the same answers as on a voter.
+    let record = mesh
+        .client
+        .call(
+            &member,
+            "registrar.register",
+            json!({"name": "via-member.mcom", "target": "I:whoami"}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(record["owner"], json!(user.address()), "{record}");
+    let resolved = mesh
+        .client
+        .call(
+            &member,
+            "registrar.resolve",
+            json!({"name": "via-member.mcom"}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(resolved["owner"], json!(user.address()), "{resolved}");
+    let on_voter = mesh
+        .client
+        .call(
+            mesh.node(0),
+            "registrar.resolve",
+            json!({"name": "via-member.mcom"}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(on_voter, resolved);
+    let nodes = mesh.client.fqmn_ok(&member, "C:nodes", Some(&token)).await;
+    assert!(
+        nodes["nodes"]
+            .as_array()
+            .is_some_and(|n| n.contains(&json!({"node": member.address(), "role": "member"}))),
+        "{nodes}"
+    );
+
+    // A mesh-wide grant holds on the member too.
+    let admin_token = mesh.client.login(&admin, mesh.node(0)).await;
+    let grant = json!({"address": user.address(), "attribute": "team=blue"});
+    mesh.client
+        .call(mesh.node(0), "iam.grant", grant, Some(&admin_token))
+        .await;
+    eventually("the member to hold the grant", EVENTUALLY, || async {
+        let who = mesh.client.call(&member, "iam.whoami", json!({}), Some(&token)).await;
+        who["attributes"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("team=blue")))
+            .then_some(())
+    })
+    .await;
+}

@@ -213,3 +213,37 @@ async fn without_a_client_key_mesh_up_says_so_and_admin_names_others() {
 
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_beyond_three_join_as_learners_and_serve_the_registry() {
+    let (home, _me) = home_with_key();
+    let cli = Cli::new(home.path());
+    let mesh = MeshUp::start(&cli, 4, &[]).await;
+    assert!(mesh.said("(learner)"), "mesh up names the learner: {:?}", mesh.said);
+    let cli = cli.env("CMESH_NATS_URL", mesh.var("CMESH_NATS_URL"));
+    let (node1, node4) = (mesh.var("NODE1").to_string(), mesh.var("NODE4").to_string());
+    let login = cli.run(&["login", "--node", &node1]).await;
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+
+    // Three voters of the genesis, and node 4 admitted as a learner by mesh up itself.
+    let nodes = cli.ok(&["--node", &node1, "mesh", "nodes"]).await;
+    let role_of = |node: &str| {
+        nodes["nodes"]
+            .as_array()
+            .and_then(|list| list.iter().find(|n| n["node"] == json!(node)))
+            .map(|n| n["role"].clone())
+    };
+    assert_eq!(role_of(&node4), Some(json!("learner")), "{nodes}");
+    let voters = nodes["nodes"]
+        .as_array()
+        .map_or(0, |list| list.iter().filter(|n| n["role"] == json!("voter")).count());
+    assert_eq!(voters, 3, "{nodes}");
+
+    // The learner holds a replica: a name registered through it resolves through it.
+    cli.ok(&["--node", &node4, "name", "register", "learnt.mcom", "I:whoami"])
+        .await;
+    let resolved = cli.ok(&["--node", &node4, "name", "resolve", "learnt.mcom"]).await;
+    assert_eq!(resolved["target"], json!("I:whoami"), "{resolved}");
+
+    mesh.stop().await;
+}

@@ -12,7 +12,9 @@
 #      and node3 invited and joined (`cmesh ctx join`: they fetch the module and the
 #      transactions), a write through each node, and every node converging on the same
 #      root with every write readable everywhere
-#   6. down -v, always (trap)
+#   6. node4 (profile learners) started, admitted as a learner with `cmesh mesh admit`,
+#      and resolving the name from step 4
+#   7. down -v, always (trap)
 #
 # The client key is made before the mesh starts: the nodes take it as their admin
 # (CMESH_ADMIN, which docker-compose.yml passes to every node), which ctx.join needs.
@@ -50,9 +52,9 @@ cleanup() {
   fi
   if [[ "${CMESH_COMPOSE_KEEP:-0}" == 1 ]]; then
     warn "CMESH_COMPOSE_KEEP=1: left running (nats at $NATS_URL); stop with:"
-    warn "  docker compose ${FILES[*]} -p $PROJECT down -v"
+    warn "  docker compose ${FILES[*]} -p $PROJECT --profile learners down -v"
   else
-    dc down -v --remove-orphans >/dev/null 2>&1 || true
+    dc --profile learners down -v --remove-orphans >/dev/null 2>&1 || true
   fi
   rm -rf "$CMESH_HOME"
   exit "$rc"
@@ -69,7 +71,7 @@ CMESH_ADMIN="$ME"
 export CMESH_ADMIN
 
 log "compose up ($PROJECT, nats on 127.0.0.1:$CMESH_NATS_PORT)"
-dc down -v --remove-orphans >/dev/null 2>&1 || true
+dc --profile learners down -v --remove-orphans >/dev/null 2>&1 || true
 dc up -d --build
 
 # A node's address from its "cmesh node 0x… ready" log line.
@@ -156,4 +158,19 @@ for n in node1 node2 node3; do
 done
 ok "every write is readable on every node"
 
-echo "compose: 2 passed, 0 failed"
+log "a fourth node (profile learners), admitted as a learner"
+dc --profile learners up -d node4
+deadline=$((SECONDS + READY_TIMEOUT))
+until ADDR[node4]="$(node_address node4)"; [[ -n "${ADDR[node4]}" ]]; do
+  ((SECONDS < deadline)) || die "node4 not ready after ${READY_TIMEOUT}s"
+  sleep 1
+done
+ok "node4 ${ADDR[node4]}"
+retry 15 cm mesh admit "${ADDR[node4]}" --role learner --node "${ADDR[node1]}" >/dev/null \
+  || die "admitting node4 as a learner failed"
+retry 15 cm login --node "${ADDR[node4]}" >/dev/null || die "login through node4 failed"
+RESOLVED="$(retry 15 cm name resolve "$NAME" --node "${ADDR[node4]}")" || die "name resolve through node4 failed"
+grep -qF -- "$TARGET" <<<"$RESOLVED" || die "the learner node4 resolves $NAME without the target $TARGET"
+ok "the learner node4 resolves $NAME"
+
+echo "compose: 3 passed, 0 failed"

@@ -15,12 +15,17 @@
 //! - [`wire`], [`requester`], [`network`]: the signed RPCs on `cmesh.raft.<mesh>.<node>`.
 //! - [`settings`]: timeouts and batch sizes.
 //! - [`node`]: [`ConsensusNode`], one node's Raft, server, batcher and membership upkeep.
+//! - [`query`]: [`Query`], reads of the registry as data, run by a replica.
+//! - [`member`]: how a node without a replica (a `member`) reads and learns whom to
+//!   trust: it asks the replicas.
 
 pub mod command;
 pub mod entry;
 pub mod error;
+pub mod member;
 pub mod network;
 pub mod node;
+pub mod query;
 pub mod raft_types;
 pub mod registry;
 pub mod requester;
@@ -31,6 +36,7 @@ pub mod wire;
 pub use command::{Command, Role};
 pub use entry::{EntryBody, EntryId, SignedEntry, ENTRY_DOMAIN};
 pub use error::{ConsensusError, EntryFault, Refusal};
-pub use node::{ConsensusNode, ConsensusStatus, Consistency, ReadInfo};
+pub use node::{ConsensusNode, ConsensusStatus};
+pub use query::{Answer, Consistency, Query, ReadInfo, Trust};
 pub use registry::{Applied, Outcome, Registry, RestoreError, REPLAY_WINDOW_MS};
 pub use settings::ConsensusSettings;

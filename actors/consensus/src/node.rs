@@ -27,7 +27,9 @@ use tracing::{debug, info, warn};
 use crate::command::{Command, Role};
 use crate::entry::{EntryBody, EntryId, SignedEntry};
 use crate::error::ConsensusError;
+use crate::member::MemberView;
 use crate::network::NatsNetwork;
+use crate::query::{Answer, Answered, Consistency, Query, ReadInfo};
 use crate::raft_types::{Batch, Raft};
 use crate::registry::{Applied, Registry};
 use crate::requester::{CallError, Requester};
@@ -38,25 +40,6 @@ use crate::wire::{node_subject, Committed, LeaderError, ReplyBody, RequestBody, 
 /// Largest signed registry entry taken, encoded. A command is small (a name of at most
 /// 127 characters and a target of at most 1 KiB); the cap keeps a batch within a message.
 pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
-
-/// How a read is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// Through the leader's read index: sees every write acknowledged before it began.
-    #[default]
-    Linearizable,
-    /// This node's replica as it is: fast, possibly behind.
-    Local,
-}
-
-/// How far the replica that answered a read had applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ReadInfo {
-    pub applied: Option<u64>,
-    /// True when this node has not heard from a leader within an election timeout, so
-    /// the replica may be behind the mesh.
-    pub stale: bool,
-}
 
 /// What `C:status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,6 +95,9 @@ struct Inner {
     settings: ConsensusSettings,
     /// When a leader's append was last taken here.
     leader_contact: Mutex<Option<Instant>>,
+    /// Whom to trust and where the leader is, as replicas told this node while it holds
+    /// no replica itself.
+    member: MemberView,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -165,6 +151,7 @@ impl ConsensusNode {
                 outbox,
                 settings,
                 leader_contact: Mutex::new(None),
+                member: MemberView::default(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -173,6 +160,7 @@ impl ConsensusNode {
             tokio::spawn(run_batcher(node.clone(), queue)),
             tokio::spawn(run_outbox(node.clone(), outgoing)),
             tokio::spawn(keep_membership(node.clone())),
+            tokio::spawn(refresh_member_view(node.clone())),
         ];
         node.inner
             .tasks
@@ -384,6 +372,9 @@ impl ConsensusNode {
 
     /// The current leader, waiting for one until `deadline`.
     async fn wait_for_leader(&self, deadline: Instant) -> Result<Address, ConsensusError> {
+        if !self.is_replica() {
+            return self.member_leader(deadline).await;
+        }
         let mut metrics = self.inner.raft.metrics();
         loop {
             if let Some(leader) = metrics.borrow_and_update().current_leader {
@@ -409,6 +400,108 @@ impl ConsensusNode {
             .saturating_duration_since(Instant::now())
             .min(self.inner.settings.heartbeat * 2);
         let _ = tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader != Some(former))).await;
+    }
+
+    /// Whether this node holds a replica of the registry: Raft counts it as a voter or a
+    /// learner. Otherwise (a member, or a node not yet added) it asks a replica.
+    pub fn is_replica(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let mut nodes = metrics.membership_config.membership().nodes();
+        nodes.any(|(node, _)| *node == self.inner.address)
+    }
+
+    /// Runs `query` with the given consistency: on this node's replica, or (without one)
+    /// on a replica that it asks.
+    pub async fn query(&self, consistency: Consistency, query: Query) -> Result<(Answer, ReadInfo), ConsensusError> {
+        if self.is_replica() {
+            return self.read(consistency, |registry| query.run(registry)).await;
+        }
+        let answered = self.ask_replica(consistency, query).await?;
+        Ok((answered.answer, answered.info))
+    }
+
+    /// An identity's mesh-wide attributes, as this node knows them.
+    pub fn attributes(&self, address: &Address) -> Vec<String> {
+        if self.is_replica() {
+            self.inner.machine.read().registry.attributes(address)
+        } else {
+            self.inner.member.attributes(address)
+        }
+    }
+
+    /// This node's role in the registry, as it knows it.
+    fn own_role(&self) -> Option<Role> {
+        let own = self.inner.machine.read().registry.role(&self.inner.address);
+        own.or_else(|| self.inner.member.role(&self.inner.address))
+    }
+
+    /// Has the replicas this node knows run `query`, the leader first, until one answers.
+    async fn ask_replica(&self, consistency: Consistency, query: Query) -> Result<Answered, ConsensusError> {
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let known = self.inner.machine.read().registry.nodes().clone();
+        let mut why = Vec::new();
+        for replica in self.inner.member.replicas(&known) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let rpc = Rpc::Query {
+                consistency,
+                query: query.clone(),
+            };
+            match self.inner.requester.call(replica, rpc, remaining).await {
+                Ok(RpcReply::Query(Ok(answered))) => {
+                    self.inner.member.learn_leader(answered.leader);
+                    return Ok(answered);
+                }
+                Ok(RpcReply::Refused(reason)) => {
+                    // A replica's signed word that this node is not (or no longer) admitted.
+                    if reason.contains(NOT_ADMITTED) && self.inner.member.forget(&self.inner.address) {
+                        if let Some(nodes) = self.inner.member.nodes() {
+                            self.inner.machine.publish_nodes(nodes);
+                        }
+                    }
+                    why.push(format!("{replica}: {reason}"));
+                }
+                Ok(RpcReply::Query(Err(reason))) => why.push(format!("{replica}: {reason}")),
+                Ok(other) => why.push(format!("{replica} answered a query with {other:?}")),
+                Err(error) => why.push(format!("{replica}: {error}")),
+            }
+        }
+        Err(ConsensusError::Unavailable(format!(
+            "this node holds no replica of the registry, and no replica answered it ({})",
+            if why.is_empty() {
+                "none known".to_string()
+            } else {
+                why.join("; ")
+            }
+        )))
+    }
+
+    /// The leader for a node without a replica: the one a replica last named, else asks.
+    async fn member_leader(&self, deadline: Instant) -> Result<Address, ConsensusError> {
+        if let Some(leader) = self.inner.member.leader() {
+            return Ok(leader);
+        }
+        if Instant::now() < deadline {
+            self.refresh_member_view().await?;
+        }
+        self.inner.member.leader().ok_or_else(|| ConsensusError::NoLeader {
+            reason: "no replica knows a leader".to_string(),
+        })
+    }
+
+    /// Asks a replica whom to trust; tells the watchers of the admitted nodes if they changed.
+    async fn refresh_member_view(&self) -> Result<(), ConsensusError> {
+        let answered = self.ask_replica(Consistency::Local, Query::Trust).await?;
+        if let Answer::Trust(trust) = answered.answer {
+            let nodes = trust.nodes.clone();
+            if self.inner.member.learn(trust) {
+                self.inner.machine.publish_nodes(nodes);
+            }
+        }
+        Ok(())
     }
 
     /// Runs `read` on the registry with the given consistency.
@@ -527,7 +620,7 @@ impl ConsensusNode {
         };
         ConsensusStatus {
             node: self.inner.address,
-            role: self.inner.machine.read().registry.role(&self.inner.address),
+            role: self.own_role(),
             raft: raft.to_string(),
             leader: metrics.current_leader,
             term: metrics.current_term,
@@ -616,6 +709,7 @@ impl ConsensusNode {
             Rpc::Vote(vote) => RpcReply::Vote(self.inner.raft.vote(vote).await),
             Rpc::Snapshot(chunk) => RpcReply::Snapshot(self.inner.raft.install_snapshot(chunk).await),
             Rpc::ReadIndex => RpcReply::ReadIndex(self.read_index_here().await),
+            Rpc::Query { consistency, query } => RpcReply::Query(self.answer_query(consistency, query).await),
             Rpc::Propose(entry) => {
                 if entry.proposer != from {
                     return Some((
@@ -630,6 +724,19 @@ impl ConsensusNode {
         Some((digest, reply))
     }
 
+    /// A member's query, run on this node's replica.
+    async fn answer_query(&self, consistency: Consistency, query: Query) -> Result<Answered, String> {
+        if !self.is_replica() {
+            return Err(format!("{} holds no replica of the registry", self.inner.address));
+        }
+        let (answer, info) = self
+            .read(consistency, |registry| query.run(registry))
+            .await
+            .map_err(|e| e.to_string())?;
+        let leader = self.inner.raft.metrics().borrow().current_leader;
+        Ok(Answered { answer, info, leader })
+    }
+
     /// Whether `request` counts: recent, and from a node the registry admits (Raft's own
     /// messages only from voters and learners).
     fn admits(&self, request: &RequestBody) -> Result<(), String> {
@@ -642,7 +749,7 @@ impl ConsensusNode {
         }
         let role = self.inner.machine.read().registry.role(&request.from);
         match role {
-            None => Err(format!("{} is not admitted to mesh {}", request.from, self.inner.mesh)),
+            None => Err(format!("{} {NOT_ADMITTED} {}", request.from, self.inner.mesh)),
             Some(Role::Member) if request.rpc.is_raft() => Err(format!(
                 "{} is a member of mesh {}, not a Raft voter or learner",
                 request.from, self.inner.mesh
@@ -651,6 +758,9 @@ impl ConsensusNode {
         }
     }
 }
+
+/// How a refusal says that the sender is not admitted (a member learns so from it).
+const NOT_ADMITTED: &str = "is not admitted to mesh";
 
 /// Signs the commands waiting at this node together and has them committed, a few
 /// signed entries in flight at once.
@@ -821,4 +931,27 @@ async fn reconcile(node: &ConsensusNode) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// While this node holds no replica: asks a replica whom to trust, every `member_refresh`.
+/// Says once (until it changes) when the replicas refuse it or do not admit it.
+async fn refresh_member_view(node: ConsensusNode) {
+    let mut said = None;
+    loop {
+        if !node.is_replica() {
+            let trouble = match node.refresh_member_view().await {
+                Err(error) => Some(error.to_string()),
+                Ok(()) if node.own_role().is_none() => Some(format!(
+                    "this node is not admitted to mesh {}: a mesh admin admits it with mesh.admit",
+                    node.inner.mesh
+                )),
+                Ok(()) => None,
+            };
+            if trouble.is_some() && trouble != said {
+                warn!(node = %node.inner.address, reason = trouble.as_deref().unwrap_or_default(), "the mesh registry does not serve this node");
+            }
+            said = trouble;
+        }
+        tokio::time::sleep(node.inner.settings.member_refresh).await;
+    }
 }

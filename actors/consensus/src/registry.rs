@@ -145,6 +145,18 @@ impl Registry {
         attributes
     }
 
+    /// Every identity that holds a mesh-wide attribute (granted, or a genesis admin's).
+    pub fn attribute_holders(&self) -> impl Iterator<Item = Address> + '_ {
+        let granted: BTreeSet<Address> = self
+            .state
+            .grants
+            .keys()
+            .chain(self.state.admins.iter())
+            .copied()
+            .collect();
+        granted.into_iter()
+    }
+
     /// A genesis admin, or granted [`ADMIN_ATTRIBUTE`] mesh-wide.
     pub fn is_admin(&self, address: &Address) -> bool {
         self.state.admins.contains(address)

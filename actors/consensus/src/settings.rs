@@ -33,6 +33,9 @@ pub struct ConsensusSettings {
     pub batches_in_flight: usize,
     /// How long a write or a linearizable read may wait for a leader and its answer.
     pub request_timeout: Duration,
+    /// How often a member (a node without a replica) asks a replica whom to trust: a
+    /// node removed from the mesh stops counting on a member within about this long.
+    pub member_refresh: Duration,
 }
 
 impl Default for ConsensusSettings {
@@ -49,6 +52,7 @@ impl Default for ConsensusSettings {
             batch_bytes: 256 * 1024,
             batches_in_flight: 4,
             request_timeout: Duration::from_secs(5),
+            member_refresh: Duration::from_secs(1),
         }
     }
 }

@@ -299,6 +299,12 @@ impl RegistryMachine {
         self.nodes.subscribe()
     }
 
+    /// Tells the watchers of the admitted nodes what a replica said, on a node that
+    /// holds no replica of its own (its registry stays as it was).
+    pub fn publish_nodes(&self, nodes: BTreeMap<Address, Role>) {
+        self.nodes.send_replace(nodes);
+    }
+
     fn replace(&self, state: MachineState) {
         let nodes = state.registry.nodes().clone();
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;

@@ -23,6 +23,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::entry::SignedEntry;
+use crate::query::{Answered, Consistency, Query};
 use crate::raft_types::{LogId, MeshRaft};
 use crate::registry::Applied;
 
@@ -47,6 +48,11 @@ pub enum Rpc {
     Propose(SignedEntry),
     /// The leader's read index, for a linearizable read from a replica.
     ReadIndex,
+    /// A read run by a replica for a node without one (a member).
+    Query {
+        consistency: Consistency,
+        query: Query,
+    },
 }
 
 impl Rpc {
@@ -62,6 +68,7 @@ impl Rpc {
             Rpc::Snapshot(_) => "snapshot",
             Rpc::Propose(_) => "propose",
             Rpc::ReadIndex => "read-index",
+            Rpc::Query { .. } => "query",
         }
     }
 }
@@ -93,6 +100,8 @@ pub enum RpcReply {
     Snapshot(Result<InstallSnapshotResponse<Address>, RaftError<Address, InstallSnapshotError>>),
     Propose(Result<Committed, LeaderError>),
     ReadIndex(Result<Option<LogId>, LeaderError>),
+    /// The answer, or why this node could not give one (no replica, no leader).
+    Query(Result<Answered, String>),
     /// The request does not count here, and why (not admitted, another mesh, too old).
     Refused(String),
 }

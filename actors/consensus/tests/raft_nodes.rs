@@ -7,7 +7,7 @@ use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey, Status};
 use cmesh_consensus::requester::Requester;
 use cmesh_consensus::wire::{node_subject, ReplyBody, RequestBody, Rpc, RpcReply};
-use cmesh_consensus::{Applied, Command, Consistency, EntryBody, EntryFault, EntryId, Outcome, Role};
+use cmesh_consensus::{Answer, Applied, Command, Consistency, EntryBody, EntryFault, EntryId, Outcome, Query, Role};
 use cmesh_testkit::{eventually, within, EVENTUALLY};
 use common::{fast_settings, key, names, register, Cluster};
 use futures::StreamExt;
@@ -331,4 +331,114 @@ async fn an_entry_whose_client_signature_fails_is_a_no_op_on_every_replica() {
         })
         .collect();
     assert!(snapshots.windows(2).all(|w| w[0] == w[1]), "the replicas agree");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holds_no_replica_and_asks_the_replicas() {
+    let mut cluster = Cluster::start(3, fast_settings()).await;
+    let caller = SigningKey::generate().expect("a key").address();
+    let leader = cluster.node(cluster.leader().await);
+    let admin = cluster.admin.address();
+    leader
+        .propose(register("before.mcom"), caller)
+        .await
+        .expect("committed");
+
+    // A stranger holds no replica, and the replicas refuse to answer it.
+    let stranger = cluster.add(key()).await;
+    let stranger = cluster.node(stranger);
+    assert!(!stranger.is_replica());
+    let refused = stranger
+        .query(
+            Consistency::Linearizable,
+            Query::Resolve {
+                name: "before.mcom".into(),
+            },
+        )
+        .await
+        .expect_err("a stranger is answered nothing");
+    assert!(refused.to_string().contains("not admitted"), "{refused}");
+
+    // Admitted as a member: not added to Raft, yet it reads, writes and knows whom to trust.
+    let member = cluster.add(key()).await;
+    let member = cluster.node(member);
+    let admit = Command::Admit {
+        node: member.address(),
+        role: Role::Member,
+    };
+    assert!(matches!(
+        leader.propose(admit, admin).await.expect("committed"),
+        Applied::Done(_)
+    ));
+    let grant = Command::Grant {
+        address: caller,
+        attribute: "team=blue".into(),
+    };
+    assert!(matches!(
+        leader.propose(grant, admin).await.expect("committed"),
+        Applied::Done(_)
+    ));
+    eventually("the member to learn its role", EVENTUALLY, || async {
+        (member.status().await.role == Some(Role::Member)).then_some(())
+    })
+    .await;
+    assert!(!member.is_replica());
+    assert_eq!(member.attributes(&caller), vec!["team=blue".to_string()]);
+
+    let written = member
+        .propose(register("via-member.mcom"), caller)
+        .await
+        .expect("committed");
+    assert!(matches!(written, Applied::Done(Outcome::Name { .. })), "{written:?}");
+    for consistency in [Consistency::Linearizable, Consistency::Local] {
+        let (answer, _) = member
+            .query(
+                consistency,
+                Query::Resolve {
+                    name: "before.mcom".into(),
+                },
+            )
+            .await
+            .expect("a replica answers");
+        assert!(
+            matches!(answer, Answer::Record(Ok(ref r)) if r.owner == caller),
+            "{answer:?}"
+        );
+    }
+    let (answer, _) = member
+        .query(
+            Consistency::Linearizable,
+            Query::Resolve {
+                name: "via-member.mcom".into(),
+            },
+        )
+        .await
+        .expect("a replica answers");
+    assert!(
+        matches!(answer, Answer::Record(Ok(_))),
+        "its own write, read back at once: {answer:?}"
+    );
+    let status = leader.status().await;
+    assert!(
+        !status.learners.contains(&member.address()) && !status.voters.contains(&member.address()),
+        "a member is no Raft node: {status:?}"
+    );
+    assert!(names(&member).is_empty(), "and holds no names itself");
+
+    // Removed: the member hears it from the replicas, and its writes no longer commit.
+    let mut admitted = member.watch_nodes();
+    let remove = Command::Remove { node: member.address() };
+    assert!(matches!(
+        leader.propose(remove, admin).await.expect("committed"),
+        Applied::Done(_)
+    ));
+    within(
+        "the member to learn of its removal",
+        EVENTUALLY,
+        admitted.wait_for(|nodes| !nodes.contains_key(&member.address())),
+    )
+    .await
+    .expect("the watch");
+    let after = member.propose(register("after.mcom"), caller).await;
+    assert!(after.is_err(), "a removed member's write must not commit: {after:?}");
 }

@@ -7,10 +7,10 @@
 
 use actix::Addr;
 use cmesh_common::{Address, CmtpError};
-use cmesh_consensus::{Applied, Command, ConsensusError, ConsensusNode, Consistency, Outcome, ReadInfo};
+use cmesh_consensus::{Answer, Applied, Command, ConsensusError, ConsensusNode, Consistency, Outcome, Query, ReadInfo};
 use cmesh_events::{Emit, EventsActor};
 use cmesh_iam::Caller;
-use cmesh_registrar::{NameChange, NameRecord};
+use cmesh_registrar::NameChange;
 use serde_json::{json, Value};
 
 use crate::services::caller_address;
@@ -37,6 +37,17 @@ pub fn consistency(value: Option<&str>) -> Result<Consistency, CmtpError> {
 
 fn failed(error: ConsensusError) -> CmtpError {
     error.into()
+}
+
+/// A replica answered another kind of query than was asked: its fault.
+fn unexpected(answer: &Answer) -> CmtpError {
+    let kind = match answer {
+        Answer::Record(_) => "a record",
+        Answer::Records(_) => "records",
+        Answer::Nodes(_) => "nodes",
+        Answer::Trust(_) => "trust",
+    };
+    CmtpError::internal(format!("the registry answered another query (with {kind})"))
 }
 
 /// What a local read adds to its answer: how far this replica had applied.
@@ -69,11 +80,11 @@ impl RegistryHandle {
     }
 
     pub async fn resolve(&self, name: &str, consistency: Consistency) -> Result<Value, CmtpError> {
-        let (record, info) = self
-            .consensus
-            .read(consistency, |registry| registry.resolve(name).cloned())
-            .await
-            .map_err(failed)?;
+        let query = Query::Resolve { name: name.to_string() };
+        let (answer, info) = self.consensus.query(consistency, query).await.map_err(failed)?;
+        let Answer::Record(record) = answer else {
+            return Err(unexpected(&answer));
+        };
         let mut answer = json!(record?);
         if consistency == Consistency::Local {
             answer["replica"] = replica(info);
@@ -83,18 +94,11 @@ impl RegistryHandle {
 
     /// Records sorted by name, of `owner` if given, at most [`LIST_CAP`].
     pub async fn list(&self, owner: Option<Address>, consistency: Consistency) -> Result<Value, CmtpError> {
-        let (records, info) = self
-            .consensus
-            .read(consistency, |registry| {
-                registry
-                    .names()
-                    .filter(|record| owner.is_none_or(|owner| record.owner == owner))
-                    .take(LIST_CAP)
-                    .cloned()
-                    .collect::<Vec<NameRecord>>()
-            })
-            .await
-            .map_err(failed)?;
+        let query = Query::List { owner, limit: LIST_CAP };
+        let (answer, info) = self.consensus.query(consistency, query).await.map_err(failed)?;
+        let Answer::Records(records) = answer else {
+            return Err(unexpected(&answer));
+        };
         Ok(match consistency {
             Consistency::Linearizable => json!(records),
             Consistency::Local => json!({ "records": records, "replica": replica(info) }),
@@ -103,17 +107,14 @@ impl RegistryHandle {
 
     /// The admitted nodes and their roles.
     pub async fn nodes(&self, consistency: Consistency) -> Result<Value, CmtpError> {
-        let (nodes, info) = self
-            .consensus
-            .read(consistency, |registry| {
-                registry
-                    .nodes()
-                    .iter()
-                    .map(|(node, role)| json!({ "node": node, "role": role }))
-                    .collect::<Vec<Value>>()
-            })
-            .await
-            .map_err(failed)?;
+        let (answer, info) = self.consensus.query(consistency, Query::Nodes).await.map_err(failed)?;
+        let Answer::Nodes(nodes) = answer else {
+            return Err(unexpected(&answer));
+        };
+        let nodes: Vec<Value> = nodes
+            .iter()
+            .map(|(node, role)| json!({ "node": node, "role": role }))
+            .collect();
         Ok(json!({ "nodes": nodes, "replica": replica(info) }))
     }
 
