@@ -717,6 +717,21 @@ impl ConsensusNode {
                         RpcReply::Refused(format!("an entry proposed by {} was sent by {from}", entry.proposer)),
                     ));
                 }
+                let now = unix_millis();
+                if let Some(ahead) = entry
+                    .bodies
+                    .iter()
+                    .map(|body| body.time_ms.saturating_sub(now))
+                    .find(|ahead| *ahead > MAX_CLOCK_AHEAD_MS)
+                {
+                    return Some((
+                        digest,
+                        RpcReply::Refused(format!(
+                            "an entry is dated {ahead} ms ahead of the leader's clock; at most {MAX_CLOCK_AHEAD_MS} ms \
+                             are taken (check the proposer's clock)"
+                        )),
+                    ));
+                }
                 let bytes = encoded_len(&entry);
                 RpcReply::Propose(self.submit_here(entry, bytes).await)
             }
@@ -758,6 +773,12 @@ impl ConsensusNode {
         }
     }
 }
+
+/// How far ahead of the leader's clock a proposed entry may be dated. The registry's
+/// clock is the latest entry time it applied, and an entry older than the replay window
+/// behind it is stale: without this bound one admitted node with a fast clock (or a
+/// liar) could make every other node's entries stale.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 30_000;
 
 /// How a refusal says that the sender is not admitted (a member learns so from it).
 const NOT_ADMITTED: &str = "is not admitted to mesh";

@@ -442,3 +442,42 @@ async fn a_member_holds_no_replica_and_asks_the_replicas() {
     let after = member.propose(register("after.mcom"), caller).await;
     assert!(after.is_err(), "a removed member's write must not commit: {after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_entries_dated_far_ahead_of_its_clock() {
+    let cluster = Cluster::start(3, fast_settings()).await;
+    let leader_index = cluster.leader().await;
+    let leader = cluster.node(leader_index);
+    let mesh = cluster.genesis.mesh_id();
+    // An admitted voter whose clock runs an hour fast would push the registry's clock
+    // ahead, and every other node's entries would then be stale.
+    let fast = &cluster.slots[(leader_index + 1) % 3].key;
+    let client = async_nats::connect(cluster.nats.url()).await.expect("connect");
+    let requester = Requester::start(client, fast.clone(), mesh).await.expect("inbox");
+    let body = |ahead_ms: u64, name: &str| EntryBody {
+        mesh,
+        command: register(name),
+        caller: cluster.admin.address(),
+        time_ms: unix_millis() + ahead_ms,
+        id: EntryId::random().expect("random"),
+        proof: None,
+    };
+    let ahead = cmesh_consensus::SignedEntry::sign(vec![body(3_600_000, "future.mcom")], fast);
+    let reply = requester
+        .call(leader.address(), Rpc::Propose(ahead), Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    match reply {
+        RpcReply::Refused(reason) => assert!(reason.contains("ahead of the leader's clock"), "{reason}"),
+        other => panic!("an entry an hour ahead must be refused: {other:?}"),
+    }
+    // A little skew is fine.
+    let near = cmesh_consensus::SignedEntry::sign(vec![body(2_000, "near.mcom")], fast);
+    let reply = requester
+        .call(leader.address(), Rpc::Propose(near), Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert!(matches!(reply, RpcReply::Propose(Ok(_))), "{reply:?}");
+    cluster.converged().await;
+    assert_eq!(names(&leader), ["near.mcom"]);
+}
