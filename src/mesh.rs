@@ -108,13 +108,19 @@ pub enum AdmissionCommand {
     Nodes,
     /// Admit a node, or change its role (mesh admins only)
     Admit {
-        node: Address,
+        /// The node's address (its ready line says it). Named `address` here: `--node`
+        /// is cmesh's own flag for the node to send through.
+        #[arg(value_name = "NODE")]
+        address: Address,
         /// voter (a Raft voter), learner (a replica), member (a peer without a replica)
         #[arg(long, default_value = "learner")]
         role: String,
     },
     /// Remove a node: it stops being a peer as soon as the removal commits (mesh admins only)
-    Remove { node: Address },
+    Remove {
+        #[arg(value_name = "NODE")]
+        address: Address,
+    },
 }
 
 impl AdmissionCommand {
@@ -122,8 +128,10 @@ impl AdmissionCommand {
     pub fn request(self) -> (&'static str, serde_json::Value) {
         match self {
             AdmissionCommand::Nodes => ("mesh.nodes", serde_json::json!({})),
-            AdmissionCommand::Admit { node, role } => ("mesh.admit", serde_json::json!({ "node": node, "role": role })),
-            AdmissionCommand::Remove { node } => ("mesh.remove", serde_json::json!({ "node": node })),
+            AdmissionCommand::Admit { address, role } => {
+                ("mesh.admit", serde_json::json!({ "node": address, "role": role }))
+            }
+            AdmissionCommand::Remove { address } => ("mesh.remove", serde_json::json!({ "node": address })),
         }
     }
 }

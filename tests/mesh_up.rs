@@ -239,6 +239,12 @@ async fn nodes_beyond_three_join_as_learners_and_serve_the_registry() {
         .map_or(0, |list| list.iter().filter(|n| n["role"] == json!("voter")).count());
     assert_eq!(voters, 3, "{nodes}");
 
+    // `cmesh mesh admit` says the same again (and takes cmesh's own --node after it).
+    let again = cli
+        .ok(&["mesh", "admit", &node4, "--role", "learner", "--node", &node1])
+        .await;
+    assert_eq!(again["role"], json!("learner"), "{again}");
+
     // The learner holds a replica: a name registered through it resolves through it.
     cli.ok(&["--node", &node4, "name", "register", "learnt.mcom", "I:whoami"])
         .await;
