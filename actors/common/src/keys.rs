@@ -118,6 +118,12 @@ impl SigningKey {
         self.public
     }
 
+    /// The ECDH secret this key shares with `peer`'s (libsecp256k1's: SHA-256 of the
+    /// shared point): only the holders of the two keys can compute it.
+    pub fn shared_secret(&self, peer: &PublicKey) -> [u8; 32] {
+        secp256k1::ecdh::SharedSecret::new(peer, &self.secret).to_secret_bytes()
+    }
+
     /// EIP-191 personal_sign of `message`, as a wallet would sign it.
     pub fn sign_personal(&self, message: &[u8]) -> Signature65 {
         self.sign_digest_recoverable(personal_digest(message))

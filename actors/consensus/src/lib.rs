@@ -12,7 +12,8 @@
 //!   [`ConsensusError`] (a write or read that did not complete).
 //! - [`raft_types`]: openraft's type configuration; a Raft entry is a [`raft_types::Batch`].
 //! - [`store`]: the log, the vote and snapshots in redb; the registry as state machine.
-//! - [`wire`], [`requester`], [`network`]: the signed RPCs on `cmesh.raft.<mesh>.<node>`.
+//! - [`wire`], [`requester`], [`network`]: the signed RPCs on `cmesh.raft.<mesh>.<node>`;
+//!   [`peer_keys`]: the keys two nodes share once they have signed to each other, for MACs.
 //! - [`settings`]: timeouts and batch sizes.
 //! - [`node`]: [`ConsensusNode`], one node's Raft, server, batcher and membership upkeep.
 //! - [`query`]: [`Query`], reads of the registry as data, run by a replica.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod member;
 pub mod network;
 pub mod node;
+pub mod peer_keys;
 pub mod query;
 pub mod raft_types;
 pub mod registry;

@@ -35,7 +35,9 @@ use crate::registry::{Applied, Registry};
 use crate::requester::{CallError, Requester};
 use crate::settings::ConsensusSettings;
 use crate::store::{self, MachineState, RegistryMachine};
-use crate::wire::{node_subject, Committed, LeaderError, ReplyBody, RequestBody, Rpc, RpcReply, REQUEST_WINDOW_MS};
+use crate::wire::{
+    node_subject, Committed, LeaderError, ReplyBody, RequestBody, Rpc, RpcReply, WireError, REQUEST_WINDOW_MS,
+};
 
 /// Largest signed registry entry taken, encoded. A command is small (a name of at most
 /// 127 characters and a target of at most 1 KiB); the cap keeps a batch within a message.
@@ -658,15 +660,16 @@ async fn serve(node: ConsensusNode, client: async_nats::Client, mut requests: as
             let Some(reply_to) = message.reply.clone() else {
                 return;
             };
-            let Some((request, reply)) = node.answer(&message.payload).await else {
+            let Some(answer) = node.answer(&message.payload).await else {
                 return;
             };
             let body = ReplyBody {
-                request,
+                request: answer.digest,
                 from: node.inner.address,
-                reply,
+                reply: answer.reply,
             };
-            match body.seal(&node.inner.key) {
+            let keys = node.inner.requester.keys();
+            match body.seal_for(keys, &answer.to, answer.with_mac) {
                 Ok(bytes) => {
                     if let Err(error) = client.publish(reply_to, bytes.into()).await {
                         debug!(%error, "cannot send a consensus reply");
@@ -678,12 +681,31 @@ async fn serve(node: ConsensusNode, client: async_nats::Client, mut requests: as
     }
 }
 
+/// A reply to send: to whom, for which request, and whether with a MAC (the request came
+/// with one).
+struct Answering {
+    to: Address,
+    digest: [u8; 32],
+    with_mac: bool,
+    reply: RpcReply,
+}
+
 impl ConsensusNode {
-    /// The reply to one request, with the digest it answers; `None` when it is not for
-    /// this node at all (unsigned, another mesh, another node), which gets no answer.
-    async fn answer(&self, bytes: &[u8]) -> Option<([u8; 32], RpcReply)> {
-        let (request, digest) = match RequestBody::open(bytes) {
+    /// The reply to one request; `None` when it is not for this node at all (unsigned,
+    /// another mesh, another node), which gets no answer.
+    async fn answer(&self, bytes: &[u8]) -> Option<Answering> {
+        let (request, digest, with_mac) = match RequestBody::open_with(bytes, self.inner.requester.keys()) {
             Ok(opened) => opened,
+            Err(WireError::UnknownPeer { from, digest }) => {
+                debug!(%from, "a MAC under a key this node does not hold: asking for a signature");
+                let reply = RpcReply::SignAgain;
+                return Some(Answering {
+                    to: from,
+                    digest,
+                    with_mac: false,
+                    reply,
+                });
+            }
             Err(error) => {
                 debug!(%error, "ignored a consensus request");
                 return None;
@@ -693,9 +715,17 @@ impl ConsensusNode {
             debug!(from = %request.from, "ignored a consensus request for another mesh or node");
             return None;
         }
+        let answering = |reply| {
+            Some(Answering {
+                to: request.from,
+                digest,
+                with_mac,
+                reply,
+            })
+        };
         if let Err(reason) = self.admits(&request) {
             warn!(from = %request.from, kind = request.rpc.kind(), %reason, "refused a consensus request");
-            return Some((digest, RpcReply::Refused(reason)));
+            return answering(RpcReply::Refused(reason));
         }
         let from = request.from;
         let reply = match request.rpc {
@@ -712,10 +742,10 @@ impl ConsensusNode {
             Rpc::Query { consistency, query } => RpcReply::Query(self.answer_query(consistency, query).await),
             Rpc::Propose(entry) => {
                 if entry.proposer != from {
-                    return Some((
-                        digest,
-                        RpcReply::Refused(format!("an entry proposed by {} was sent by {from}", entry.proposer)),
-                    ));
+                    return answering(RpcReply::Refused(format!(
+                        "an entry proposed by {} was sent by {from}",
+                        entry.proposer
+                    )));
                 }
                 let now = unix_millis();
                 if let Some(ahead) = entry
@@ -724,19 +754,16 @@ impl ConsensusNode {
                     .map(|body| body.time_ms.saturating_sub(now))
                     .find(|ahead| *ahead > MAX_CLOCK_AHEAD_MS)
                 {
-                    return Some((
-                        digest,
-                        RpcReply::Refused(format!(
-                            "an entry is dated {ahead} ms ahead of the leader's clock; at most {MAX_CLOCK_AHEAD_MS} ms \
+                    return answering(RpcReply::Refused(format!(
+                        "an entry is dated {ahead} ms ahead of the leader's clock; at most {MAX_CLOCK_AHEAD_MS} ms \
                              are taken (check the proposer's clock)"
-                        )),
-                    ));
+                    )));
                 }
                 let bytes = encoded_len(&entry);
                 RpcReply::Propose(self.submit_here(entry, bytes).await)
             }
         };
-        Some((digest, reply))
+        answering(reply)
     }
 
     /// A member's query, run on this node's replica.

@@ -5,6 +5,10 @@
 //! subscription of this node; an answer completes its request only if it is signed by
 //! the node that was asked and names the request's digest. Anything else on the inbox is
 //! logged and dropped, and the request goes on waiting for the real answer.
+//!
+//! Requests and answers between nodes that know each other's keys carry a MAC instead
+//! of a signature ([`PeerKeys`]); a receiver that lost the key asks for a signature
+//! (`SignAgain`), and the request is sent again, signed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use crate::peer_keys::PeerKeys;
 use crate::wire::{node_subject, ReplyBody, RequestBody, Rpc, RpcReply};
 
 /// Why a request got no answer that counts.
@@ -44,7 +49,7 @@ type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
 
 pub struct Requester {
     client: async_nats::Client,
-    key: SigningKey,
+    keys: Arc<PeerKeys>,
     mesh: MeshId,
     inbox: String,
     next: AtomicU64,
@@ -70,17 +75,18 @@ impl Requester {
                 reason: format!("cannot subscribe the reply inbox: {error}"),
             })?;
         let pending: PendingMap = Arc::default();
+        let keys = Arc::new(PeerKeys::new(key, mesh));
         let listener = tokio::spawn({
-            let pending = pending.clone();
+            let (pending, keys) = (pending.clone(), keys.clone());
             async move {
                 while let Some(message) = replies.next().await {
-                    deliver(&pending, message);
+                    deliver(&pending, &keys, message);
                 }
             }
         });
         Ok(Requester {
             client,
-            key,
+            keys,
             mesh,
             inbox,
             next: AtomicU64::new(1),
@@ -90,18 +96,42 @@ impl Requester {
     }
 
     pub fn key(&self) -> &SigningKey {
-        &self.key
+        self.keys.own()
+    }
+
+    /// The keys this node shares with the peers it heard from (the server uses them too).
+    pub fn keys(&self) -> &Arc<PeerKeys> {
+        &self.keys
     }
 
     pub fn mesh(&self) -> MeshId {
         self.mesh
     }
 
-    /// Sends `rpc` to `to` and waits for its signed answer.
+    /// Sends `rpc` to `to` and waits for its signed (or MAC'd) answer.
     pub async fn call(&self, to: Address, rpc: Rpc, timeout: Duration) -> Result<RpcReply, CallError> {
-        let (bytes, digest) = RequestBody::new(self.mesh, &self.key, to, rpc)
-            .seal(&self.key)
-            .map_err(|e| CallError::Seal(e.to_string()))?;
+        let request = RequestBody::new(self.mesh, self.keys.own(), to, rpc);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (bytes, digest, with_mac) = request
+                .seal_for(&self.keys)
+                .map_err(|e| CallError::Seal(e.to_string()))?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.send(to, bytes, digest, remaining).await {
+                // It lost the key we share (a restart): sign, once; its answer teaches it.
+                Ok(RpcReply::SignAgain) if with_mac => self.keys.forget(&to),
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        to: Address,
+        bytes: Vec<u8>,
+        digest: [u8; 32],
+        timeout: Duration,
+    ) -> Result<RpcReply, CallError> {
         let max = self.client.server_info().max_payload;
         if bytes.len() > max {
             return Err(CallError::TooLarge {
@@ -141,23 +171,26 @@ impl Requester {
     }
 }
 
-fn deliver(pending: &PendingMap, message: async_nats::Message) {
+fn deliver(pending: &PendingMap, keys: &PeerKeys, message: async_nats::Message) {
     let Some(token) = message.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
         return;
     };
+    // Checked before taking the lock, so that a slow signature check holds up no caller.
+    let opened = (message.status != Some(async_nats::StatusCode::NO_RESPONDERS))
+        .then(|| ReplyBody::open_with(&message.payload, keys));
     let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(waiting) = pending.get(&token) else {
         return;
     };
     // The server's own "no responders" notice carries no body to sign. Anyone could send
     // one, but all it can do is end the wait early, which dropping the request would do too.
-    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+    let Some(opened) = opened else {
         if let Some(waiting) = pending.remove(&token) {
             let _ = waiting.answer.send(Err(CallError::NoResponders { to: waiting.to }));
         }
         return;
-    }
-    match ReplyBody::open(&message.payload) {
+    };
+    match opened {
         Ok(reply) if reply.from == waiting.to && reply.request == waiting.digest => {
             if let Some(waiting) = pending.remove(&token) {
                 let _ = waiting.answer.send(Ok(reply.reply));

@@ -23,6 +23,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::entry::SignedEntry;
+use crate::peer_keys::{mac, PeerKeys};
 use crate::query::{Answered, Consistency, Query};
 use crate::raft_types::{LogId, MeshRaft};
 use crate::registry::Applied;
@@ -104,6 +105,9 @@ pub enum RpcReply {
     Query(Result<Answered, String>),
     /// The request does not count here, and why (not admitted, another mesh, too old).
     Refused(String),
+    /// The request came with a MAC under a key this node no longer holds (it restarted):
+    /// sign the next one.
+    SignAgain,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,13 +127,20 @@ pub struct ReplyBody {
     pub reply: RpcReply,
 }
 
-/// A signed message: the MessagePack body and the sender's signature over
-/// keccak256(domain ‖ body).
+/// A message and the proof of its sender: a signature over keccak256(domain ‖ body), or
+/// once the two nodes know each other's keys, a MAC under the key they share
+/// ([`PeerKeys`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct Sealed {
     #[serde(with = "serde_bytes")]
     body: Vec<u8>,
-    signature: Signature65,
+    auth: Auth,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Auth {
+    Signature(Signature65),
+    Mac([u8; 32]),
 }
 
 /// A message that cannot count.
@@ -141,30 +152,82 @@ pub enum WireError {
     BadSignature,
     #[error("signed by {signer}, but claims to be from {claimed}")]
     WrongSigner { signer: Address, claimed: Address },
+    #[error("a MAC from {from}, whose key this node does not hold")]
+    UnknownPeer { from: Address, digest: [u8; 32] },
+    #[error("a MAC that does not hold, claiming to be from {from}")]
+    BadMac { from: Address },
+}
+
+/// A message's sender, as it claims.
+trait Sent {
+    fn sender(&self) -> Address;
+}
+
+impl Sent for RequestBody {
+    fn sender(&self) -> Address {
+        self.from
+    }
+}
+
+impl Sent for ReplyBody {
+    fn sender(&self) -> Address {
+        self.from
+    }
 }
 
 fn digest(domain: &[u8], body: &[u8]) -> [u8; 32] {
     keccak256_parts(&[domain, body])
 }
 
-fn seal<T: Serialize>(domain: &[u8], body: &T, key: &SigningKey) -> Result<(Vec<u8>, [u8; 32]), WireError> {
+/// The sealed bytes and the body's digest; MAC'd under `mac_key` if given, else signed.
+fn seal<T: Serialize>(
+    domain: &[u8],
+    body: &T,
+    key: &SigningKey,
+    mac_key: Option<[u8; 32]>,
+) -> Result<(Vec<u8>, [u8; 32]), WireError> {
     let body = rmp_serde::to_vec_named(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     let digest = digest(domain, &body);
-    let signature = key.sign_digest_recoverable(digest);
-    let bytes =
-        rmp_serde::to_vec_named(&Sealed { body, signature }).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let auth = match mac_key {
+        Some(mac_key) => Auth::Mac(mac(&mac_key, domain, &body)),
+        None => Auth::Signature(key.sign_digest_recoverable(digest)),
+    };
+    let bytes = rmp_serde::to_vec_named(&Sealed { body, auth }).map_err(|e| WireError::Malformed(e.to_string()))?;
     Ok((bytes, digest))
 }
 
-fn open<T: for<'a> Deserialize<'a>>(domain: &[u8], bytes: &[u8]) -> Result<(T, Address, [u8; 32]), WireError> {
+/// A message whose proof is by the sender it names: its body, digest, and whether it
+/// came with a MAC. Signed messages teach `keys` the sender's key; MACs need `keys`.
+fn open<T: Sent + for<'a> Deserialize<'a>>(
+    domain: &[u8],
+    bytes: &[u8],
+    keys: Option<&PeerKeys>,
+) -> Result<(T, [u8; 32], bool), WireError> {
     let sealed: Sealed = rmp_serde::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     let digest = digest(domain, &sealed.body);
-    let (_, signer) = sealed
-        .signature
-        .recover_digest(digest)
-        .map_err(|_| WireError::BadSignature)?;
-    let body = rmp_serde::from_slice(&sealed.body).map_err(|e| WireError::Malformed(e.to_string()))?;
-    Ok((body, signer, digest))
+    let body: T = rmp_serde::from_slice(&sealed.body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let from = body.sender();
+    match sealed.auth {
+        Auth::Signature(signature) => {
+            let (public, signer) = signature.recover_digest(digest).map_err(|_| WireError::BadSignature)?;
+            if signer != from {
+                return Err(WireError::WrongSigner { signer, claimed: from });
+            }
+            if let Some(keys) = keys {
+                keys.learn(from, &public);
+            }
+            Ok((body, digest, false))
+        }
+        Auth::Mac(tag) => {
+            let key = keys
+                .and_then(|keys| keys.key_for(&from))
+                .ok_or(WireError::UnknownPeer { from, digest })?;
+            if mac(&key, domain, &sealed.body) != tag {
+                return Err(WireError::BadMac { from });
+            }
+            Ok((body, digest, true))
+        }
+    }
 }
 
 impl RequestBody {
@@ -181,36 +244,111 @@ impl RequestBody {
 
     /// The signed bytes and their digest (what the reply must name).
     pub fn seal(&self, key: &SigningKey) -> Result<(Vec<u8>, [u8; 32]), WireError> {
-        seal(REQUEST_DOMAIN, self, key)
+        seal(REQUEST_DOMAIN, self, key, None)
     }
 
-    /// A request whose signature is by the node it claims to be from, and its digest.
+    /// The sealed bytes, their digest, and whether they carry a MAC: they do when this
+    /// node holds the key it shares with the receiver.
+    pub fn seal_for(&self, keys: &PeerKeys) -> Result<(Vec<u8>, [u8; 32], bool), WireError> {
+        let mac_key = keys.key_for(&self.to);
+        let (bytes, digest) = seal(REQUEST_DOMAIN, self, keys.own(), mac_key)?;
+        Ok((bytes, digest, mac_key.is_some()))
+    }
+
+    /// A signed request whose signature is by the node it claims to be from, and its digest.
     pub fn open(bytes: &[u8]) -> Result<(RequestBody, [u8; 32]), WireError> {
-        let (body, signer, digest): (RequestBody, _, _) = open(REQUEST_DOMAIN, bytes)?;
-        if signer != body.from {
-            return Err(WireError::WrongSigner {
-                signer,
-                claimed: body.from,
-            });
-        }
+        let (body, digest, _) = open(REQUEST_DOMAIN, bytes, None)?;
         Ok((body, digest))
+    }
+
+    /// A request signed or MAC'd by the node it claims to be from, its digest, and
+    /// whether it came with a MAC.
+    pub fn open_with(bytes: &[u8], keys: &PeerKeys) -> Result<(RequestBody, [u8; 32], bool), WireError> {
+        open(REQUEST_DOMAIN, bytes, Some(keys))
     }
 }
 
 impl ReplyBody {
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
-        Ok(seal(REPLY_DOMAIN, self, key)?.0)
+        Ok(seal(REPLY_DOMAIN, self, key, None)?.0)
     }
 
-    /// A reply whose signature is by the node it claims to be from.
+    /// MAC'd if `mac` (the request came with one, so its sender holds the key) and this
+    /// node holds the key it shares with `to`; signed otherwise.
+    pub fn seal_for(&self, keys: &PeerKeys, to: &Address, mac: bool) -> Result<Vec<u8>, WireError> {
+        let mac_key = if mac { keys.key_for(to) } else { None };
+        Ok(seal(REPLY_DOMAIN, self, keys.own(), mac_key)?.0)
+    }
+
+    /// A signed reply whose signature is by the node it claims to be from.
     pub fn open(bytes: &[u8]) -> Result<ReplyBody, WireError> {
-        let (body, signer, _): (ReplyBody, _, _) = open(REPLY_DOMAIN, bytes)?;
-        if signer != body.from {
-            return Err(WireError::WrongSigner {
-                signer,
-                claimed: body.from,
-            });
-        }
-        Ok(body)
+        Ok(open(REPLY_DOMAIN, bytes, None)?.0)
+    }
+
+    /// A reply signed or MAC'd by the node it claims to be from.
+    pub fn open_with(bytes: &[u8], keys: &PeerKeys) -> Result<ReplyBody, WireError> {
+        Ok(open(REPLY_DOMAIN, bytes, Some(keys))?.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(from: &SigningKey, to: Address) -> RequestBody {
+        RequestBody::new(MeshId([1; 32]), from, to, Rpc::ReadIndex)
+    }
+
+    #[test]
+    fn the_first_request_is_signed_then_macs_prove_the_sender() {
+        let (a, b, c) = (
+            SigningKey::generate().expect("a"),
+            SigningKey::generate().expect("b"),
+            SigningKey::generate().expect("c"),
+        );
+        let mesh = MeshId([1; 32]);
+        let (at_a, at_b, at_c) = (
+            PeerKeys::new(a.clone(), mesh),
+            PeerKeys::new(b.clone(), mesh),
+            PeerKeys::new(c.clone(), mesh),
+        );
+        // A knows nothing of B: it signs, and B learns A's key from the signature.
+        let (bytes, digest, with_mac) = request(&a, b.address()).seal_for(&at_a).expect("sealed");
+        assert!(!with_mac);
+        let (_, opened, mac_in) = RequestBody::open_with(&bytes, &at_b).expect("a signed request");
+        assert_eq!((opened, mac_in), (digest, false));
+        // B's signed answer teaches A B's key; from then on both use MACs.
+        let reply = ReplyBody {
+            request: digest,
+            from: b.address(),
+            reply: RpcReply::ReadIndex(Ok(None)),
+        };
+        let signed_reply = reply.seal_for(&at_b, &a.address(), false).expect("sealed");
+        ReplyBody::open_with(&signed_reply, &at_a).expect("a signed reply");
+        let (bytes, _, with_mac) = request(&a, b.address()).seal_for(&at_a).expect("sealed");
+        assert!(with_mac, "A holds the key it shares with B");
+        assert!(RequestBody::open_with(&bytes, &at_b).expect("a MAC'd request").2);
+        let mac_reply = reply.seal_for(&at_b, &a.address(), true).expect("sealed");
+        ReplyBody::open_with(&mac_reply, &at_a).expect("a MAC'd reply");
+
+        // Nobody else can make one: C, who knows A's key too, claims to be A.
+        at_c.learn(b.address(), &b.public_key());
+        let mut forged = request(&c, b.address());
+        forged.from = a.address();
+        let mac_key = at_c.key_for(&b.address());
+        let (bytes, _) = seal(REQUEST_DOMAIN, &forged, &c, mac_key).expect("sealed");
+        assert!(matches!(
+            RequestBody::open_with(&bytes, &at_b),
+            Err(WireError::BadMac { .. })
+        ));
+        // A MAC from a node B never heard from asks for a signature.
+        let at_fresh_b = PeerKeys::new(b.clone(), mesh);
+        let (bytes, _, _) = request(&a, b.address()).seal_for(&at_a).expect("sealed");
+        assert!(matches!(
+            RequestBody::open_with(&bytes, &at_fresh_b),
+            Err(WireError::UnknownPeer { .. })
+        ));
+        // And the signature-only readers take no MAC at all.
+        assert!(RequestBody::open(&bytes).is_err());
     }
 }
