@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cmesh_common::time::unix_millis;
 use cmesh_common::{Address, SigningKey, Status};
+use cmesh_consensus::peer_keys::PeerKeys;
 use cmesh_consensus::requester::Requester;
 use cmesh_consensus::wire::{node_subject, ReplyBody, RequestBody, Rpc, RpcReply};
 use cmesh_consensus::{Answer, Applied, Command, Consistency, EntryBody, EntryFault, EntryId, Outcome, Query, Role};
@@ -480,4 +481,44 @@ async fn the_leader_refuses_entries_dated_far_ahead_of_its_clock() {
     assert!(matches!(reply, RpcReply::Propose(Ok(_))), "{reply:?}");
     cluster.converged().await;
     assert_eq!(names(&leader), ["near.mcom"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_made_by_anyone_but_the_claimed_sender_is_ignored() {
+    let cluster = Cluster::start(3, fast_settings()).await;
+    let leader_index = cluster.leader().await;
+    let leader = cluster.node(leader_index);
+    // Traffic first, so that the voters use MACs between them.
+    leader
+        .propose(register("first.mcom"), Address::from(1))
+        .await
+        .expect("committed");
+    let term = leader.status().await.term;
+    let mesh = cluster.genesis.mesh_id();
+    let voter = cluster.slots[(leader_index + 1) % 3].key.address();
+    let leader_public = cluster.slots[leader_index].key.public_key();
+
+    // A stranger who knows the leader's public key (anyone who saw it sign) derives the
+    // key it shares with the leader, and MACs a vote request that claims to be a voter's.
+    let stranger = SigningKey::generate().expect("a key");
+    let stranger_keys = PeerKeys::new(stranger.clone(), mesh);
+    stranger_keys.learn(leader.address(), &leader_public);
+    let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(term + 100, voter), None);
+    let mut forged = RequestBody::new(mesh, &stranger, leader.address(), Rpc::Vote(vote));
+    forged.from = voter;
+    let (bytes, _, with_mac) = forged.seal_for(&stranger_keys).expect("sealed");
+    assert!(with_mac);
+    let client = async_nats::connect(cluster.nats.url()).await.expect("connect");
+    let answer = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.request(node_subject(&mesh, &leader.address()), bytes.into()),
+    )
+    .await;
+    assert!(answer.is_err(), "a forged MAC gets no answer: {answer:?}");
+    assert_eq!(leader.status().await.term, term, "and moves nothing");
+    let after = leader
+        .propose(register("after.mcom"), Address::from(1))
+        .await
+        .expect("committed");
+    assert!(matches!(after, Applied::Done(_)), "{after:?}");
 }
