@@ -255,3 +255,39 @@ async fn a_member_holds_no_replica_and_serves_registry_calls_through_the_replica
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_an_admitted_node_not_yet_heard_from_is_a_503_to_retry_not_a_401() {
+    let mut mesh = Mesh::start(3).await;
+    let user = new_key();
+    let issued_by_2 = mesh.client.login(&user, mesh.node(2)).await;
+    let status = mesh.nodes[2].stop_sigterm().await;
+    assert!(status.success(), "{status}");
+
+    // A new node starts while node 2 is down: it never heard node 2's announcement.
+    let options = NodeOptions {
+        genesis: Some(mesh.genesis_path()),
+        ..NodeOptions::default()
+    };
+    let mut late = Node::prepare(3, &mesh.nats.url(), options);
+    let address = node_key(late.data_dir()).expect("a key").address();
+    mesh.admit(address, "learner").await;
+    late.respawn();
+    late.wait_ready(READY_TIMEOUT).await;
+    // Once the learner knows the mesh's nodes, node 2's token says "retry", not "refused".
+    let reply = eventually("the learner to know node 2 is admitted", EVENTUALLY, || async {
+        let reply = mesh.client.fqmn(&late, "I:whoami", Some(&issued_by_2)).await;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert!(reply.body.to_string().contains("has not heard"), "{}", reply.body);
+
+    // Node 2 back: it announces itself, and its token counts on the learner.
+    mesh.nodes[2].respawn();
+    mesh.nodes[2].wait_ready(READY_TIMEOUT).await;
+    eventually("node 2's token to count on the learner", EVENTUALLY, || async {
+        let reply = mesh.client.fqmn(&late, "I:whoami", Some(&issued_by_2)).await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+}

@@ -15,7 +15,11 @@ use serde_json::json;
 /// Writers registering names at once.
 const WRITERS: usize = 6;
 /// Acknowledged names between two kills.
-const BETWEEN_KILLS: usize = 40;
+const BETWEEN_KILLS: usize = 30;
+/// How long the writes may take to come back after a kill: a new leader is elected in
+/// about 2 s, but writes in flight to the dead leader wait out their 5 s timeout first,
+/// and CI runs this beside the other tests.
+const RECOVERY: Duration = Duration::from_secs(45);
 /// A write must be answered within this: a write that hears nothing is a defect.
 const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 
@@ -111,7 +115,7 @@ async fn the_leader_sigkilled_under_load_loses_no_acknowledged_name() {
     let mut running = vec![0, 1, 2];
     for kill in 0..2 {
         let target = acknowledged_now() + BETWEEN_KILLS;
-        eventually("writes to be acknowledged", EVENTUALLY, || async {
+        eventually("writes to be acknowledged", RECOVERY, || async {
             (acknowledged_now() >= target).then_some(())
         })
         .await;
@@ -126,7 +130,7 @@ async fn the_leader_sigkilled_under_load_loses_no_acknowledged_name() {
         let new_leader = leader(&mesh, &token, &running).await;
         assert_ne!(new_leader, killed, "kill {kill}");
         let target = acknowledged_now() + BETWEEN_KILLS;
-        eventually("writes after the failover", EVENTUALLY, || async {
+        eventually("writes after the failover", RECOVERY, || async {
             (acknowledged_now() >= target).then_some(())
         })
         .await;

@@ -405,8 +405,14 @@ impl ConsensusNode {
     }
 
     /// Whether this node holds a replica of the registry: Raft counts it as a voter or a
-    /// learner. Otherwise (a member, or a node not yet added) it asks a replica.
+    /// learner, or its own registry says it is one (Raft's metrics name no members for a
+    /// moment after a start). Otherwise (a member, or a node not yet added) it asks a
+    /// replica.
     pub fn is_replica(&self) -> bool {
+        let own = self.inner.machine.read().registry.role(&self.inner.address);
+        if matches!(own, Some(Role::Voter | Role::Learner)) {
+            return true;
+        }
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         let mut nodes = metrics.membership_config.membership().nodes();
@@ -419,7 +425,8 @@ impl ConsensusNode {
         if self.is_replica() {
             return self.read(consistency, |registry| query.run(registry)).await;
         }
-        let answered = self.ask_replica(consistency, query).await?;
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let answered = self.ask_replica(consistency, query, deadline).await?;
         Ok((answered.answer, answered.info))
     }
 
@@ -439,8 +446,12 @@ impl ConsensusNode {
     }
 
     /// Has the replicas this node knows run `query`, the leader first, until one answers.
-    async fn ask_replica(&self, consistency: Consistency, query: Query) -> Result<Answered, ConsensusError> {
-        let deadline = Instant::now() + self.inner.settings.request_timeout;
+    async fn ask_replica(
+        &self,
+        consistency: Consistency,
+        query: Query,
+        deadline: Instant,
+    ) -> Result<Answered, ConsensusError> {
         let known = self.inner.machine.read().registry.nodes().clone();
         let mut why = Vec::new();
         for replica in self.inner.member.replicas(&known) {
@@ -487,7 +498,7 @@ impl ConsensusNode {
             return Ok(leader);
         }
         if Instant::now() < deadline {
-            self.refresh_member_view().await?;
+            self.refresh_member_view(deadline).await?;
         }
         self.inner.member.leader().ok_or_else(|| ConsensusError::NoLeader {
             reason: "no replica knows a leader".to_string(),
@@ -495,8 +506,8 @@ impl ConsensusNode {
     }
 
     /// Asks a replica whom to trust; tells the watchers of the admitted nodes if they changed.
-    async fn refresh_member_view(&self) -> Result<(), ConsensusError> {
-        let answered = self.ask_replica(Consistency::Local, Query::Trust).await?;
+    async fn refresh_member_view(&self, deadline: Instant) -> Result<(), ConsensusError> {
+        let answered = self.ask_replica(Consistency::Local, Query::Trust, deadline).await?;
         if let Answer::Trust(trust) = answered.answer {
             let nodes = trust.nodes.clone();
             if self.inner.member.learn(trust) {
@@ -986,8 +997,12 @@ async fn reconcile(node: &ConsensusNode) -> Result<(), String> {
 async fn refresh_member_view(node: ConsensusNode) {
     let mut said = None;
     loop {
+        let refresh = node.inner.settings.member_refresh;
         if !node.is_replica() {
-            let trouble = match node.refresh_member_view().await {
+            let trouble = match node
+                .refresh_member_view(Instant::now() + refresh.max(Duration::from_secs(1)))
+                .await
+            {
                 Err(error) => Some(error.to_string()),
                 Ok(()) if node.own_role().is_none() => Some(format!(
                     "this node is not admitted to mesh {}: a mesh admin admits it with mesh.admit",
@@ -1000,6 +1015,6 @@ async fn refresh_member_view(node: ConsensusNode) {
             }
             said = trouble;
         }
-        tokio::time::sleep(node.inner.settings.member_refresh).await;
+        tokio::time::sleep(refresh).await;
     }
 }

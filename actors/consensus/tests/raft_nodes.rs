@@ -379,12 +379,13 @@ async fn a_member_holds_no_replica_and_asks_the_replicas() {
         leader.propose(grant, admin).await.expect("committed"),
         Applied::Done(_)
     ));
-    eventually("the member to learn its role", EVENTUALLY, || async {
-        (member.status().await.role == Some(Role::Member)).then_some(())
+    // Its view is asked again every `member_refresh`: the grant may come a refresh later.
+    eventually("the member to learn its role and the grant", EVENTUALLY, || async {
+        let role = member.status().await.role;
+        (role == Some(Role::Member) && member.attributes(&caller) == ["team=blue"]).then_some(())
     })
     .await;
     assert!(!member.is_replica());
-    assert_eq!(member.attributes(&caller), vec!["team=blue".to_string()]);
 
     let written = member
         .propose(register("via-member.mcom"), caller)

@@ -136,6 +136,26 @@ impl IamActor {
         self.tokens.insert(token, claims);
     }
 
+    /// Why a token does not count. One issued by an admitted node whose announcement
+    /// this node has not heard yet (it started moments ago) is a 503 to retry, not a 401.
+    fn token_refused(&self, error: JwtError) -> CmtpError {
+        match error {
+            JwtError::UnknownIssuer(issuer)
+                if issuer != self.key.address()
+                    && self
+                        .admitted
+                        .as_ref()
+                        .is_some_and(|admitted| admitted.contains(&issuer)) =>
+            {
+                CmtpError::unavailable(format!(
+                    "the token's issuer {issuer} is a node of this mesh whose announcement this node has not \
+                     heard yet (one of the two started moments ago); retry in a few seconds"
+                ))
+            }
+            other => token_error(other),
+        }
+    }
+
     fn peer_allowed(&self, address: &Address) -> bool {
         (self.config.allowed_peers.is_empty() || self.config.allowed_peers.contains(address))
             && self.admitted.as_ref().is_none_or(|admitted| admitted.contains(address))
@@ -217,7 +237,7 @@ impl Handler<Admit> for IamActor {
                         .send(request)
                         .into_actor(self)
                         .map(move |result, actor, _| {
-                            let claims = result.map_err(verifier_gone)?.map_err(token_error)?;
+                            let claims = result.map_err(verifier_gone)?.map_err(|e| actor.token_refused(e))?;
                             let (sub, exp) = (claims.sub, claims.exp);
                             actor.cache_token(token, claims);
                             actor.caller(sub, exp, method)
