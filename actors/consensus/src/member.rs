@@ -2,10 +2,11 @@
 //! to run its reads, sends its writes to the leader, and keeps a view of whom to trust.
 //!
 //! Why a view: a member still decides on every request whether a peer is admitted and
-//! what attributes a caller holds. It keeps the latest [`Trust`] a replica gave, asked
-//! again every `member_refresh`, and the leader that replica named, for its writes. A
-//! reply counts only if the replica asked signed it (the requester checks), and only
-//! replicas of the view (or, before the first answer, the genesis voters) are asked.
+//! what attributes a caller holds. It keeps the latest [`Trust`] that a majority of the
+//! voters it knows gave alike, asked again every `member_refresh`, and the leader they
+//! named, for its writes. A reply counts only if the voter asked signed it (the requester
+//! checks), and only voters of the view (or, before the first answer, the genesis
+//! voters) are asked.
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
@@ -80,6 +81,18 @@ impl MemberView {
             }
         }
         replicas
+    }
+
+    /// The voters: of the view, else of `fallback`.
+    pub fn voters(&self, fallback: &BTreeMap<Address, Role>) -> Vec<Address> {
+        let from = |nodes: &BTreeMap<Address, Role>| -> Vec<Address> {
+            nodes
+                .iter()
+                .filter(|(_, role)| **role == Role::Voter)
+                .map(|(node, _)| *node)
+                .collect()
+        };
+        self.read(|trust| from(&trust.nodes)).unwrap_or_else(|| from(fallback))
     }
 
     fn read<T>(&self, get: impl FnOnce(&Trust) -> T) -> Option<T> {

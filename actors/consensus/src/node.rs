@@ -29,7 +29,7 @@ use crate::entry::{EntryBody, EntryId, SignedEntry};
 use crate::error::ConsensusError;
 use crate::member::MemberView;
 use crate::network::NatsNetwork;
-use crate::query::{Answer, Answered, Consistency, Query, ReadInfo};
+use crate::query::{Answer, Answered, Consistency, Query, ReadInfo, Trust};
 use crate::raft_types::{Batch, Raft};
 use crate::registry::{Applied, Registry};
 use crate::requester::{CallError, Requester};
@@ -468,16 +468,9 @@ impl ConsensusNode {
                     self.inner.member.learn_leader(answered.leader);
                     return Ok(answered);
                 }
-                Ok(RpcReply::Refused(reason)) => {
-                    // A replica's signed word that this node is not (or no longer) admitted.
-                    if reason.contains(NOT_ADMITTED) && self.inner.member.forget(&self.inner.address) {
-                        if let Some(nodes) = self.inner.member.nodes() {
-                            self.inner.machine.publish_nodes(nodes);
-                        }
-                    }
-                    why.push(format!("{replica}: {reason}"));
+                Ok(RpcReply::Query(Err(reason)) | RpcReply::Refused(reason)) => {
+                    why.push(format!("{replica}: {reason}"))
                 }
-                Ok(RpcReply::Query(Err(reason))) => why.push(format!("{replica}: {reason}")),
                 Ok(other) => why.push(format!("{replica} answered a query with {other:?}")),
                 Err(error) => why.push(format!("{replica}: {error}")),
             }
@@ -506,13 +499,67 @@ impl ConsensusNode {
     }
 
     /// Asks a replica whom to trust; tells the watchers of the admitted nodes if they changed.
+    ///
+    /// Every voter it knows is asked, and only a view that more than half of them give
+    /// counts: one lying voter cannot feed a member a false one. (Right after a change the
+    /// voters may differ for a moment; the view then stays as it was until the next ask.)
     async fn refresh_member_view(&self, deadline: Instant) -> Result<(), ConsensusError> {
-        let answered = self.ask_replica(Consistency::Local, Query::Trust, deadline).await?;
-        if let Answer::Trust(trust) = answered.answer {
-            let nodes = trust.nodes.clone();
-            if self.inner.member.learn(trust) {
+        let known = self.inner.machine.read().registry.nodes().clone();
+        let voters = self.inner.member.voters(&known);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let asks = voters.iter().map(|voter| {
+            let rpc = Rpc::Query {
+                consistency: Consistency::Local,
+                query: Query::Trust,
+            };
+            self.inner.requester.call(*voter, rpc, remaining)
+        });
+        let replies = futures::future::join_all(asks).await;
+        let mut views: Vec<(Trust, usize, Option<Address>)> = Vec::new();
+        let (mut not_admitted, mut why) = (0, Vec::new());
+        for (voter, reply) in voters.iter().zip(replies) {
+            match reply {
+                Ok(RpcReply::Query(Ok(Answered {
+                    answer: Answer::Trust(trust),
+                    leader,
+                    ..
+                }))) => match views.iter_mut().find(|(view, _, _)| *view == trust) {
+                    Some((_, count, named)) => {
+                        *count += 1;
+                        *named = named.or(leader);
+                    }
+                    None => views.push((trust, 1, leader)),
+                },
+                Ok(RpcReply::Refused(reason)) => {
+                    not_admitted += usize::from(reason.contains(NOT_ADMITTED));
+                    why.push(format!("{voter}: {reason}"));
+                }
+                Ok(other) => why.push(format!("{voter} answered a trust query with {other:?}")),
+                Err(error) => why.push(format!("{voter}: {error}")),
+            }
+        }
+        let majority = |count: usize| count * 2 > voters.len();
+        if majority(not_admitted) && self.inner.member.forget(&self.inner.address) {
+            // The voters' signed word that this node is not (or no longer) admitted.
+            if let Some(nodes) = self.inner.member.nodes() {
                 self.inner.machine.publish_nodes(nodes);
             }
+        }
+        let Some((trust, _, leader)) = views.into_iter().find(|(_, count, _)| majority(*count)) else {
+            return Err(ConsensusError::Unavailable(format!(
+                "no majority of the {} voters this node knows gave it the same view of the mesh ({})",
+                voters.len(),
+                if why.is_empty() {
+                    "they differ for now".to_string()
+                } else {
+                    why.join("; ")
+                }
+            )));
+        };
+        self.inner.member.learn_leader(leader);
+        let nodes = trust.nodes.clone();
+        if self.inner.member.learn(trust) {
+            self.inner.machine.publish_nodes(nodes);
         }
         Ok(())
     }

@@ -523,3 +523,107 @@ async fn a_mac_made_by_anyone_but_the_claimed_sender_is_ignored() {
         .expect("committed");
     assert!(matches!(after, Applied::Done(_)), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
+    let mut cluster = Cluster::start(3, fast_settings()).await;
+    let leader_index = cluster.leader().await;
+    let leader = cluster.node(leader_index);
+    let admin = cluster.admin.address();
+    let caller = SigningKey::generate().expect("a key").address();
+    let member_index = cluster.add(key()).await;
+    let member = cluster.node(member_index);
+    let admit = Command::Admit {
+        node: member.address(),
+        role: Role::Member,
+    };
+    assert!(matches!(
+        leader.propose(admit, admin).await.expect("committed"),
+        Applied::Done(_)
+    ));
+    eventually("the member to learn its role", EVENTUALLY, || async {
+        (member.status().await.role == Some(Role::Member)).then_some(())
+    })
+    .await;
+
+    // A voter other than the leader turns liar: its node stops, and its key answers every
+    // query, correctly signed (or MAC'd), with a view that makes a stranger a mesh admin.
+    let liar_index = (leader_index + 1) % 3;
+    cluster.kill(liar_index).await;
+    let liar = cluster.slots[liar_index].key.clone();
+    let mesh = cluster.genesis.mesh_id();
+    let stranger = SigningKey::generate().expect("a key").address();
+    let keys = PeerKeys::new(liar.clone(), mesh);
+    keys.learn(member.address(), &cluster.slots[member_index].key.public_key());
+    let forged = {
+        let mut trust = match Query::Trust.run(&leader.replica().registry) {
+            Answer::Trust(trust) => trust,
+            other => panic!("{other:?}"),
+        };
+        trust.attributes.insert(stranger, vec!["role=admin".to_string()]);
+        trust
+    };
+    let client = async_nats::connect(cluster.nats.url()).await.expect("connect");
+    let mut asked = client
+        .subscribe(node_subject(&mesh, &liar.address()))
+        .await
+        .expect("subscribe");
+    let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lies = tokio::spawn({
+        let client = client.clone();
+        let liar = liar.address();
+        let told = told.clone();
+        async move {
+            while let Some(message) = asked.next().await {
+                let Some(reply_to) = message.reply else { continue };
+                let Ok((request, digest, with_mac)) = RequestBody::open_with(&message.payload, &keys) else {
+                    continue;
+                };
+                let reply = ReplyBody {
+                    request: digest,
+                    from: liar,
+                    reply: RpcReply::Query(Ok(cmesh_consensus::query::Answered {
+                        answer: Answer::Trust(forged.clone()),
+                        info: cmesh_consensus::ReadInfo {
+                            applied: Some(1_000_000),
+                            stale: false,
+                        },
+                        leader: Some(liar),
+                    })),
+                };
+                if let Ok(bytes) = reply.seal_for(&keys, &request.from, with_mac) {
+                    if client.publish(reply_to, bytes.into()).await.is_ok() {
+                        told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+
+    // The two honest voters agree: a grant made now reaches the member, the lie never does,
+    // and the member's writes still go to the real leader.
+    let grant = Command::Grant {
+        address: caller,
+        attribute: "team=blue".into(),
+    };
+    assert!(matches!(
+        leader.propose(grant, admin).await.expect("committed"),
+        Applied::Done(_)
+    ));
+    eventually(
+        "the member to hold the honest grant, having heard the liar",
+        EVENTUALLY,
+        || async {
+            let heard = told.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            (heard && member.attributes(&caller) == ["team=blue"]).then_some(())
+        },
+    )
+    .await;
+    assert!(member.attributes(&stranger).is_empty(), "the liar's view was taken");
+    let written = member
+        .propose(register("honest.mcom"), caller)
+        .await
+        .expect("committed");
+    assert!(matches!(written, Applied::Done(_)), "{written:?}");
+    lies.abort();
+}
