@@ -272,12 +272,24 @@ impl ConsensusNode {
             let outcome = if leader == self.inner.address {
                 self.submit_here(entry.clone(), bytes).await
             } else {
-                match self
+                // A leader that dies with the write never answers: once Raft has another
+                // leader the write's fate is unknown, and waiting out the timeout tells
+                // the client nothing more.
+                let mut metrics = self.inner.raft.metrics();
+                let replaced = metrics.wait_for(|m| m.current_leader.is_some_and(|now| now != leader));
+                let call = self
                     .inner
                     .requester
-                    .call(leader, Rpc::Propose(entry.clone()), remaining)
-                    .await
-                {
+                    .call(leader, Rpc::Propose(entry.clone()), remaining);
+                let answer = tokio::select! {
+                    answer = call => answer,
+                    _ = replaced => {
+                        return Err(ConsensusError::FateUnknown {
+                            reason: format!("the leader {leader} was replaced while it held the write"),
+                        })
+                    }
+                };
+                match answer {
                     Ok(RpcReply::Propose(result)) => result,
                     Ok(RpcReply::Refused(reason)) => {
                         return Err(ConsensusError::Unavailable(format!(

@@ -238,6 +238,13 @@ async fn registers_transfers_and_resolves_stay_linearizable_across_leader_kills(
         cluster.leader().await;
         cluster.restart(leader).await;
     }
+    // Enough operations on each name to tell, however slowly a loaded machine gets there
+    // (a write forwarded to a leader as it dies waits out its timeout).
+    eventually("enough operations on every name", Duration::from_secs(60), || async {
+        let histories = histories.lock().expect("lock");
+        histories.iter().all(|h| h.len() >= 12).then_some(())
+    })
+    .await;
     stop.send_replace(true);
     for task in tasks {
         task.await.expect("a client panicked");
