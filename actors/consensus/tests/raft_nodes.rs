@@ -361,16 +361,8 @@ async fn a_member_holds_no_replica_and_asks_the_replicas() {
     assert!(refused.to_string().contains("not admitted"), "{refused}");
 
     // Admitted as a member: not added to Raft, yet it reads, writes and knows whom to trust.
-    let member = cluster.add(key()).await;
+    let member = cluster.add_member(&leader).await;
     let member = cluster.node(member);
-    let admit = Command::Admit {
-        node: member.address(),
-        role: Role::Member,
-    };
-    assert!(matches!(
-        leader.propose(admit, admin).await.expect("committed"),
-        Applied::Done(_)
-    ));
     let grant = Command::Grant {
         address: caller,
         attribute: "team=blue".into(),
@@ -531,16 +523,8 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
     let leader = cluster.node(leader_index);
     let admin = cluster.admin.address();
     let caller = SigningKey::generate().expect("a key").address();
-    let member_index = cluster.add(key()).await;
+    let member_index = cluster.add_member(&leader).await;
     let member = cluster.node(member_index);
-    let admit = Command::Admit {
-        node: member.address(),
-        role: Role::Member,
-    };
-    assert!(matches!(
-        leader.propose(admit, admin).await.expect("committed"),
-        Applied::Done(_)
-    ));
     eventually("the member to learn its role", EVENTUALLY, || async {
         (member.status().await.role == Some(Role::Member)).then_some(())
     })

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cmesh_common::genesis::Genesis;
 use cmesh_common::{Address, SigningKey};
-use cmesh_consensus::{Command, ConsensusNode, ConsensusSettings};
+use cmesh_consensus::{Applied, Command, ConsensusNode, ConsensusSettings, Role};
 use cmesh_testkit::{eventually, NatsServer, Proxy, EVENTUALLY};
 
 pub struct Cluster {
@@ -109,6 +109,19 @@ impl Cluster {
         self.slots.push(Slot { key, proxy });
         let index = self.slots.len() - 1;
         self.restart(index).await;
+        index
+    }
+
+    /// Starts a node and has the genesis admin admit it as a member through `leader`;
+    /// gives its slot index.
+    pub async fn add_member(&mut self, leader: &ConsensusNode) -> usize {
+        let index = self.add(key()).await;
+        let admit = Command::Admit {
+            node: self.slots[index].key.address(),
+            role: Role::Member,
+        };
+        let admitted = leader.propose(admit, self.admin.address()).await.expect("committed");
+        assert!(matches!(admitted, Applied::Done(_)), "{admitted:?}");
         index
     }
 
