@@ -210,10 +210,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 data: data(n),
                 log: dir.join(format!("node{n}.log")),
             };
-            let voter = genesis_text.voters.contains(&node_key(&data(n))?.address());
+            let own = node_key(&data(n))?.address();
+            let voter = genesis_text.voters.contains(&own);
             if !voter {
                 let first = nodes.first().map(Node::address);
-                admit_learner(&dir, &url, first, node_key(&data(n))?.address()).await?;
+                admit_learner(&dir, &url, first, own).await?;
             }
             let node = Node::launch(setup)
                 .await

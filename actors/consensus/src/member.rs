@@ -67,14 +67,7 @@ impl MemberView {
     /// The replicas to ask, the leader first: of the view, else of `fallback` (this
     /// node's own registry, the genesis's at least).
     pub fn replicas(&self, fallback: &BTreeMap<Address, Role>) -> Vec<Address> {
-        let from = |nodes: &BTreeMap<Address, Role>| -> Vec<Address> {
-            nodes
-                .iter()
-                .filter(|(_, role)| **role != Role::Member)
-                .map(|(node, _)| *node)
-                .collect()
-        };
-        let mut replicas = self.read(|trust| from(&trust.nodes)).unwrap_or_else(|| from(fallback));
+        let mut replicas = self.having(fallback, |role| role != Role::Member);
         if let Some(leader) = self.leader() {
             if let Some(at) = replicas.iter().position(|node| *node == leader) {
                 replicas.swap(0, at);
@@ -85,14 +78,19 @@ impl MemberView {
 
     /// The voters: of the view, else of `fallback`.
     pub fn voters(&self, fallback: &BTreeMap<Address, Role>) -> Vec<Address> {
-        let from = |nodes: &BTreeMap<Address, Role>| -> Vec<Address> {
+        self.having(fallback, |role| role == Role::Voter)
+    }
+
+    /// The nodes whose role `keeps`: of the view, else of `fallback`.
+    fn having(&self, fallback: &BTreeMap<Address, Role>, keeps: impl Fn(Role) -> bool) -> Vec<Address> {
+        let of = |nodes: &BTreeMap<Address, Role>| -> Vec<Address> {
             nodes
                 .iter()
-                .filter(|(_, role)| **role == Role::Voter)
+                .filter(|(_, role)| keeps(**role))
                 .map(|(node, _)| *node)
                 .collect()
         };
-        self.read(|trust| from(&trust.nodes)).unwrap_or_else(|| from(fallback))
+        self.read(|trust| of(&trust.nodes)).unwrap_or_else(|| of(fallback))
     }
 
     fn read<T>(&self, get: impl FnOnce(&Trust) -> T) -> Option<T> {

@@ -36,7 +36,7 @@ use crate::requester::{CallError, Requester};
 use crate::settings::ConsensusSettings;
 use crate::store::{self, MachineState, RegistryMachine};
 use crate::wire::{
-    node_subject, Committed, LeaderError, ReplyBody, RequestBody, Rpc, RpcReply, WireError, REQUEST_WINDOW_MS,
+    node_subject, Committed, LeaderError, Proven, ReplyBody, RequestBody, Rpc, RpcReply, WireError, REQUEST_WINDOW_MS,
 };
 
 /// Largest signed registry entry taken, encoded. A command is small (a name of at most
@@ -489,11 +489,7 @@ impl ConsensusNode {
         }
         Err(ConsensusError::Unavailable(format!(
             "this node holds no replica of the registry, and no replica answered it ({})",
-            if why.is_empty() {
-                "none known".to_string()
-            } else {
-                why.join("; ")
-            }
+            reasons(&why, "none known")
         )))
     }
 
@@ -510,7 +506,8 @@ impl ConsensusNode {
         })
     }
 
-    /// Asks a replica whom to trust; tells the watchers of the admitted nodes if they changed.
+    /// Asks the voters whom to trust; tells the watchers of the admitted nodes if they
+    /// changed.
     ///
     /// Every voter it knows is asked, and only a view that more than half of them give
     /// counts: one lying voter cannot feed a member a false one. (Right after a change the
@@ -561,11 +558,7 @@ impl ConsensusNode {
             return Err(ConsensusError::Unavailable(format!(
                 "no majority of the {} voters this node knows gave it the same view of the mesh ({})",
                 voters.len(),
-                if why.is_empty() {
-                    "they differ for now".to_string()
-                } else {
-                    why.join("; ")
-                }
+                reasons(&why, "they differ for now")
             )));
         };
         self.inner.member.learn_leader(leader);
@@ -764,7 +757,8 @@ impl ConsensusNode {
     /// The reply to one request; `None` when it is not for this node at all (unsigned,
     /// another mesh, another node), which gets no answer.
     async fn answer(&self, bytes: &[u8]) -> Option<Answering> {
-        let (request, digest, with_mac) = match RequestBody::open_with(bytes, self.inner.requester.keys()) {
+        let keys = self.inner.requester.keys();
+        let (request, digest, proven) = match RequestBody::open_with(bytes, keys) {
             Ok(opened) => opened,
             Err(WireError::UnknownPeer { from, digest }) => {
                 debug!(%from, "a MAC under a key this node does not hold: asking for a signature");
@@ -789,13 +783,18 @@ impl ConsensusNode {
             Some(Answering {
                 to: request.from,
                 digest,
-                with_mac,
+                with_mac: proven.is_mac(),
                 reply,
             })
         };
         if let Err(reason) = self.admits(&request) {
             warn!(from = %request.from, kind = request.rpc.kind(), %reason, "refused a consensus request");
             return answering(RpcReply::Refused(reason));
+        }
+        // Only the keys of admitted senders are kept: a stranger's signatures cannot
+        // crowd the peers out of the table.
+        if let Proven::Signed(public) = proven {
+            keys.learn(request.from, &public);
         }
         let from = request.from;
         let reply = match request.rpc {
@@ -876,6 +875,15 @@ impl ConsensusNode {
 /// behind it is stale: without this bound one admitted node with a fast clock (or a
 /// liar) could make every other node's entries stale.
 pub const MAX_CLOCK_AHEAD_MS: u64 = 30_000;
+
+/// What the nodes asked said, or `otherwise` when none said anything.
+fn reasons(why: &[String], otherwise: &str) -> String {
+    if why.is_empty() {
+        otherwise.to_string()
+    } else {
+        why.join("; ")
+    }
+}
 
 /// How a refusal says that the sender is not admitted (a member learns so from it).
 const NOT_ADMITTED: &str = "is not admitted to mesh";

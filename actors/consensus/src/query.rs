@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use cmesh_common::{Address, CmtpError};
-use cmesh_registrar::NameRecord;
+use cmesh_registrar::{NameRecord, LIST_CAP};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Role;
@@ -35,7 +35,8 @@ pub struct ReadInfo {
 pub enum Query {
     /// One name's record.
     Resolve { name: String },
-    /// Records sorted by name, of `owner` if given, at most `limit`.
+    /// Records sorted by name, of `owner` if given, at most `limit` (and never more than
+    /// [`LIST_CAP`], whoever asks: a member's query must fit in one reply).
     List { owner: Option<Address>, limit: usize },
     /// The admitted nodes and their roles.
     Nodes,
@@ -67,7 +68,7 @@ impl Query {
                 registry
                     .names()
                     .filter(|record| owner.is_none_or(|owner| record.owner == owner))
-                    .take(*limit)
+                    .take((*limit).min(LIST_CAP))
                     .cloned()
                     .collect(),
             ),

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::peer_keys::PeerKeys;
-use crate::wire::{node_subject, ReplyBody, RequestBody, Rpc, RpcReply};
+use crate::wire::{node_subject, Proven, ReplyBody, RequestBody, Rpc, RpcReply};
 
 /// Why a request got no answer that counts.
 #[derive(Debug, thiserror::Error)]
@@ -175,32 +175,34 @@ fn deliver(pending: &PendingMap, keys: &PeerKeys, message: async_nats::Message) 
     let Some(token) = message.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
         return;
     };
-    // Checked before taking the lock, so that a slow signature check holds up no caller.
-    let opened = (message.status != Some(async_nats::StatusCode::NO_RESPONDERS))
-        .then(|| ReplyBody::open_with(&message.payload, keys));
-    let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(waiting) = pending.get(&token) else {
-        return;
-    };
+    let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
     // The server's own "no responders" notice carries no body to sign. Anyone could send
     // one, but all it can do is end the wait early, which dropping the request would do too.
-    let Some(opened) = opened else {
-        if let Some(waiting) = pending.remove(&token) {
+    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        if let Some(waiting) = lock().remove(&token) {
             let _ = waiting.answer.send(Err(CallError::NoResponders { to: waiting.to }));
         }
         return;
+    }
+    // Nothing waits for it (a late answer, or noise): not worth a signature check.
+    let Some((asked, digest)) = lock().get(&token).map(|waiting| (waiting.to, waiting.digest)) else {
+        return;
     };
-    match opened {
-        Ok(reply) if reply.from == waiting.to && reply.request == waiting.digest => {
-            if let Some(waiting) = pending.remove(&token) {
+    // Checked without the lock, so that a slow signature check holds up no caller.
+    match ReplyBody::open_with(&message.payload, keys) {
+        Ok((reply, proven)) if reply.from == asked && reply.request == digest => {
+            if let Proven::Signed(public) = proven {
+                keys.learn(asked, &public);
+            }
+            if let Some(waiting) = lock().remove(&token) {
                 let _ = waiting.answer.send(Ok(reply.reply));
             }
         }
-        Ok(reply) => warn!(
-            expected = %waiting.to,
+        Ok((reply, _)) => warn!(
+            expected = %asked,
             from = %reply.from,
             "ignored a consensus reply not from the node asked, or not for this request"
         ),
-        Err(error) => debug!(expected = %waiting.to, %error, "ignored an unsigned consensus reply"),
+        Err(error) => debug!(expected = %asked, %error, "ignored an unsigned consensus reply"),
     }
 }

@@ -27,6 +27,7 @@ use crate::peer_keys::{mac, PeerKeys};
 use crate::query::{Answered, Consistency, Query};
 use crate::raft_types::{LogId, MeshRaft};
 use crate::registry::Applied;
+use cmesh_common::keys::Secp256k1PublicKey as PublicKey;
 
 pub const REQUEST_DOMAIN: &[u8] = b"cmesh/raft-request/v1\n";
 pub const REPLY_DOMAIN: &[u8] = b"cmesh/raft-reply/v1\n";
@@ -158,6 +159,22 @@ pub enum WireError {
     BadMac { from: Address },
 }
 
+/// How an opened message proved its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proven {
+    /// Signed: the sender's public key, for the receiver to keep (with
+    /// [`PeerKeys::learn`]) once it knows the sender is one it deals with.
+    Signed(PublicKey),
+    /// With a MAC under the key the two share.
+    Mac,
+}
+
+impl Proven {
+    pub fn is_mac(&self) -> bool {
+        matches!(self, Proven::Mac)
+    }
+}
+
 /// A message's sender, as it claims.
 trait Sent {
     fn sender(&self) -> Address;
@@ -196,13 +213,14 @@ fn seal<T: Serialize>(
     Ok((bytes, digest))
 }
 
-/// A message whose proof is by the sender it names: its body, digest, and whether it
-/// came with a MAC. Signed messages teach `keys` the sender's key; MACs need `keys`.
+/// A message whose proof is by the sender it names: its body, digest, and how it was
+/// proven. A MAC needs `keys`; a signature teaches nothing by itself (the caller keeps
+/// the key of a sender it deals with, not of every stranger who signs).
 fn open<T: Sent + for<'a> Deserialize<'a>>(
     domain: &[u8],
     bytes: &[u8],
     keys: Option<&PeerKeys>,
-) -> Result<(T, [u8; 32], bool), WireError> {
+) -> Result<(T, [u8; 32], Proven), WireError> {
     let sealed: Sealed = rmp_serde::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     let digest = digest(domain, &sealed.body);
     let body: T = rmp_serde::from_slice(&sealed.body).map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -213,10 +231,7 @@ fn open<T: Sent + for<'a> Deserialize<'a>>(
             if signer != from {
                 return Err(WireError::WrongSigner { signer, claimed: from });
             }
-            if let Some(keys) = keys {
-                keys.learn(from, &public);
-            }
-            Ok((body, digest, false))
+            Ok((body, digest, Proven::Signed(public)))
         }
         Auth::Mac(tag) => {
             let key = keys
@@ -225,7 +240,7 @@ fn open<T: Sent + for<'a> Deserialize<'a>>(
             if mac(&key, domain, &sealed.body) != tag {
                 return Err(WireError::BadMac { from });
             }
-            Ok((body, digest, true))
+            Ok((body, digest, Proven::Mac))
         }
     }
 }
@@ -261,9 +276,9 @@ impl RequestBody {
         Ok((body, digest))
     }
 
-    /// A request signed or MAC'd by the node it claims to be from, its digest, and
-    /// whether it came with a MAC.
-    pub fn open_with(bytes: &[u8], keys: &PeerKeys) -> Result<(RequestBody, [u8; 32], bool), WireError> {
+    /// A request signed or MAC'd by the node it claims to be from, its digest, and how
+    /// it was proven.
+    pub fn open_with(bytes: &[u8], keys: &PeerKeys) -> Result<(RequestBody, [u8; 32], Proven), WireError> {
         open(REQUEST_DOMAIN, bytes, Some(keys))
     }
 }
@@ -285,9 +300,10 @@ impl ReplyBody {
         Ok(open(REPLY_DOMAIN, bytes, None)?.0)
     }
 
-    /// A reply signed or MAC'd by the node it claims to be from.
-    pub fn open_with(bytes: &[u8], keys: &PeerKeys) -> Result<ReplyBody, WireError> {
-        Ok(open(REPLY_DOMAIN, bytes, Some(keys))?.0)
+    /// A reply signed or MAC'd by the node it claims to be from, and how it was proven.
+    pub fn open_with(bytes: &[u8], keys: &PeerKeys) -> Result<(ReplyBody, Proven), WireError> {
+        let (body, _, proven) = open(REPLY_DOMAIN, bytes, Some(keys))?;
+        Ok((body, proven))
     }
 }
 
@@ -312,22 +328,28 @@ mod tests {
             PeerKeys::new(b.clone(), mesh),
             PeerKeys::new(c.clone(), mesh),
         );
-        // A knows nothing of B: it signs, and B learns A's key from the signature.
+        // A knows nothing of B: it signs, and B keeps A's key from the signature.
         let (bytes, digest, with_mac) = request(&a, b.address()).seal_for(&at_a).expect("sealed");
         assert!(!with_mac);
-        let (_, opened, mac_in) = RequestBody::open_with(&bytes, &at_b).expect("a signed request");
-        assert_eq!((opened, mac_in), (digest, false));
-        // B's signed answer teaches A B's key; from then on both use MACs.
+        let (_, opened, proven) = RequestBody::open_with(&bytes, &at_b).expect("a signed request");
+        assert_eq!((opened, proven), (digest, Proven::Signed(a.public_key())));
+        at_b.learn(a.address(), &a.public_key());
+        // B's signed answer gives A B's key; from then on both use MACs.
         let reply = ReplyBody {
             request: digest,
             from: b.address(),
             reply: RpcReply::ReadIndex(Ok(None)),
         };
         let signed_reply = reply.seal_for(&at_b, &a.address(), false).expect("sealed");
-        ReplyBody::open_with(&signed_reply, &at_a).expect("a signed reply");
+        let (_, proven) = ReplyBody::open_with(&signed_reply, &at_a).expect("a signed reply");
+        assert_eq!(proven, Proven::Signed(b.public_key()));
+        at_a.learn(b.address(), &b.public_key());
         let (bytes, _, with_mac) = request(&a, b.address()).seal_for(&at_a).expect("sealed");
         assert!(with_mac, "A holds the key it shares with B");
-        assert!(RequestBody::open_with(&bytes, &at_b).expect("a MAC'd request").2);
+        assert!(RequestBody::open_with(&bytes, &at_b)
+            .expect("a MAC'd request")
+            .2
+            .is_mac());
         let mac_reply = reply.seal_for(&at_b, &a.address(), true).expect("sealed");
         ReplyBody::open_with(&mac_reply, &at_a).expect("a MAC'd reply");
 

@@ -560,7 +560,7 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
         async move {
             while let Some(message) = asked.next().await {
                 let Some(reply_to) = message.reply else { continue };
-                let Ok((request, digest, with_mac)) = RequestBody::open_with(&message.payload, &keys) else {
+                let Ok((request, digest, proven)) = RequestBody::open_with(&message.payload, &keys) else {
                     continue;
                 };
                 let reply = ReplyBody {
@@ -575,7 +575,7 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
                         leader: Some(liar),
                     })),
                 };
-                if let Ok(bytes) = reply.seal_for(&keys, &request.from, with_mac) {
+                if let Ok(bytes) = reply.seal_for(&keys, &request.from, proven.is_mac()) {
                     if client.publish(reply_to, bytes.into()).await.is_ok() {
                         told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

@@ -553,3 +553,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_list_query_gives_at_most_the_cap_whatever_limit_it_asks() {
+    let mut registry = registry();
+    let mesh = registry.mesh();
+    let cap = cmesh_registrar::LIST_CAP;
+    let bodies = (0..=cap)
+        .map(|i| EntryBody {
+            mesh,
+            command: Command::Register {
+                name: format!("n{i}.mcom"),
+                target: "I:whoami".into(),
+            },
+            caller: key(4).address(),
+            time_ms: 1_000,
+            id: EntryId((i as u128).to_be_bytes()),
+            proof: None,
+        })
+        .collect();
+    let results = registry.apply(&SignedEntry::sign(bodies, &key(2)));
+    assert!(results.iter().all(|r| matches!(r, Applied::Done(_))));
+    let query = cmesh_consensus::Query::List {
+        owner: None,
+        limit: usize::MAX,
+    };
+    match query.run(&registry) {
+        cmesh_consensus::Answer::Records(records) => assert_eq!(records.len(), cap),
+        other => panic!("{other:?}"),
+    }
+}

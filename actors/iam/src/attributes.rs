@@ -4,13 +4,12 @@
 //! its replica applied it, and on the node that took it before the caller hears back.
 //!
 //! Why a trait: the registry lives in the consensus crate, which IAM does not know; the
-//! node wires the two, and IAM's own logic is testable with an in-memory map.
+//! node wires the two (`src/node.rs`).
 //!
 //! Before the registry, `iam.grant` wrote a per-node table in `<data>/iam.redb`;
 //! [`per_node_grants`] reads what such a file holds so the node can say that those grants
 //! no longer count and how to make them mesh-wide.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use cmesh_common::Address;
@@ -21,13 +20,6 @@ use crate::error::IamError;
 /// Where IAM reads an identity's mesh-wide attributes, sorted.
 pub trait MeshAttributes: Send + Sync {
     fn attributes(&self, address: &Address) -> Vec<String>;
-}
-
-/// Attributes held in memory: for tests, and for a node that reads no registry.
-impl MeshAttributes for BTreeMap<Address, Vec<String>> {
-    fn attributes(&self, address: &Address) -> Vec<String> {
-        self.get(address).cloned().unwrap_or_default()
-    }
 }
 
 const PER_NODE_ATTRIBUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("attributes");
