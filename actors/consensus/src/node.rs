@@ -100,8 +100,27 @@ struct Inner {
     /// Whom to trust and where the leader is, as replicas told this node while it holds
     /// no replica itself.
     member: MemberView,
+    /// Raft peers its registry does not know, that the voters it knows vouched for.
+    vouched: Mutex<Vouched>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// A replica that lags behind an admission does not know the new voter (or learner),
+/// and would refuse the very appends that would teach it: it asks the voters it knows
+/// instead, and takes a peer that more than half of them name (see `ConsensusNode::vouch`).
+#[derive(Default)]
+struct Vouched {
+    /// A vouched peer, with the admitted nodes of this node's registry when the voters
+    /// vouched for it: the vouch holds only while those are unchanged, so a removal (or
+    /// any other change of the nodes) that this replica applies puts its own registry
+    /// back in charge.
+    peers: std::collections::HashMap<Address, std::collections::BTreeMap<Address, Role>>,
+    /// When the voters were last asked (at most once per `VOUCH_EVERY`, whoever asks).
+    last_ask: Option<Instant>,
+}
+
+/// How often a replica asks the voters about Raft peers it does not know.
+const VOUCH_EVERY: Duration = Duration::from_secs(1);
 
 impl ConsensusNode {
     /// Opens the store at `path`, starts Raft and serves peers on `client`. A genesis
@@ -154,6 +173,7 @@ impl ConsensusNode {
                 settings,
                 leader_contact: Mutex::new(None),
                 member: MemberView::default(),
+                vouched: Mutex::default(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -837,7 +857,11 @@ impl ConsensusNode {
 
     /// A member's query, run on this node's replica.
     async fn answer_query(&self, consistency: Consistency, query: Query) -> Result<Answered, String> {
-        if !self.is_replica() {
+        // A node removed from Raft keeps the replica it applied up to its removal, and may
+        // say what that holds, locally: a voter that comes back asks it whom to trust.
+        let kept_replica =
+            matches!(consistency, Consistency::Local) && self.inner.machine.read().last_applied.is_some();
+        if !self.is_replica() && !kept_replica {
             return Err(format!("{} holds no replica of the registry", self.inner.address));
         }
         let (answer, info) = self
@@ -849,7 +873,8 @@ impl ConsensusNode {
     }
 
     /// Whether `request` counts: recent, and from a node the registry admits (Raft's own
-    /// messages only from voters and learners).
+    /// messages only from voters and learners, from a node still in Raft's membership,
+    /// or from a peer the voters vouched for).
     fn admits(&self, request: &RequestBody) -> Result<(), String> {
         let now = unix_millis();
         if request.time_ms.abs_diff(now) > REQUEST_WINDOW_MS {
@@ -859,13 +884,95 @@ impl ConsensusNode {
             ));
         }
         let role = self.inner.machine.read().registry.role(&request.from);
+        let raft = request.rpc.is_raft();
         match role {
-            None => Err(format!("{} {NOT_ADMITTED} {}", request.from, self.inner.mesh)),
-            Some(Role::Member) if request.rpc.is_raft() => Err(format!(
-                "{} is a member of mesh {}, not a Raft voter or learner",
-                request.from, self.inner.mesh
-            )),
-            Some(_) => Ok(()),
+            Some(Role::Voter | Role::Learner) => Ok(()),
+            Some(Role::Member) if !raft => Ok(()),
+            // Raft's membership may still hold a node the registry removed, until the
+            // membership change that removes it commits: that change needs its messages.
+            _ if raft && (self.in_raft_membership(&request.from) || self.vouched(&request.from)) => Ok(()),
+            _ => {
+                if raft && self.is_replica() {
+                    self.ask_for_vouch(request.from);
+                }
+                Err(match role {
+                    None => format!("{} {NOT_ADMITTED} {}", request.from, self.inner.mesh),
+                    Some(_) => format!(
+                        "{} is a member of mesh {}, not a Raft voter or learner",
+                        request.from, self.inner.mesh
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Whether Raft's membership, as this node's log has it, holds `peer`.
+    fn in_raft_membership(&self, peer: &Address) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let mut nodes = metrics.membership_config.membership().nodes();
+        nodes.any(|(node, _)| node == peer)
+    }
+
+    /// Whether the voters vouched for `peer` and this registry's nodes are as they were.
+    fn vouched(&self, peer: &Address) -> bool {
+        let vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
+        vouched
+            .peers
+            .get(peer)
+            .is_some_and(|nodes| nodes == self.inner.machine.read().registry.nodes())
+    }
+
+    /// Has the voters asked about `peer`, unless they were asked less than `VOUCH_EVERY` ago.
+    fn ask_for_vouch(&self, peer: Address) {
+        {
+            let mut vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
+            if vouched.last_ask.is_some_and(|at| at.elapsed() < VOUCH_EVERY) {
+                return;
+            }
+            vouched.last_ask = Some(Instant::now());
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.vouch(peer).await });
+    }
+
+    /// Asks the other voters of this node's registry whom they admit, and takes `peer` as
+    /// a Raft peer if more than half of all its voters name it a voter or learner: the
+    /// same majority that Raft itself trusts. One lying voter cannot make a stranger a
+    /// peer, and this replica's own registry is in charge again once its nodes change.
+    async fn vouch(&self, peer: Address) {
+        let nodes = self.inner.machine.read().registry.nodes().clone();
+        let voters: Vec<Address> = nodes
+            .iter()
+            .filter(|(_, role)| **role == Role::Voter)
+            .map(|(voter, _)| *voter)
+            .collect();
+        let asks = voters
+            .iter()
+            .filter(|voter| **voter != self.inner.address)
+            .map(|voter| {
+                let rpc = Rpc::Query {
+                    consistency: Consistency::Local,
+                    query: Query::Trust,
+                };
+                self.inner
+                    .requester
+                    .call(*voter, rpc, self.inner.settings.request_timeout)
+            });
+        let replies = futures::future::join_all(asks).await;
+        let vouching = replies
+            .iter()
+            .filter(|reply| {
+                matches!(reply, Ok(RpcReply::Query(Ok(Answered { answer: Answer::Trust(trust), .. })))
+                    if matches!(trust.nodes.get(&peer), Some(Role::Voter | Role::Learner)))
+            })
+            .count();
+        if vouching * 2 > voters.len() {
+            info!(%peer, vouching, voters = voters.len(), "the voters vouch for a Raft peer this replica does not know yet");
+            let mut vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
+            vouched.peers.insert(peer, nodes);
+        } else {
+            debug!(%peer, vouching, voters = voters.len(), "no majority of the voters vouches for this Raft peer");
         }
     }
 }

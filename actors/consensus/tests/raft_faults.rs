@@ -420,3 +420,74 @@ async fn a_voter_is_removed_and_another_added_under_load() {
     assert_all_hold(&cluster, &acknowledged).await;
     assert!(names(&cluster.node(index)).len() >= acknowledged.len());
 }
+
+/// A voter that was down while the other voters were replaced finds neither newcomer in
+/// its own registry when it comes back, and one of them leads: the voters its registry
+/// knows (removed, but still running) vouch for the newcomers, and it catches up from
+/// their appends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_voter_back_after_its_peers_were_replaced_catches_up_from_the_newcomers() {
+    let mut cluster = Cluster::start(3, fast_settings()).await;
+    let first = cluster.leader().await;
+    let lagging = (first + 1) % 3;
+    let replaced: Vec<usize> = (0..3).filter(|i| *i != lagging).collect();
+    cluster.kill(lagging).await;
+
+    let admin = cluster.admin.address();
+    let newcomers = [key(), key()];
+    let mut indexes = Vec::new();
+    for newcomer in &newcomers {
+        let admit = Command::Admit {
+            node: newcomer.address(),
+            role: Role::Voter,
+        };
+        let admitted = cluster.node(first).propose(admit, admin).await.expect("committed");
+        assert!(matches!(admitted, Applied::Done(_)), "{admitted:?}");
+        indexes.push(cluster.add(newcomer.clone()).await);
+    }
+    let via = cluster.node(indexes[0]);
+    for old in &replaced {
+        let remove = Command::Remove {
+            node: cluster.slots[*old].key.address(),
+        };
+        let removed = via.propose(remove, admin).await.expect("committed");
+        assert!(matches!(removed, Applied::Done(_)), "{removed:?}");
+    }
+    let expected: BTreeSet<Address> = [
+        cluster.slots[lagging].key.address(),
+        newcomers[0].address(),
+        newcomers[1].address(),
+    ]
+    .into();
+    eventually("a newcomer to lead the new voters", EVENTUALLY, || async {
+        let status = via.status().await;
+        let voters: BTreeSet<Address> = status.voters.into_iter().collect();
+        let newcomer_leads = status
+            .leader
+            .is_some_and(|leader| newcomers.iter().any(|n| n.address() == leader));
+        (voters == expected && newcomer_leads).then_some(())
+    })
+    .await;
+    for n in 0..5 {
+        let name = format!("under-the-newcomers-{n}.mcom");
+        let applied = via.propose(register(&name), admin).await.expect("committed");
+        assert!(matches!(applied, Applied::Done(_)), "{applied:?}");
+    }
+
+    cluster.restart(lagging).await;
+    let back = cluster.node(lagging);
+    assert_eq!(
+        back.replica().registry.role(&newcomers[0].address()),
+        None,
+        "the returning voter starts from a registry that predates the admissions"
+    );
+    eventually("the returning voter to catch up", EVENTUALLY, || async {
+        let held = names(&back);
+        let caught_up = (0..5).all(|n| held.contains(&format!("under-the-newcomers-{n}.mcom")));
+        caught_up.then_some(())
+    })
+    .await;
+    let registry = &back.replica().registry;
+    assert_eq!(registry.role(&newcomers[1].address()), Some(Role::Voter));
+    assert_eq!(registry.role(&cluster.slots[replaced[0]].key.address()), None);
+}

@@ -363,14 +363,7 @@ async fn a_member_holds_no_replica_and_asks_the_replicas() {
     // Admitted as a member: not added to Raft, yet it reads, writes and knows whom to trust.
     let member = cluster.add_member(&leader).await;
     let member = cluster.node(member);
-    let grant = Command::Grant {
-        address: caller,
-        attribute: "team=blue".into(),
-    };
-    assert!(matches!(
-        leader.propose(grant, admin).await.expect("committed"),
-        Applied::Done(_)
-    ));
+    grant(&leader, admin, caller, "team=blue").await;
     // Its view is asked again every `member_refresh`: the grant may come a refresh later.
     eventually("the member to learn its role and the grant", EVENTUALLY, || async {
         let role = member.status().await.role;
@@ -535,10 +528,7 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
     let liar_index = (leader_index + 1) % 3;
     cluster.kill(liar_index).await;
     let liar = cluster.slots[liar_index].key.clone();
-    let mesh = cluster.genesis.mesh_id();
     let stranger = SigningKey::generate().expect("a key").address();
-    let keys = PeerKeys::new(liar.clone(), mesh);
-    keys.learn(member.address(), &cluster.slots[member_index].key.public_key());
     let forged = {
         let mut trust = match Query::Trust.run(&leader.replica().registry) {
             Answer::Trust(trust) => trust,
@@ -547,6 +537,44 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
         trust.attributes.insert(stranger, vec!["role=admin".to_string()]);
         trust
     };
+    let (lies, told) = lie_as(&cluster, liar, forged).await;
+
+    // The two honest voters agree: a grant made now reaches the member, the lie never does,
+    // and the member's writes still go to the real leader.
+    grant(&leader, admin, caller, "team=blue").await;
+    eventually(
+        "the member to hold the honest grant, having heard the liar",
+        EVENTUALLY,
+        || async {
+            let heard = told.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            (heard && member.attributes(&caller) == ["team=blue"]).then_some(())
+        },
+    )
+    .await;
+    assert!(member.attributes(&stranger).is_empty(), "the liar's view was taken");
+    let written = member
+        .propose(register("honest.mcom"), caller)
+        .await
+        .expect("committed");
+    assert!(matches!(written, Applied::Done(_)), "{written:?}");
+    lies.abort();
+}
+
+/// Answers every query to `liar`'s subject, correctly signed or MAC'd to any node of the
+/// cluster, with `forged`, and counts them (Raft's own messages get no answer).
+async fn lie_as(
+    cluster: &Cluster,
+    liar: SigningKey,
+    forged: cmesh_consensus::Trust,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mesh = cluster.genesis.mesh_id();
+    let keys = PeerKeys::new(liar.clone(), mesh);
+    for slot in &cluster.slots {
+        keys.learn(slot.key.address(), &slot.key.public_key());
+    }
     let client = async_nats::connect(cluster.nats.url()).await.expect("connect");
     let mut asked = client
         .subscribe(node_subject(&mesh, &liar.address()))
@@ -554,7 +582,6 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
         .expect("subscribe");
     let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let lies = tokio::spawn({
-        let client = client.clone();
         let liar = liar.address();
         let told = told.clone();
         async move {
@@ -563,6 +590,9 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
                 let Ok((request, digest, proven)) = RequestBody::open_with(&message.payload, &keys) else {
                     continue;
                 };
+                if !matches!(request.rpc, Rpc::Query { .. }) {
+                    continue;
+                }
                 let reply = ReplyBody {
                     request: digest,
                     from: liar,
@@ -583,31 +613,67 @@ async fn one_lying_voter_cannot_feed_a_member_a_false_view() {
             }
         }
     });
+    (lies, told)
+}
 
-    // The two honest voters agree: a grant made now reaches the member, the lie never does,
-    // and the member's writes still go to the real leader.
-    let grant = Command::Grant {
-        address: caller,
-        attribute: "team=blue".into(),
+/// A replica asks the voters about a Raft peer its registry does not know (it may lag
+/// behind an admission): one lying voter's word that a stranger is a voter is not
+/// enough, and the stranger's vote request still moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lying_voter_cannot_vouch_a_stranger_into_raft() {
+    let mut cluster = Cluster::start(3, fast_settings()).await;
+    let leader_index = cluster.leader().await;
+    let (liar_index, target_index) = ((leader_index + 1) % 3, (leader_index + 2) % 3);
+    let target = cluster.node(target_index);
+    cluster.kill(liar_index).await;
+    let liar = cluster.slots[liar_index].key.clone();
+    let stranger = SigningKey::generate().expect("a key");
+    let forged = {
+        let mut trust = match Query::Trust.run(&target.replica().registry) {
+            Answer::Trust(trust) => trust,
+            other => panic!("{other:?}"),
+        };
+        trust.nodes.insert(stranger.address(), Role::Voter);
+        trust
     };
-    assert!(matches!(
-        leader.propose(grant, admin).await.expect("committed"),
-        Applied::Done(_)
-    ));
-    eventually(
-        "the member to hold the honest grant, having heard the liar",
-        EVENTUALLY,
-        || async {
-            let heard = told.load(std::sync::atomic::Ordering::Relaxed) > 0;
-            (heard && member.attributes(&caller) == ["team=blue"]).then_some(())
-        },
-    )
-    .await;
-    assert!(member.attributes(&stranger).is_empty(), "the liar's view was taken");
-    let written = member
-        .propose(register("honest.mcom"), caller)
+    let (lies, told) = lie_as(&cluster, liar, forged).await;
+
+    let mesh = cluster.genesis.mesh_id();
+    let client = async_nats::connect(cluster.nats.url()).await.expect("connect");
+    let requester = Requester::start(client, stranger.clone(), mesh)
         .await
-        .expect("committed");
-    assert!(matches!(written, Applied::Done(_)), "{written:?}");
+        .expect("a requester");
+    let term = target.status().await.term;
+    let vote = || {
+        let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(term + 100, stranger.address()), None);
+        requester.call(target.address(), Rpc::Vote(vote), Duration::from_secs(5))
+    };
+    // Asked again after each refusal, so that the target asks the voters more than once.
+    eventually("the target to ask the liar about the stranger", EVENTUALLY, || async {
+        match vote().await {
+            Ok(RpcReply::Refused(_)) => {}
+            other => panic!("a stranger's vote must be refused: {other:?}"),
+        }
+        (told.load(std::sync::atomic::Ordering::Relaxed) > 1).then_some(())
+    })
+    .await;
+    assert!(
+        matches!(vote().await, Ok(RpcReply::Refused(_))),
+        "one voter's word made a stranger a Raft peer"
+    );
+    assert!(
+        target.status().await.term < term + 100,
+        "a stranger's vote request moved the term"
+    );
     lies.abort();
+}
+
+/// Has `admin` grant `attribute` to `address` through `node`; it must apply.
+async fn grant(node: &cmesh_consensus::ConsensusNode, admin: Address, address: Address, attribute: &str) {
+    let grant = Command::Grant {
+        address,
+        attribute: attribute.into(),
+    };
+    let applied = node.propose(grant, admin).await.expect("committed");
+    assert!(matches!(applied, Applied::Done(_)), "{applied:?}");
 }
