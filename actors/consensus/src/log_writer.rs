@@ -1,13 +1,15 @@
 //! The Raft log's writes, on a thread of their own, committed in groups.
 //!
 //! Why: a durable redb commit is an fsync, about a millisecond on a busy disk. Made inside
-//! openraft's `append`, it held the Raft core (and a runtime worker) for that long on every
-//! entry, one entry after the other, on the leader and on each follower alike. Here
-//! `append` hands its entries to this thread and returns at once; the thread commits all
-//! that has queued up meanwhile in one transaction, with one fsync, and only then tells
-//! openraft the entries are flushed (openraft acknowledges nothing before). Entries handed
-//! over but not yet committed are kept in memory ([`Unflushed`]), where the log's readers
-//! find them, so the leader replicates an entry while its own disk is still writing it.
+//! openraft's `append`, it held a runtime thread for that long on every entry, on the
+//! leader and on each follower alike. Here `append` hands its entries to this thread and
+//! returns; the thread commits all that has queued up meanwhile in one transaction, with
+//! one fsync, and only then tells openraft the entries are flushed (openraft acknowledges
+//! nothing before). Entries handed over but not yet committed are kept in memory
+//! ([`Unflushed`]), where the log's readers find them. openraft 0.9's core still awaits
+//! each flush before its next step, so today one append waits at a time and what this
+//! gains is the runtime thread; openraft's storage contract allows more, and the grouping
+//! and the reads from memory are ready for it.
 //!
 //! Writes are done in the order they were handed over, so a truncation or a purge after
 //! an append removes what that append wrote.

@@ -110,17 +110,18 @@ struct Inner {
 /// instead, and takes a peer that more than half of them name (see `ConsensusNode::vouch`).
 #[derive(Default)]
 struct Vouched {
-    /// A vouched peer, with the admitted nodes of this node's registry when the voters
-    /// vouched for it: the vouch holds only while those are unchanged, so a removal (or
-    /// any other change of the nodes) that this replica applies puts its own registry
-    /// back in charge.
-    peers: std::collections::HashMap<Address, std::collections::BTreeMap<Address, Role>>,
+    /// The peers the voters vouched for, and when: a vouch holds for `VOUCH_HOLDS`, and
+    /// for a peer only until this replica's registry knows it.
+    peers: std::collections::BTreeSet<Address>,
+    at: Option<Instant>,
     /// When the voters were last asked (at most once per `VOUCH_EVERY`, whoever asks).
     last_ask: Option<Instant>,
 }
 
 /// How often a replica asks the voters about Raft peers it does not know.
 const VOUCH_EVERY: Duration = Duration::from_secs(1);
+/// How long the voters' word about them holds before they are asked again.
+const VOUCH_HOLDS: Duration = Duration::from_secs(10);
 
 impl ConsensusNode {
     /// Opens the store at `path`, starts Raft and serves peers on `client`. A genesis
@@ -873,7 +874,7 @@ impl ConsensusNode {
     }
 
     /// Whether `request` counts: recent, and from a node the registry admits (Raft's own
-    /// messages only from voters and learners, from a node still in Raft's membership,
+    /// messages only from voters and learners, from a removed leader finishing its term,
     /// or from a peer the voters vouched for).
     fn admits(&self, request: &RequestBody) -> Result<(), String> {
         let now = unix_millis();
@@ -888,12 +889,10 @@ impl ConsensusNode {
         match role {
             Some(Role::Voter | Role::Learner) => Ok(()),
             Some(Role::Member) if !raft => Ok(()),
-            // Raft's membership may still hold a node the registry removed, until the
-            // membership change that removes it commits: that change needs its messages.
-            _ if raft && (self.in_raft_membership(&request.from) || self.vouched(&request.from)) => Ok(()),
+            _ if raft && (self.finishing_its_term(request) || self.vouched(&request.from)) => Ok(()),
             _ => {
                 if raft && self.is_replica() {
-                    self.ask_for_vouch(request.from);
+                    self.ask_for_vouch();
                 }
                 Err(match role {
                     None => format!("{} {NOT_ADMITTED} {}", request.from, self.inner.mesh),
@@ -906,25 +905,52 @@ impl ConsensusNode {
         }
     }
 
-    /// Whether Raft's membership, as this node's log has it, holds `peer`.
-    fn in_raft_membership(&self, peer: &Address) -> bool {
+    /// Whether `request` is an append from the leader this node follows, for the term it
+    /// follows it in, and that leader is still in Raft's membership. The registry removes
+    /// a node before the membership change that takes it out of Raft commits, and a
+    /// removed leader must finish that change (without this, a leader that removed its
+    /// peers stalled). Nothing else counts from it: no vote, no append of a later term,
+    /// so it cannot take the lead again.
+    fn finishing_its_term(&self, request: &RequestBody) -> bool {
+        let Rpc::Append(append) = &request.rpc else {
+            return false;
+        };
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
-        let mut nodes = metrics.membership_config.membership().nodes();
-        nodes.any(|(node, _)| node == peer)
+        let leader = append.vote.leader_id();
+        metrics.current_leader == Some(request.from)
+            && leader.voted_for() == Some(request.from)
+            && leader.get_term() == metrics.current_term
+            && metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(node, _)| *node == request.from)
     }
 
-    /// Whether the voters vouched for `peer` and this registry's nodes are as they were.
+    /// Whether the voters vouched for `peer` lately and this registry has not known it
+    /// since: once it does, the registry is in charge of it for good (a removal it
+    /// applies later is not undone by the earlier vouch).
     fn vouched(&self, peer: &Address) -> bool {
-        let vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
-        vouched
-            .peers
-            .get(peer)
-            .is_some_and(|nodes| nodes == self.inner.machine.read().registry.nodes())
+        let mut vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
+        if !vouched.peers.contains(peer) {
+            return false;
+        }
+        if self.inner.machine.read().registry.role(peer).is_some() {
+            vouched.peers.remove(peer);
+            return false;
+        }
+        vouched.at.is_some_and(|at| at.elapsed() < VOUCH_HOLDS)
     }
 
-    /// Has the voters asked about `peer`, unless they were asked less than `VOUCH_EVERY` ago.
-    fn ask_for_vouch(&self, peer: Address) {
+    /// Has the voters asked whom they admit, if this replica has lost its leader (one that
+    /// follows a leader has no need: a newcomer's appends come once it leads) and they were
+    /// not asked in the last `VOUCH_EVERY`, whoever sent: a stranger's messages can make
+    /// it ask no more often than that, and the answer serves every peer at once.
+    fn ask_for_vouch(&self) {
+        if !self.is_stale() {
+            return;
+        }
         {
             let mut vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
             if vouched.last_ask.is_some_and(|at| at.elapsed() < VOUCH_EVERY) {
@@ -933,14 +959,13 @@ impl ConsensusNode {
             vouched.last_ask = Some(Instant::now());
         }
         let node = self.clone();
-        tokio::spawn(async move { node.vouch(peer).await });
+        tokio::spawn(async move { node.vouch().await });
     }
 
-    /// Asks the other voters of this node's registry whom they admit, and takes `peer` as
-    /// a Raft peer if more than half of all its voters name it a voter or learner: the
-    /// same majority that Raft itself trusts. One lying voter cannot make a stranger a
-    /// peer, and this replica's own registry is in charge again once its nodes change.
-    async fn vouch(&self, peer: Address) {
+    /// Asks the other voters of this node's registry whom they admit, and takes as Raft
+    /// peers the voters and learners that more than half of all its voters name: the same
+    /// majority that Raft itself trusts. One lying voter cannot make a stranger a peer.
+    async fn vouch(&self) {
         let nodes = self.inner.machine.read().registry.nodes().clone();
         let voters: Vec<Address> = nodes
             .iter()
@@ -960,20 +985,38 @@ impl ConsensusNode {
                     .call(*voter, rpc, self.inner.settings.request_timeout)
             });
         let replies = futures::future::join_all(asks).await;
-        let vouching = replies
-            .iter()
-            .filter(|reply| {
-                matches!(reply, Ok(RpcReply::Query(Ok(Answered { answer: Answer::Trust(trust), .. })))
-                    if matches!(trust.nodes.get(&peer), Some(Role::Voter | Role::Learner)))
-            })
-            .count();
-        if vouching * 2 > voters.len() {
-            info!(%peer, vouching, voters = voters.len(), "the voters vouch for a Raft peer this replica does not know yet");
-            let mut vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
-            vouched.peers.insert(peer, nodes);
-        } else {
-            debug!(%peer, vouching, voters = voters.len(), "no majority of the voters vouches for this Raft peer");
+        let mut named: std::collections::BTreeMap<Address, usize> = std::collections::BTreeMap::new();
+        for reply in &replies {
+            if let Ok(RpcReply::Query(Ok(Answered {
+                answer: Answer::Trust(trust),
+                ..
+            }))) = reply
+            {
+                for (peer, role) in &trust.nodes {
+                    if matches!(role, Role::Voter | Role::Learner) && !nodes.contains_key(peer) {
+                        *named.entry(*peer).or_default() += 1;
+                    }
+                }
+            }
         }
+        let peers: std::collections::BTreeSet<Address> = named
+            .into_iter()
+            .filter(|(_, count)| count * 2 > voters.len())
+            .map(|(peer, _)| peer)
+            .collect();
+        if !peers.is_empty() {
+            info!(
+                ?peers,
+                voters = voters.len(),
+                "the voters vouch for Raft peers this replica does not know yet"
+            );
+        }
+        let mut vouched = self.inner.vouched.lock().unwrap_or_else(PoisonError::into_inner);
+        *vouched = Vouched {
+            peers,
+            at: Some(Instant::now()),
+            last_ask: vouched.last_ask,
+        };
     }
 }
 

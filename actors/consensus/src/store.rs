@@ -221,8 +221,8 @@ impl RaftLogStorage<MeshRaft> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The purge mark first (the writer may commit both together): if the deletion
-        // were lost, the entries below the mark would only be garbage for the next purge.
+        // The purge mark first: if the deletion were lost, the entries below the mark
+        // would only be garbage for the next purge.
         self.writer.put_durably(PURGED_KEY, encode(&Some(log_id))?).await?;
         self.writer.remove(..=log_id.index).await
     }

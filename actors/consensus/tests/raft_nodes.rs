@@ -616,15 +616,18 @@ async fn lie_as(
     (lies, told)
 }
 
-/// A replica asks the voters about a Raft peer its registry does not know (it may lag
-/// behind an admission): one lying voter's word that a stranger is a voter is not
-/// enough, and the stranger's vote request still moves nothing.
+/// A replica without a leader asks the voters about a Raft peer its registry does not
+/// know (it may lag behind an admission): one lying voter's word that a stranger is a
+/// voter is not enough, and the stranger's vote requests and appends still count for
+/// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_lying_voter_cannot_vouch_a_stranger_into_raft() {
     let mut cluster = Cluster::start(3, fast_settings()).await;
     let leader_index = cluster.leader().await;
     let (liar_index, target_index) = ((leader_index + 1) % 3, (leader_index + 2) % 3);
     let target = cluster.node(target_index);
+    // The target loses its leader (so it asks), and one of the voters it asks lies.
+    cluster.kill(leader_index).await;
     cluster.kill(liar_index).await;
     let liar = cluster.slots[liar_index].key.clone();
     let stranger = SigningKey::generate().expect("a key");
@@ -660,6 +663,19 @@ async fn one_lying_voter_cannot_vouch_a_stranger_into_raft() {
     assert!(
         matches!(vote().await, Ok(RpcReply::Refused(_))),
         "one voter's word made a stranger a Raft peer"
+    );
+    let append = openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(term + 100, stranger.address()),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let appended = requester
+        .call(target.address(), Rpc::Append(append), Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(appended, Ok(RpcReply::Refused(_))),
+        "a stranger's append must be refused: {appended:?}"
     );
     assert!(
         target.status().await.term < term + 100,
