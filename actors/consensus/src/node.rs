@@ -527,6 +527,19 @@ impl ConsensusNode {
         })
     }
 
+    /// Asks each of `nodes` at once whom it trusts (a `Local` `Query::Trust`); one reply
+    /// each, in their order.
+    async fn ask_trust(&self, nodes: &[Address], timeout: Duration) -> Vec<Result<RpcReply, CallError>> {
+        let asks = nodes.iter().map(|node| {
+            let rpc = Rpc::Query {
+                consistency: Consistency::Local,
+                query: Query::Trust,
+            };
+            self.inner.requester.call(*node, rpc, timeout)
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// Asks the voters whom to trust; tells the watchers of the admitted nodes if they
     /// changed.
     ///
@@ -537,14 +550,7 @@ impl ConsensusNode {
         let known = self.inner.machine.read().registry.nodes().clone();
         let voters = self.inner.member.voters(&known);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let asks = voters.iter().map(|voter| {
-            let rpc = Rpc::Query {
-                consistency: Consistency::Local,
-                query: Query::Trust,
-            };
-            self.inner.requester.call(*voter, rpc, remaining)
-        });
-        let replies = futures::future::join_all(asks).await;
+        let replies = self.ask_trust(&voters, remaining).await;
         let mut views: Vec<(Trust, usize, Option<Address>)> = Vec::new();
         let (mut not_admitted, mut why) = (0, Vec::new());
         for (voter, reply) in voters.iter().zip(replies) {
@@ -972,19 +978,12 @@ impl ConsensusNode {
             .filter(|(_, role)| **role == Role::Voter)
             .map(|(voter, _)| *voter)
             .collect();
-        let asks = voters
+        let others: Vec<Address> = voters
             .iter()
-            .filter(|voter| **voter != self.inner.address)
-            .map(|voter| {
-                let rpc = Rpc::Query {
-                    consistency: Consistency::Local,
-                    query: Query::Trust,
-                };
-                self.inner
-                    .requester
-                    .call(*voter, rpc, self.inner.settings.request_timeout)
-            });
-        let replies = futures::future::join_all(asks).await;
+            .copied()
+            .filter(|voter| *voter != self.inner.address)
+            .collect();
+        let replies = self.ask_trust(&others, self.inner.settings.request_timeout).await;
         let mut named: std::collections::BTreeMap<Address, usize> = std::collections::BTreeMap::new();
         for reply in &replies {
             if let Ok(RpcReply::Query(Ok(Answered {
