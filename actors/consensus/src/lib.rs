@@ -11,8 +11,7 @@
 //! - [`error`]: [`EntryFault`] (an entry that does not count), [`Refusal`], and
 //!   [`ConsensusError`] (a write or read that did not complete).
 //! - [`raft_types`]: openraft's type configuration; a Raft entry is a [`raft_types::Batch`].
-//! - [`store`]: the log, the vote and snapshots in redb; the registry as state machine;
-//!   [`log_writer`]: the log's writes, committed in groups on a thread of their own.
+//! - [`store`]: the log, the vote and snapshots in redb; the registry as state machine.
 //! - [`wire`], [`requester`], [`network`]: the signed RPCs on `cmesh.raft.<mesh>.<node>`;
 //!   [`peer_keys`]: the keys two nodes share once they have signed to each other, for MACs.
 //! - [`settings`]: timeouts and batch sizes.
@@ -24,7 +23,6 @@
 pub mod command;
 pub mod entry;
 pub mod error;
-pub mod log_writer;
 pub mod member;
 pub mod network;
 pub mod node;

@@ -2,9 +2,10 @@
 //!
 //! Why this shape:
 //! - Every write that Raft must be able to count on (appended entries, the vote, a
-//!   purge, a snapshot) is committed durably before openraft hears of it, so an
-//!   acknowledged write survives a crash. The log's writes go to a thread of their own
-//!   that commits whatever has queued up in one transaction ([`LogWriter`]).
+//!   purge, a snapshot) is one redb transaction committed durably before openraft hears
+//!   of it, so an acknowledged write survives a crash. Those commits are fsyncs, made on
+//!   tokio's blocking pool ([`off_the_runtime`]), so that the runtime's few threads go on
+//!   serving the node's other tasks meanwhile.
 //! - The registry itself lives in memory and is rebuilt at start from the last snapshot
 //!   and the committed log after it. It is a pure function of the log, so this gives the
 //!   same state as persisting it, without writing every name twice.
@@ -25,12 +26,11 @@ use cmesh_common::genesis::MeshId;
 use cmesh_common::Address;
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, LogState, RaftLogId, RaftLogReader, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::Role;
-use crate::log_writer::LogWriter;
 use crate::raft_types::{
     BatchApplied, Entry, LogId, MeshRaft, Snapshot, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
@@ -115,11 +115,7 @@ pub fn open(path: &Path, genesis_registry: Registry) -> Result<(LogStore, Regist
     txn.open_table(LOG).writing("creating tables")?;
     txn.commit().writing("creating tables")?;
     let db = Arc::new(db);
-    let writer = LogWriter::start(db.clone(), LOG, META).map_err(|error| StoreError::Open {
-        path: shown.clone(),
-        source: redb::StorageError::Io(error).into(),
-    })?;
-    let log = LogStore { db: db.clone(), writer };
+    let log = LogStore { db: db.clone() };
     let expected = genesis_registry.mesh();
     let machine = RegistryMachine::load(db, genesis_registry)?;
     let found = machine.read().registry.mesh();
@@ -140,11 +136,33 @@ fn get_meta<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Opti
     value.map(|bytes| decode(bytes.value())).transpose()
 }
 
-/// The Raft log and vote. Clones share the database and the [`LogWriter`].
+fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T, durability: Durability) -> Result<(), StorageError> {
+    let bytes = encode(value)?;
+    let mut txn = db.begin_write().writing("writing")?;
+    txn.set_durability(durability).writing("writing")?;
+    {
+        let mut table = txn.open_table(META).writing("writing")?;
+        table.insert(key, bytes.as_slice()).writing("writing")?;
+    }
+    txn.commit().writing("committing")
+}
+
+/// Runs `write` on tokio's blocking pool: a durable commit waits for the disk, and the
+/// runtime's threads serve the node's Raft messages and requests meanwhile.
+async fn off_the_runtime<T: Send + 'static>(
+    db: &Arc<Database>,
+    write: impl FnOnce(&Database) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || write(&db))
+        .await
+        .map_err(|error| StorageError::from(StorageIOError::write(io_error("writing", error))))?
+}
+
+/// The Raft log and vote. Clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    writer: LogWriter,
 }
 
 impl RaftLogReader<MeshRaft> for LogStore {
@@ -152,18 +170,15 @@ impl RaftLogReader<MeshRaft> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        // Memory first: an entry the writer commits meanwhile is then on the disk.
-        let mut entries = self.writer.unflushed(&range);
         let txn = self.db.begin_read().reading("reading the log")?;
         let table = txn.open_table(LOG).reading("reading the log")?;
         let rows = table.range(range).reading("reading the log")?;
+        let mut entries = Vec::new();
         for row in rows {
-            let (index, bytes) = row.reading("reading the log")?;
-            if let std::collections::btree_map::Entry::Vacant(slot) = entries.entry(index.value()) {
-                slot.insert(decode(bytes.value())?);
-            }
+            let (_, bytes) = row.reading("reading the log")?;
+            entries.push(decode(bytes.value())?);
         }
-        Ok(entries.into_values().collect())
+        Ok(entries)
     }
 }
 
@@ -172,17 +187,16 @@ impl RaftLogStorage<MeshRaft> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<MeshRaft>, StorageError> {
         let last_purged_log_id: Option<LogId> = get_meta(&self.db, PURGED_KEY)?;
-        let last_unflushed = self.writer.last_unflushed().map(|entry| *entry.get_log_id());
         let txn = self.db.begin_read().reading("reading the log")?;
         let table = txn.open_table(LOG).reading("reading the log")?;
         let last = table.last().reading("reading the log")?;
-        let last_stored = match last {
+        let last_log_id = match last {
             Some((_, bytes)) => Some(*decode::<Entry>(bytes.value())?.get_log_id()),
-            None => None,
+            None => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: last_unflushed.max(last_stored).or(last_purged_log_id),
+            last_log_id,
         })
     }
 
@@ -191,7 +205,8 @@ impl RaftLogStorage<MeshRaft> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.writer.put_durably(VOTE_KEY, encode(vote)?).await
+        let vote = *vote;
+        off_the_runtime(&self.db, move |db| put_meta(db, VOTE_KEY, &vote, Durability::Immediate)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -199,33 +214,60 @@ impl RaftLogStorage<MeshRaft> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.writer.put_lazily(COMMITTED_KEY, encode(&committed)?)
+        put_meta(&self.db, COMMITTED_KEY, &committed, Durability::None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(get_meta::<Option<LogId>>(&self.db, COMMITTED_KEY)?.flatten())
     }
 
-    /// Hands the entries to the writer; openraft hears through `callback` once they are
-    /// durable.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<MeshRaft>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        self.writer.append(entries.into_iter().collect(), callback)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let committed = off_the_runtime(&self.db, move |db| {
+            let txn = db.begin_write().writing("appending")?;
+            {
+                let mut table = txn.open_table(LOG).writing("appending")?;
+                for entry in entries {
+                    let bytes = encode(&entry)?;
+                    table
+                        .insert(entry.get_log_id().index, bytes.as_slice())
+                        .writing("appending")?;
+                }
+            }
+            txn.commit().writing("appending")
+        })
+        .await;
+        // Durable (redb's default durability is an fsync'd commit) before openraft hears.
+        callback.log_io_completed(committed.clone().map_err(std::io::Error::other));
+        committed
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.writer.remove(log_id.index..).await
+        off_the_runtime(&self.db, move |db| remove_range(db, log_id.index.., "truncating")).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The purge mark first: if the deletion were lost, the entries below the mark
-        // would only be garbage for the next purge.
-        self.writer.put_durably(PURGED_KEY, encode(&Some(log_id))?).await?;
-        self.writer.remove(..=log_id.index).await
+        // The purge mark first: if the deletion is lost, the entries below it are only
+        // garbage that the next purge removes.
+        off_the_runtime(&self.db, move |db| {
+            put_meta(db, PURGED_KEY, &Some(log_id), Durability::Immediate)?;
+            remove_range(db, ..=log_id.index, "purging")
+        })
+        .await
     }
+}
+
+fn remove_range(db: &Database, range: impl RangeBounds<u64>, during: &'static str) -> Result<(), StorageError> {
+    let txn = db.begin_write().writing(during)?;
+    {
+        let mut table = txn.open_table(LOG).writing(during)?;
+        table.retain_in(range, |_, _| false).writing(during)?;
+    }
+    txn.commit().writing(during)
 }
 
 /// The registry as applied so far, with what Raft needs to know of it.
